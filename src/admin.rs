@@ -1,0 +1,483 @@
+//! The Gateway API under `/tyk/` (keys, apis, reload) and the `/hello` and `/ready` probes,
+//! with Tyk's routes, statuses and bodies.
+//!
+//! Owns the admin secret check and request-body validation; stores keys through the
+//! [`SessionStore`](crate::store::SessionStore) trait and definitions through `api`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+use crate::api::{self, ApiSpec};
+use crate::server::{Body, Gateway, json_response};
+use crate::session::{SessionState, unix_now};
+use crate::store::StoreError;
+
+/// Largest admin request body accepted.
+const MAX_ADMIN_BODY: usize = 4 * 1024 * 1024;
+
+/// Whether `path` is served by this module rather than proxied.
+pub fn owns(config: &crate::config::GatewayConfig, path: &str) -> bool {
+    path.starts_with("/tyk/")
+        || path == "/tyk"
+        || path.strip_prefix('/').is_some_and(|p| {
+            p == config.health_check_endpoint_name || p == config.readiness_check_endpoint_name
+        })
+}
+
+fn status_message(status: StatusCode, message: &str) -> Response<Body> {
+    json_response(status, &json!({"status": "error", "message": message}))
+}
+
+fn modified(key: &str, action: &str) -> Response<Body> {
+    json_response(
+        StatusCode::OK,
+        &json!({"key": key, "status": "ok", "action": action}),
+    )
+}
+
+fn method_not_allowed() -> Response<Body> {
+    status_message(StatusCode::METHOD_NOT_ALLOWED, "Method Not Allowed")
+}
+
+fn malformed(reason: impl std::fmt::Display) -> Response<Body> {
+    status_message(
+        StatusCode::BAD_REQUEST,
+        &format!("Request malformed: {reason}"),
+    )
+}
+
+fn store_failure(e: &StoreError) -> Response<Body> {
+    tracing::warn!("key store error in admin API: {e}");
+    status_message(StatusCode::SERVICE_UNAVAILABLE, &e.to_string())
+}
+
+/// Routes one admin or probe request.
+pub async fn handle(gw: &Arc<Gateway>, req: Request<Incoming>) -> Response<Body> {
+    let path = req.uri().path().to_owned();
+    let name = path.trim_start_matches('/');
+    if name == gw.config.health_check_endpoint_name {
+        return match *req.method() {
+            Method::GET | Method::HEAD => hello(gw).await,
+            _ => method_not_allowed(),
+        };
+    }
+    if name == gw.config.readiness_check_endpoint_name {
+        return ready(gw).await;
+    }
+    if !authorised(&gw.config.secret, &req) {
+        return status_message(
+            StatusCode::FORBIDDEN,
+            "Attempted administrative access with invalid or missing key!",
+        );
+    }
+    let segments: Vec<&str> = path
+        .trim_start_matches("/tyk")
+        .trim_matches('/')
+        .split('/')
+        .collect();
+    let query = Query::parse(req.uri().query());
+    let method = req.method().clone();
+    match (segments.as_slice(), method) {
+        (["keys"], Method::GET) => list_keys(gw).await,
+        (["keys"] | ["keys", "create"], Method::POST) => {
+            match read_json::<SessionState>(req).await {
+                Ok(session) => create_key(gw, session, &query).await,
+                Err(response) => response,
+            }
+        }
+        (["keys", key], method) => {
+            let key = (*key).to_owned();
+            if !valid_key_name(&key) {
+                return status_message(
+                    StatusCode::BAD_REQUEST,
+                    "Key must be 1-1024 visible ASCII characters",
+                );
+            }
+            match method {
+                Method::GET => get_key(gw, &key, &query).await,
+                Method::DELETE => delete_key(gw, &key, &query).await,
+                Method::POST | Method::PUT => match read_json::<SessionState>(req).await {
+                    Ok(session) => put_key(gw, &key, session, method == Method::POST, &query).await,
+                    Err(response) => response,
+                },
+                _ => method_not_allowed(),
+            }
+        }
+        (["apis"], Method::GET) => list_apis(gw),
+        (["apis"], Method::POST) => match read_body(req).await {
+            Ok(body) => write_api(gw, None, &body).await,
+            Err(response) => response,
+        },
+        (["apis", id], method) => {
+            let id = (*id).to_owned();
+            match method {
+                Method::GET => get_api(gw, &id),
+                Method::PUT => match read_body(req).await {
+                    Ok(body) => write_api(gw, Some(&id), &body).await,
+                    Err(response) => response,
+                },
+                Method::DELETE => delete_api(gw, &id).await,
+                _ => method_not_allowed(),
+            }
+        }
+        (["reload"] | ["reload", "group"], Method::GET) => {
+            if query.flag("block") {
+                gw.reload().await;
+            } else {
+                let gw = gw.clone();
+                tokio::spawn(async move { gw.reload().await });
+            }
+            json_response(StatusCode::OK, &json!({"status": "ok", "message": ""}))
+        }
+        (["keys" | "apis" | "reload", ..], _) => method_not_allowed(),
+        _ => status_message(StatusCode::NOT_FOUND, "Not found"),
+    }
+}
+
+/// Compares SHA-256 digests in constant time, so neither content nor length leaks.
+fn authorised(secret: &str, req: &Request<Incoming>) -> bool {
+    let given = req
+        .headers()
+        .get("x-tyk-authorization")
+        .map(|v| v.as_bytes())
+        .unwrap_or_default();
+    let expected = Sha256::digest(secret.as_bytes());
+    let given = Sha256::digest(given);
+    !secret.is_empty() && bool::from(expected.ct_eq(&given))
+}
+
+fn valid_key_name(key: &str) -> bool {
+    !key.is_empty()
+        && key.len() <= crate::auth::MAX_KEY_LEN
+        && key.bytes().all(|b| b.is_ascii_graphic())
+}
+
+struct Query {
+    pairs: Vec<(String, String)>,
+}
+
+impl Query {
+    fn parse(query: Option<&str>) -> Self {
+        let pairs = query
+            .unwrap_or_default()
+            .split('&')
+            .filter(|p| !p.is_empty())
+            .map(|p| match p.split_once('=') {
+                Some((k, v)) => (k.to_owned(), v.to_owned()),
+                None => (p.to_owned(), String::new()),
+            })
+            .collect();
+        Self { pairs }
+    }
+
+    fn flag(&self, name: &str) -> bool {
+        self.pairs
+            .iter()
+            .any(|(k, v)| k == name && matches!(v.as_str(), "true" | "1"))
+    }
+}
+
+async fn read_body(req: Request<Incoming>) -> Result<Bytes, Response<Body>> {
+    match Limited::new(req.into_body(), MAX_ADMIN_BODY).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) => Err(malformed(format!("body could not be read: {e}"))),
+    }
+}
+
+async fn read_json<T: serde::de::DeserializeOwned>(req: Request<Incoming>) -> Result<T, Response<Body>> {
+    let body = read_body(req).await?;
+    let de = &mut serde_json::Deserializer::from_slice(&body);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        if path == "." {
+            malformed(inner)
+        } else {
+            malformed(format!("{path}: {inner}"))
+        }
+    })
+}
+
+// ---- keys ----
+
+async fn list_keys(gw: &Gateway) -> Response<Body> {
+    match gw.sessions.list().await {
+        Ok(keys) => json_response(StatusCode::OK, &json!({ "keys": keys })),
+        Err(e) => store_failure(&e),
+    }
+}
+
+/// The storage id for a key named in a URL (`?hashed=true`: the URL already holds it).
+fn storage_id(gw: &Gateway, key: &str, query: &Query) -> Result<String, Response<Body>> {
+    if query.flag("hashed") {
+        if !gw.hasher.enabled() {
+            return Err(status_message(
+                StatusCode::BAD_REQUEST,
+                "Key requested by hash but key hashing is not enabled.",
+            ));
+        }
+        return Ok(key.to_owned());
+    }
+    Ok(gw.hasher.storage_id(key).into_owned())
+}
+
+async fn get_key(gw: &Gateway, key: &str, query: &Query) -> Response<Body> {
+    let id = match storage_id(gw, key, query) {
+        Ok(id) => id,
+        Err(response) => return response,
+    };
+    match gw.sessions.get(&id).await {
+        Ok(Some(session)) => json_response(StatusCode::OK, &json!(*session)),
+        Ok(None) => status_message(StatusCode::NOT_FOUND, "Key not found"),
+        Err(e) => store_failure(&e),
+    }
+}
+
+async fn delete_key(gw: &Gateway, key: &str, query: &Query) -> Response<Body> {
+    let id = match storage_id(gw, key, query) {
+        Ok(id) => id,
+        Err(response) => return response,
+    };
+    match gw.sessions.delete(&id).await {
+        Ok(true) => modified(key, "deleted"),
+        Ok(false) => status_message(StatusCode::NOT_FOUND, "There is no such key found"),
+        Err(e) => store_failure(&e),
+    }
+}
+
+async fn create_key(gw: &Gateway, session: SessionState, query: &Query) -> Response<Body> {
+    if session.access_rights.is_empty() {
+        return status_message(
+            StatusCode::BAD_REQUEST,
+            "Failed to create key, keys must have at least one Access Rights record set.",
+        );
+    }
+    let key = gw.hasher.generate(&session.org_id);
+    store_key(gw, &key, session, "added", query).await
+}
+
+async fn put_key(
+    gw: &Gateway,
+    key: &str,
+    session: SessionState,
+    create: bool,
+    query: &Query,
+) -> Response<Body> {
+    if query.flag("hashed") {
+        return status_message(
+            StatusCode::BAD_REQUEST,
+            "Keys are written by their name, not by hash",
+        );
+    }
+    if create && key.len() < gw.config.min_token_length {
+        return status_message(
+            StatusCode::BAD_REQUEST,
+            &format!(
+                "Key must be at least {} characters (min_token_length)",
+                gw.config.min_token_length
+            ),
+        );
+    }
+    if !create {
+        match gw.sessions.get(&gw.hasher.storage_id(key)).await {
+            Ok(Some(_)) => {}
+            Ok(None) => return status_message(StatusCode::NOT_FOUND, "Key is not found"),
+            Err(e) => return store_failure(&e),
+        }
+    }
+    let action = if create { "added" } else { "modified" };
+    store_key(gw, key, session, action, query).await
+}
+
+async fn store_key(
+    gw: &Gateway,
+    key: &str,
+    mut session: SessionState,
+    action: &str,
+    query: &Query,
+) -> Response<Body> {
+    if !query.flag("suppress_reset") {
+        // A written key starts a fresh quota period, as in Tyk.
+        session.quota_remaining = session.quota_max;
+        if session.quota_renewal_rate > 0 {
+            session.quota_renews = unix_now() + session.quota_renewal_rate;
+        }
+    }
+    let ttl = record_lifetime(gw, &session);
+    let id = gw.hasher.storage_id(key).into_owned();
+    if let Err(e) = gw.sessions.set(&id, &session, ttl).await {
+        return store_failure(&e);
+    }
+    let mut body = json!({"key": key, "status": "ok", "action": action});
+    if gw.hasher.enabled() {
+        body["key_hash"] = Value::String(id);
+    }
+    json_response(StatusCode::OK, &body)
+}
+
+/// How long the store keeps a record: the key's own `session_lifetime`, else the longest
+/// `session_lifetime` of the APIs it may call; `None` keeps it until deleted.
+fn record_lifetime(gw: &Gateway, session: &SessionState) -> Option<Duration> {
+    let seconds = if session.session_lifetime > 0 {
+        session.session_lifetime
+    } else {
+        let apis = gw.apis();
+        session
+            .access_rights
+            .keys()
+            .filter_map(|id| apis.get(id))
+            .map(|spec| spec.definition.session_lifetime)
+            .max()
+            .unwrap_or(0)
+    };
+    (seconds > 0).then(|| Duration::from_secs(seconds as u64))
+}
+
+// ---- apis ----
+
+fn list_apis(gw: &Gateway) -> Response<Body> {
+    let apis = gw.apis();
+    let list: Vec<&api::ApiDefinition> = apis.specs().iter().map(|s| &s.definition).collect();
+    json_response(StatusCode::OK, &json!(list))
+}
+
+fn get_api(gw: &Gateway, id: &str) -> Response<Body> {
+    match gw.apis().get(id) {
+        Some(spec) => json_response(StatusCode::OK, &json!(spec.definition)),
+        None => status_message(StatusCode::NOT_FOUND, "API not found"),
+    }
+}
+
+/// `POST /tyk/apis` (`path_id` None) or `PUT /tyk/apis/{id}`: validate, then write the file
+/// atomically; the change takes effect at the next reload.
+async fn write_api(gw: &Gateway, path_id: Option<&str>, body: &[u8]) -> Response<Body> {
+    let mut definition = match api::parse_definition(body) {
+        Ok(d) => d,
+        Err(e) => return malformed(e),
+    };
+    match path_id {
+        Some(id) if definition.api_id.is_empty() => definition.api_id = id.to_owned(),
+        Some(id) if definition.api_id != id => {
+            return malformed(format!(
+                "api_id: {:?} does not match the URL's {id:?}",
+                definition.api_id
+            ));
+        }
+        None if definition.api_id.is_empty() => {
+            definition.api_id = uuid::Uuid::new_v4().simple().to_string();
+        }
+        _ => {}
+    }
+    let id = definition.api_id.clone();
+    let Some(file_name) = api::file_name_for(&id) else {
+        return malformed("api_id: use letters, digits, '-', '_' and '.' (at most 128)");
+    };
+    if let Err(e) = ApiSpec::from_definition(definition.clone()) {
+        return malformed(e);
+    }
+    let dir = gw.app_path();
+    let create = path_id.is_none();
+    let written = tokio::task::spawn_blocking(move || {
+        match (api::find_definition_file(&dir, &id), create) {
+            (Some(_), true) => Ok(WriteOutcome::Exists),
+            (None, false) => Ok(WriteOutcome::Missing),
+            (Some(path), false) => api::write_definition(&path, &definition).map(|_| WriteOutcome::Written(id)),
+            (None, true) => api::write_definition(&dir.join(file_name), &definition)
+                .map(|_| WriteOutcome::Written(id)),
+        }
+    })
+    .await;
+    match written {
+        Ok(Ok(WriteOutcome::Written(id))) => modified(&id, if create { "added" } else { "modified" }),
+        Ok(Ok(WriteOutcome::Exists)) => status_message(StatusCode::CONFLICT, "API with this api_id already exists"),
+        Ok(Ok(WriteOutcome::Missing)) => status_message(StatusCode::NOT_FOUND, "API not found"),
+        Ok(Err(e)) => file_failure(&e),
+        Err(e) => file_failure(&e),
+    }
+}
+
+enum WriteOutcome {
+    Written(String),
+    Exists,
+    Missing,
+}
+
+fn file_failure(e: &dyn std::fmt::Display) -> Response<Body> {
+    tracing::error!("API definition file error: {e}");
+    status_message(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "File object creation failed, write error.",
+    )
+}
+
+async fn delete_api(gw: &Gateway, id: &str) -> Response<Body> {
+    let dir = gw.app_path();
+    let target = id.to_owned();
+    let removed = tokio::task::spawn_blocking(move || match api::find_definition_file(&dir, &target) {
+        Some(path) => std::fs::remove_file(path).map(|_| true),
+        None => Ok(false),
+    })
+    .await;
+    match removed {
+        Ok(Ok(true)) => modified(id, "deleted"),
+        Ok(Ok(false)) => status_message(StatusCode::NOT_FOUND, "API not found"),
+        Ok(Err(e)) => file_failure(&e),
+        Err(e) => file_failure(&e),
+    }
+}
+
+// ---- probes ----
+
+async fn hello(gw: &Gateway) -> Response<Body> {
+    let health = gw.sessions.health().await;
+    let load_errors = gw.load_errors();
+    let status = if !health.reachable {
+        "fail"
+    } else if !load_errors.is_empty() {
+        "warn"
+    } else {
+        "pass"
+    };
+    let component = if health.mode == "memory" { "memory" } else { "redis" };
+    let mut store = json!({
+        "status": if health.reachable { "pass" } else { "fail" },
+        "componentType": "datastore",
+        "time": humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
+    });
+    if let (Value::Object(map), Value::Object(extra)) = (&mut store, json!(health)) {
+        map.extend(extra);
+    }
+    let mut details = json!({ component: store });
+    if !load_errors.is_empty() {
+        details["apis"] = json!({"status": "warn", "componentType": "system", "output": *load_errors});
+    }
+    json_response(
+        StatusCode::OK,
+        &json!({
+            "status": status,
+            "version": concat!("tollgate/", env!("CARGO_PKG_VERSION")),
+            "description": "Tyk GW",
+            "details": details,
+        }),
+    )
+}
+
+async fn ready(gw: &Gateway) -> Response<Body> {
+    let health = gw.sessions.health().await;
+    if health.reachable {
+        json_response(StatusCode::OK, &json!({"status": "pass"}))
+    } else {
+        json_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &json!({"status": "fail", "message": "Key store unavailable"}),
+        )
+    }
+}

@@ -1,0 +1,476 @@
+//! API definitions (Tyk's JSON files) and routing by listen path.
+//!
+//! Owns the definition's shape, its validation into an [`ApiSpec`], loading a directory of
+//! definitions, writing one atomically, and the [`ApiTable`] that finds the API for a request
+//! path (longest `listen_path` prefix wins). It does not authenticate or proxy.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use http::header::HeaderName;
+use http::uri::{Authority, Scheme};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+/// Tyk's API definition. Unmodelled fields are kept in `extra` and written back unchanged.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ApiDefinition {
+    #[serde(default)]
+    pub name: String,
+    #[serde(default)]
+    pub api_id: String,
+    #[serde(default)]
+    pub org_id: String,
+    #[serde(default)]
+    pub slug: String,
+    #[serde(default = "yes")]
+    pub active: bool,
+    #[serde(default)]
+    pub use_keyless: bool,
+    #[serde(default)]
+    pub use_standard_auth: bool,
+    #[serde(default)]
+    pub auth: AuthConfig,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub auth_configs: BTreeMap<String, AuthConfig>,
+    pub proxy: ProxyConfig,
+    #[serde(default)]
+    pub version_data: VersionData,
+    #[serde(default)]
+    pub disable_rate_limit: bool,
+    #[serde(default)]
+    pub disable_quota: bool,
+    /// Seconds a key's record lives in the store after it is written (0: as long as the key).
+    #[serde(default)]
+    pub session_lifetime: i64,
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// Where the key is read from: a header, and optionally a query parameter or a cookie.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct AuthConfig {
+    #[serde(default)]
+    pub auth_header_name: String,
+    #[serde(default)]
+    pub use_param: bool,
+    #[serde(default)]
+    pub param_name: String,
+    #[serde(default)]
+    pub use_cookie: bool,
+    #[serde(default)]
+    pub cookie_name: String,
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct ProxyConfig {
+    pub listen_path: String,
+    pub target_url: String,
+    #[serde(default)]
+    pub strip_listen_path: bool,
+    #[serde(default)]
+    pub preserve_host_header: bool,
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct VersionData {
+    #[serde(default = "yes")]
+    pub not_versioned: bool,
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+impl Default for VersionData {
+    fn default() -> Self {
+        Self {
+            not_versioned: true,
+            extra: Map::new(),
+        }
+    }
+}
+
+/// Why a definition cannot be served, naming the field at fault.
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum DefinitionError {
+    #[error("{field}: {reason}")]
+    InvalidField { field: String, reason: String },
+}
+
+fn invalid(field: &str, reason: impl Into<String>) -> DefinitionError {
+    DefinitionError::InvalidField {
+        field: field.to_owned(),
+        reason: reason.into(),
+    }
+}
+
+/// The upstream an API proxies to, parsed once at load time.
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub scheme: Scheme,
+    pub authority: Authority,
+    /// Path prefix of `target_url` without a trailing slash (`""` for the root).
+    pub base_path: String,
+}
+
+/// Where a request carries its key for one API.
+#[derive(Debug, Clone)]
+pub struct KeySource {
+    pub header: HeaderName,
+    pub param: Option<String>,
+    pub cookie: Option<String>,
+}
+
+/// A validated definition, ready to route and proxy.
+#[derive(Debug)]
+pub struct ApiSpec {
+    pub definition: ApiDefinition,
+    pub target: Target,
+    /// `None` for keyless APIs.
+    pub key_source: Option<KeySource>,
+}
+
+impl ApiSpec {
+    pub fn from_definition(definition: ApiDefinition) -> Result<Self, DefinitionError> {
+        if definition.api_id.trim().is_empty() {
+            return Err(invalid("api_id", "must not be empty"));
+        }
+        let listen_path = &definition.proxy.listen_path;
+        if !listen_path.starts_with('/') {
+            return Err(invalid("proxy.listen_path", "must start with '/'"));
+        }
+        if listen_path.starts_with("/tyk/") || listen_path == "/tyk" {
+            return Err(invalid(
+                "proxy.listen_path",
+                "'/tyk/' is reserved for the Gateway API",
+            ));
+        }
+        let target = parse_target(&definition.proxy.target_url)?;
+        let key_source = if definition.use_keyless {
+            None
+        } else {
+            // Tyk prefers the `authToken` entry of `auth_configs` over the legacy `auth` object.
+            let auth = definition
+                .auth_configs
+                .get("authToken")
+                .unwrap_or(&definition.auth);
+            let name = if auth.auth_header_name.is_empty() {
+                "Authorization"
+            } else {
+                &auth.auth_header_name
+            };
+            let header = HeaderName::from_bytes(name.as_bytes()).map_err(|_| {
+                invalid("auth.auth_header_name", format!("{name:?} is not a header name"))
+            })?;
+            let param = auth.use_param.then(|| non_empty_or(&auth.param_name, name));
+            let cookie = auth.use_cookie.then(|| non_empty_or(&auth.cookie_name, name));
+            Some(KeySource {
+                header,
+                param,
+                cookie,
+            })
+        };
+        Ok(Self {
+            definition,
+            target,
+            key_source,
+        })
+    }
+
+    pub fn api_id(&self) -> &str {
+        &self.definition.api_id
+    }
+
+    pub fn listen_path(&self) -> &str {
+        &self.definition.proxy.listen_path
+    }
+
+    /// The upstream path for a request path that matched this API's listen path.
+    pub fn upstream_path<'a>(&self, path: &'a str) -> std::borrow::Cow<'a, str> {
+        use std::borrow::Cow;
+        let rest = if self.definition.proxy.strip_listen_path {
+            let lp = self.listen_path().trim_end_matches('/');
+            path.strip_prefix(lp).unwrap_or(path)
+        } else {
+            path
+        };
+        let base = &self.target.base_path;
+        match (base.is_empty(), rest.starts_with('/')) {
+            (true, true) => Cow::Borrowed(rest),
+            (true, false) => Cow::Owned(format!("/{rest}")),
+            (false, true) => Cow::Owned(format!("{base}{rest}")),
+            (false, false) if rest.is_empty() => Cow::Owned(format!("{base}/")),
+            (false, false) => Cow::Owned(format!("{base}/{rest}")),
+        }
+    }
+
+    fn matches(&self, path: &str) -> bool {
+        let lp = self.listen_path();
+        path.starts_with(lp) || (lp.len() > 1 && lp.ends_with('/') && path == &lp[..lp.len() - 1])
+    }
+}
+
+fn non_empty_or(value: &str, fallback: &str) -> String {
+    if value.is_empty() {
+        fallback.to_owned()
+    } else {
+        value.to_owned()
+    }
+}
+
+fn parse_target(url: &str) -> Result<Target, DefinitionError> {
+    let uri: http::Uri = url
+        .parse()
+        .map_err(|e| invalid("proxy.target_url", format!("{url:?} is not a URL: {e}")))?;
+    let scheme = uri
+        .scheme()
+        .cloned()
+        .ok_or_else(|| invalid("proxy.target_url", format!("{url:?} has no scheme")))?;
+    if scheme != Scheme::HTTP {
+        return Err(invalid(
+            "proxy.target_url",
+            format!("scheme {scheme} is not supported (http only)"),
+        ));
+    }
+    let authority = uri
+        .authority()
+        .cloned()
+        .ok_or_else(|| invalid("proxy.target_url", format!("{url:?} has no host")))?;
+    Ok(Target {
+        scheme,
+        authority,
+        base_path: uri.path().trim_end_matches('/').to_owned(),
+    })
+}
+
+/// Reads and validates one definition file.
+pub fn read_definition(path: &Path) -> Result<ApiSpec, LoadError> {
+    let fail = |reason: String| LoadError {
+        path: path.to_owned(),
+        reason,
+    };
+    let text = std::fs::read_to_string(path).map_err(|e| fail(e.to_string()))?;
+    let definition = parse_definition(text.as_bytes()).map_err(|e| fail(e.to_string()))?;
+    ApiSpec::from_definition(definition).map_err(|e| fail(e.to_string()))
+}
+
+/// Parses definition JSON, naming the field at fault on a type error.
+pub fn parse_definition(bytes: &[u8]) -> Result<ApiDefinition, DefinitionError> {
+    let de = &mut serde_json::Deserializer::from_slice(bytes);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let field = e.path().to_string();
+        invalid(&field, e.into_inner().to_string())
+    })
+}
+
+/// A definition file that could not be loaded; the others still are.
+#[derive(Debug, thiserror::Error)]
+#[error("{}: {reason}", path.display())]
+pub struct LoadError {
+    pub path: PathBuf,
+    pub reason: String,
+}
+
+/// The routing table: served APIs by listen path, longest first.
+#[derive(Debug, Default)]
+pub struct ApiTable {
+    by_path: Vec<Arc<ApiSpec>>,
+    by_id: HashMap<String, Arc<ApiSpec>>,
+}
+
+impl ApiTable {
+    /// Builds a table; inactive APIs and listen-path or id clashes are reported, not served.
+    pub fn new(specs: Vec<(PathBuf, ApiSpec)>) -> (Self, Vec<LoadError>) {
+        let mut errors = Vec::new();
+        let mut table = Self::default();
+        for (path, spec) in specs {
+            if !spec.definition.active {
+                continue;
+            }
+            let clash = table.by_id.contains_key(spec.api_id()).then_some("api_id").or_else(|| {
+                table
+                    .by_path
+                    .iter()
+                    .any(|s| s.listen_path() == spec.listen_path())
+                    .then_some("proxy.listen_path")
+            });
+            if let Some(field) = clash {
+                errors.push(LoadError {
+                    path,
+                    reason: format!("{field}: already used by another loaded API"),
+                });
+                continue;
+            }
+            let spec = Arc::new(spec);
+            table.by_id.insert(spec.api_id().to_owned(), spec.clone());
+            table.by_path.push(spec);
+        }
+        table
+            .by_path
+            .sort_by(|a, b| b.listen_path().len().cmp(&a.listen_path().len()));
+        (table, errors)
+    }
+
+    /// Loads every `*.json` in `dir`, in file-name order.
+    pub fn load_dir(dir: &Path) -> (Self, Vec<LoadError>) {
+        let mut errors = Vec::new();
+        let mut specs = Vec::new();
+        for path in definition_files(dir, &mut errors) {
+            match read_definition(&path) {
+                Ok(spec) => specs.push((path, spec)),
+                Err(e) => errors.push(e),
+            }
+        }
+        let (table, mut clashes) = Self::new(specs);
+        errors.append(&mut clashes);
+        (table, errors)
+    }
+
+    /// The API whose listen path is the longest prefix of `path`.
+    pub fn route(&self, path: &str) -> Option<&Arc<ApiSpec>> {
+        self.by_path.iter().find(|s| s.matches(path))
+    }
+
+    pub fn get(&self, api_id: &str) -> Option<&Arc<ApiSpec>> {
+        self.by_id.get(api_id)
+    }
+
+    /// Served APIs, ordered by api_id.
+    pub fn specs(&self) -> Vec<&Arc<ApiSpec>> {
+        let mut specs: Vec<_> = self.by_id.values().collect();
+        specs.sort_by(|a, b| a.api_id().cmp(b.api_id()));
+        specs
+    }
+
+    pub fn len(&self) -> usize {
+        self.by_path.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_path.is_empty()
+    }
+}
+
+fn definition_files(dir: &Path, errors: &mut Vec<LoadError>) -> Vec<PathBuf> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) => {
+            errors.push(LoadError {
+                path: dir.to_owned(),
+                reason: e.to_string(),
+            });
+            return Vec::new();
+        }
+    };
+    let mut files: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "json") && p.is_file())
+        .collect();
+    files.sort();
+    files
+}
+
+/// The file in `dir` that holds the definition with `api_id`, if any.
+pub fn find_definition_file(dir: &Path, api_id: &str) -> Option<PathBuf> {
+    definition_files(dir, &mut Vec::new())
+        .into_iter()
+        .find(|path| {
+            std::fs::read(path)
+                .ok()
+                .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+                .is_some_and(|v| v.get("api_id").and_then(Value::as_str) == Some(api_id))
+        })
+}
+
+/// Writes `definition` to `path` atomically: a temp file in the same directory, then rename.
+pub fn write_definition(path: &Path, definition: &ApiDefinition) -> std::io::Result<()> {
+    let bytes = serde_json::to_vec_pretty(definition).map_err(std::io::Error::other)?;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let tmp = dir.join(format!(
+        ".{}.tmp-{}",
+        path.file_name().and_then(|n| n.to_str()).unwrap_or("api"),
+        uuid::Uuid::new_v4().simple()
+    ));
+    let result = (|| {
+        use std::io::Write;
+        let mut file = std::fs::File::create(&tmp)?;
+        file.write_all(&bytes)?;
+        file.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
+/// The file name a new definition gets: its api_id, restricted to safe characters.
+pub fn file_name_for(api_id: &str) -> Option<String> {
+    let safe = !api_id.is_empty()
+        && api_id.len() <= 128
+        && api_id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
+        && !api_id.starts_with('.');
+    safe.then(|| format!("{api_id}.json"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(listen_path: &str, target: &str, strip: bool) -> ApiSpec {
+        let def: ApiDefinition = serde_json::from_value(serde_json::json!({
+            "api_id": listen_path, "proxy": {"listen_path": listen_path, "target_url": target, "strip_listen_path": strip}
+        }))
+        .unwrap();
+        ApiSpec::from_definition(def).unwrap()
+    }
+
+    #[test]
+    fn longest_listen_path_wins() {
+        let specs = vec![
+            (PathBuf::from("a"), spec("/a/", "http://u", true)),
+            (PathBuf::from("b"), spec("/a/b/", "http://u", true)),
+        ];
+        let (table, errors) = ApiTable::new(specs);
+        assert!(errors.is_empty());
+        assert_eq!(table.route("/a/b/c").unwrap().listen_path(), "/a/b/");
+        assert_eq!(table.route("/a/x").unwrap().listen_path(), "/a/");
+        assert_eq!(table.route("/a").unwrap().listen_path(), "/a/");
+        assert!(table.route("/b").is_none());
+    }
+
+    #[test]
+    fn strip_and_join_paths() {
+        assert_eq!(spec("/t/", "http://u", true).upstream_path("/t/get"), "/get");
+        assert_eq!(spec("/t/", "http://u", true).upstream_path("/t"), "/");
+        assert_eq!(spec("/t/", "http://u/base/", true).upstream_path("/t/get"), "/base/get");
+        assert_eq!(spec("/t/", "http://u/base", false).upstream_path("/t/get"), "/base/t/get");
+        assert_eq!(spec("/t/", "http://u", false).upstream_path("/t/get"), "/t/get");
+    }
+
+    #[test]
+    fn bad_fields_are_named() {
+        let err = parse_definition(br#"{"api_id":"1","proxy":{"listen_path":5}}"#).unwrap_err();
+        assert!(err.to_string().starts_with("proxy.listen_path"), "{err}");
+        let def = parse_definition(br#"{"api_id":"1","proxy":{"listen_path":"/x/","target_url":"ftp://h"}}"#).unwrap();
+        let err = ApiSpec::from_definition(def).unwrap_err();
+        assert!(err.to_string().starts_with("proxy.target_url"), "{err}");
+    }
+
+    #[test]
+    fn safe_file_names_only() {
+        assert_eq!(file_name_for("abc-1").as_deref(), Some("abc-1.json"));
+        assert!(file_name_for("../etc/passwd").is_none());
+        assert!(file_name_for("").is_none());
+    }
+}

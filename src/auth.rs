@@ -1,0 +1,309 @@
+//! Authentication: reading the key from a request, Tyk's key hashing, and the checks that
+//! decide whether a session may call an API.
+//!
+//! Owns the auth error statuses and bodies. It reads sessions through the
+//! [`SessionStore`] trait and never writes them.
+
+use std::borrow::Cow;
+use std::sync::Arc;
+
+use base64::Engine;
+use http::StatusCode;
+use http::request::Parts;
+use sha2::Digest;
+
+use crate::api::{ApiSpec, KeySource};
+use crate::session::{SessionState, unix_now};
+use crate::store::{SessionStore, StoreError};
+
+/// Longest key accepted from a request.
+pub const MAX_KEY_LEN: usize = 1024;
+
+/// Why a request was not let through, with Tyk's status and message.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum AuthError {
+    #[error("Authorization field missing")]
+    Missing,
+    #[error("Authorization field malformed")]
+    Malformed,
+    #[error("Access to this API has been disallowed")]
+    Disallowed,
+    #[error("Key has expired, please renew")]
+    Expired,
+    #[error("Key is inactive, please renew")]
+    Inactive,
+    #[error("Key store unavailable")]
+    StoreUnavailable,
+}
+
+impl AuthError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::Missing | Self::Expired => StatusCode::UNAUTHORIZED,
+            Self::Malformed => StatusCode::BAD_REQUEST,
+            Self::Disallowed | Self::Inactive => StatusCode::FORBIDDEN,
+            Self::StoreUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+}
+
+/// Tyk's key hash algorithms.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HashAlgorithm {
+    Murmur32,
+    Murmur64,
+    Murmur128,
+    Sha256,
+}
+
+impl HashAlgorithm {
+    fn from_name(name: &str) -> Option<Self> {
+        match name {
+            "murmur32" => Some(Self::Murmur32),
+            "murmur64" => Some(Self::Murmur64),
+            "murmur128" => Some(Self::Murmur128),
+            "sha256" => Some(Self::Sha256),
+            _ => None,
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Self::Murmur32 => "murmur32",
+            Self::Murmur64 => "murmur64",
+            Self::Murmur128 => "murmur128",
+            Self::Sha256 => "sha256",
+        }
+    }
+
+    /// Hex digest, byte for byte what Tyk's Go hashers produce (big-endian sums).
+    fn hex(self, input: &str) -> String {
+        let mut reader = input.as_bytes();
+        match self {
+            Self::Murmur32 => {
+                let h = murmur3::murmur3_32(&mut reader, 0).expect("reading a slice");
+                format!("{h:08x}")
+            }
+            Self::Murmur64 | Self::Murmur128 => {
+                let h = murmur3::murmur3_x64_128(&mut reader, 0).expect("reading a slice");
+                let (h1, h2) = (h as u64, (h >> 64) as u64);
+                if self == Self::Murmur64 {
+                    format!("{h1:016x}")
+                } else {
+                    format!("{h1:016x}{h2:016x}")
+                }
+            }
+            Self::Sha256 => hex::encode(sha2::Sha256::digest(input.as_bytes())),
+        }
+    }
+}
+
+/// Turns keys into storage ids and makes new keys, the way Tyk does.
+#[derive(Debug, Clone)]
+pub struct KeyHasher {
+    enabled: bool,
+    /// Algorithm for generated keys; `None` makes legacy keys (`org_id` + uuid).
+    generate_with: Option<HashAlgorithm>,
+}
+
+impl KeyHasher {
+    /// `function` is `hash_key_function`; an empty name means legacy keys.
+    pub fn new(enabled: bool, function: &str) -> Self {
+        Self {
+            enabled,
+            generate_with: HashAlgorithm::from_name(function),
+        }
+    }
+
+    pub fn enabled(&self) -> bool {
+        self.enabled
+    }
+
+    /// The id a key is stored under: the key itself, or its hash when hashing is on. The
+    /// algorithm comes from the key (generated keys name it; custom keys use murmur32).
+    pub fn storage_id<'a>(&self, key: &'a str) -> Cow<'a, str> {
+        if !self.enabled {
+            return Cow::Borrowed(key);
+        }
+        Cow::Owned(algorithm_of(key).hex(key))
+    }
+
+    /// A new key for `org_id`: base64 JSON naming its hash algorithm, or legacy org + uuid.
+    pub fn generate(&self, org_id: &str) -> String {
+        let id = uuid::Uuid::new_v4().simple().to_string();
+        match self.generate_with {
+            Some(alg) => {
+                let json = serde_json::json!({"org": org_id, "id": id, "h": alg.name()});
+                base64::engine::general_purpose::STANDARD.encode(json.to_string())
+            }
+            None => format!("{org_id}{id}"),
+        }
+    }
+}
+
+/// Tyk's `TokenHashAlgo`: generated keys are base64 JSON (`ey...`) with an `h` field.
+fn algorithm_of(key: &str) -> HashAlgorithm {
+    if key.starts_with("ey")
+        && let Ok(json) = base64::engine::general_purpose::STANDARD.decode(key)
+        && let Ok(value) = serde_json::from_slice::<serde_json::Value>(&json)
+        && let Some(alg) = value
+            .get("h")
+            .and_then(|h| h.as_str())
+            .and_then(HashAlgorithm::from_name)
+    {
+        return alg;
+    }
+    HashAlgorithm::Murmur32
+}
+
+/// The key a request carries for an API: header first, then query parameter, then cookie.
+pub fn extract_key<'a>(source: &KeySource, parts: &'a Parts) -> Result<&'a str, AuthError> {
+    let raw = parts
+        .headers
+        .get(&source.header)
+        .map(|v| v.as_bytes())
+        .or_else(|| {
+            let name = source.param.as_deref()?;
+            query_param(parts.uri.query()?, name).map(str::as_bytes)
+        })
+        .or_else(|| {
+            let name = source.cookie.as_deref()?;
+            parts
+                .headers
+                .get_all(http::header::COOKIE)
+                .iter()
+                .find_map(|v| cookie_value(v.as_bytes(), name.as_bytes()))
+        })
+        .ok_or(AuthError::Missing)?;
+    let raw = raw
+        .strip_prefix(b"Bearer ")
+        .or_else(|| raw.strip_prefix(b"bearer "))
+        .unwrap_or(raw);
+    if raw.is_empty() {
+        return Err(AuthError::Missing);
+    }
+    if raw.len() > MAX_KEY_LEN || !raw.iter().all(|b| b.is_ascii_graphic()) {
+        return Err(AuthError::Malformed);
+    }
+    std::str::from_utf8(raw).map_err(|_| AuthError::Malformed)
+}
+
+fn query_param<'a>(query: &'a str, name: &str) -> Option<&'a str> {
+    query
+        .split('&')
+        .filter_map(|pair| pair.split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v)
+}
+
+fn cookie_value<'a>(header: &'a [u8], name: &[u8]) -> Option<&'a [u8]> {
+    header.split(|b| *b == b';').find_map(|pair| {
+        let pair = pair.trim_ascii();
+        let eq = pair.iter().position(|b| *b == b'=')?;
+        (&pair[..eq] == name).then(|| &pair[eq + 1..])
+    })
+}
+
+/// Authenticates a request for `spec`: `Ok(None)` for keyless APIs, the session otherwise.
+pub async fn authenticate(
+    spec: &ApiSpec,
+    parts: &Parts,
+    hasher: &KeyHasher,
+    sessions: &dyn SessionStore,
+) -> Result<Option<Arc<SessionState>>, AuthError> {
+    let Some(source) = &spec.key_source else {
+        return Ok(None);
+    };
+    let key = extract_key(source, parts)?;
+    let session = match sessions.get(&hasher.storage_id(key)).await {
+        Ok(Some(session)) => session,
+        Ok(None) => return Err(AuthError::Disallowed),
+        Err(StoreError::Unavailable(_) | StoreError::NotDurable(_)) => {
+            return Err(AuthError::StoreUnavailable);
+        }
+        // A record we cannot read grants nothing.
+        Err(StoreError::Corrupt { .. }) => return Err(AuthError::Disallowed),
+    };
+    check_session(&session, spec.api_id(), unix_now())?;
+    Ok(Some(session))
+}
+
+/// Tyk's order: inactive, expired, then access rights.
+pub fn check_session(session: &SessionState, api_id: &str, now: i64) -> Result<(), AuthError> {
+    if session.is_inactive {
+        return Err(AuthError::Inactive);
+    }
+    if session.is_expired(now) {
+        return Err(AuthError::Expired);
+    }
+    if session.access_to(api_id).is_none() {
+        return Err(AuthError::Disallowed);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parts(req: http::Request<()>) -> Parts {
+        req.into_parts().0
+    }
+
+    fn header_source() -> KeySource {
+        KeySource {
+            header: http::header::AUTHORIZATION,
+            param: Some("key".into()),
+            cookie: Some("auth".into()),
+        }
+    }
+
+    #[test]
+    fn key_from_header_param_cookie() {
+        let s = header_source();
+        let p = parts(http::Request::get("/").header("authorization", "Bearer abc").body(()).unwrap());
+        assert_eq!(extract_key(&s, &p), Ok("abc"));
+        let p = parts(http::Request::get("/x?a=1&key=qk").body(()).unwrap());
+        assert_eq!(extract_key(&s, &p), Ok("qk"));
+        let p = parts(http::Request::get("/").header("cookie", "x=1; auth=ck").body(()).unwrap());
+        assert_eq!(extract_key(&s, &p), Ok("ck"));
+        let p = parts(http::Request::get("/").body(()).unwrap());
+        assert_eq!(extract_key(&s, &p), Err(AuthError::Missing));
+        let p = parts(http::Request::get("/").header("authorization", "a b").body(()).unwrap());
+        assert_eq!(extract_key(&s, &p), Err(AuthError::Malformed));
+        let long = "k".repeat(MAX_KEY_LEN + 1);
+        let p = parts(http::Request::get("/").header("authorization", long).body(()).unwrap());
+        assert_eq!(extract_key(&s, &p), Err(AuthError::Malformed));
+    }
+
+    #[test]
+    fn tyk_hashes() {
+        let h = KeyHasher::new(true, "murmur64");
+        // murmur3 reference vectors (seed 0): x86_32("hello") = 0x248bfa47,
+        // x64_128("hello") = cbd8a7b341bd9b02 5b1e906a48ae1d19.
+        assert_eq!(h.storage_id("hello"), "248bfa47");
+        assert_eq!(HashAlgorithm::Murmur64.hex("hello"), "cbd8a7b341bd9b02");
+        assert_eq!(
+            HashAlgorithm::Murmur128.hex("hello"),
+            "cbd8a7b341bd9b025b1e906a48ae1d19"
+        );
+        let generated = h.generate("default");
+        assert!(generated.starts_with("ey"));
+        assert_eq!(h.storage_id(&generated).len(), 16);
+        assert_eq!(KeyHasher::new(false, "").storage_id("raw"), "raw");
+        let legacy = KeyHasher::new(true, "").generate("org1");
+        assert!(legacy.starts_with("org1") && legacy.len() == 36);
+    }
+
+    #[test]
+    fn session_checks_in_tyk_order() {
+        let mut s = SessionState::default();
+        assert_eq!(check_session(&s, "1", 10), Err(AuthError::Disallowed));
+        s.access_rights.insert("1".into(), Default::default());
+        assert_eq!(check_session(&s, "1", 10), Ok(()));
+        s.expires = 5;
+        assert_eq!(check_session(&s, "1", 10), Err(AuthError::Expired));
+        s.is_inactive = true;
+        assert_eq!(check_session(&s, "1", 10), Err(AuthError::Inactive));
+    }
+}

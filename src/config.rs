@@ -1,0 +1,461 @@
+//! Gateway configuration: Tyk's `tyk.conf` field names, from JSON or TOML, with Tyk's
+//! `TYK_GW_*` environment overrides.
+//!
+//! One pipeline: file → JSON value → environment overrides → typed [`GatewayConfig`] →
+//! [`GatewayConfig::validate`]. Precedence: environment over file over defaults. Every error
+//! names the field the user must fix; fields tollgate does not support are returned so the
+//! caller can warn once.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+/// The subset of `tyk.conf` tollgate honours, plus tollgate's own additions.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct GatewayConfig {
+    pub listen_address: String,
+    pub listen_port: u16,
+    pub secret: String,
+    pub app_path: String,
+    pub hash_keys: bool,
+    pub hash_key_function: String,
+    pub min_token_length: usize,
+    pub storage: StorageConfig,
+    pub health_check_endpoint_name: String,
+    pub readiness_check_endpoint_name: String,
+    pub local_session_cache: LocalSessionCache,
+    /// Seconds to wait for an upstream's response headers.
+    pub proxy_default_timeout: f64,
+    pub enable_analytics: bool,
+}
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        Self {
+            listen_address: String::new(),
+            listen_port: 8080,
+            secret: String::new(),
+            app_path: "./apps/".into(),
+            hash_keys: true,
+            hash_key_function: "murmur64".into(),
+            min_token_length: 3,
+            storage: StorageConfig::default(),
+            health_check_endpoint_name: "hello".into(),
+            readiness_check_endpoint_name: "ready".into(),
+            local_session_cache: LocalSessionCache::default(),
+            proxy_default_timeout: 30.0,
+            enable_analytics: false,
+        }
+    }
+}
+
+/// `storage`: where keys live.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct StorageConfig {
+    /// `redis` (Tyk's default) or `memory` (tollgate's embedded store).
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub host: String,
+    pub port: u16,
+    /// Sentinel addresses (`host:port`), used with `master_name`.
+    pub addrs: Vec<String>,
+    pub master_name: String,
+    pub sentinel_password: String,
+    pub username: String,
+    pub password: String,
+    pub database: i64,
+    /// Seconds for connecting and for each command.
+    pub timeout: u64,
+    pub use_ssl: bool,
+    pub optimisation_max_idle: u32,
+    pub optimisation_max_active: u32,
+    /// tollgate: replicas that must confirm a key write (`WAIT`); `-1` picks 1 where replicas
+    /// exist and 0 otherwise.
+    pub min_replicas_ack: i64,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        Self {
+            kind: "redis".into(),
+            host: "localhost".into(),
+            port: 6379,
+            addrs: Vec::new(),
+            master_name: String::new(),
+            sentinel_password: String::new(),
+            username: String::new(),
+            password: String::new(),
+            database: 0,
+            timeout: 5,
+            use_ssl: false,
+            optimisation_max_idle: 100,
+            optimisation_max_active: 16,
+            min_replicas_ack: -1,
+        }
+    }
+}
+
+/// `local_session_cache`: the per-node cache in front of the store.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct LocalSessionCache {
+    pub disable_cached_session_state: bool,
+    /// Seconds a cached session is used without asking the store.
+    pub cached_session_timeout: u64,
+    /// tollgate: seconds a cached session stays usable while the store is unreachable.
+    pub stale_if_error: u64,
+    /// tollgate: most sessions held in the cache.
+    pub max_entries: u64,
+}
+
+impl Default for LocalSessionCache {
+    fn default() -> Self {
+        Self {
+            disable_cached_session_state: false,
+            cached_session_timeout: 10,
+            stale_if_error: 120,
+            max_entries: 100_000,
+        }
+    }
+}
+
+/// A configuration the gateway cannot start with.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {}: {reason}", path.display())]
+    Read { path: PathBuf, reason: String },
+    #[error("{}: not valid {format}: {reason}", path.display())]
+    Syntax {
+        path: PathBuf,
+        format: &'static str,
+        reason: String,
+    },
+    #[error("{field}: {reason}")]
+    InvalidField { field: String, reason: String },
+}
+
+fn invalid(field: &str, reason: impl Into<String>) -> ConfigError {
+    ConfigError::InvalidField {
+        field: field.to_owned(),
+        reason: reason.into(),
+    }
+}
+
+/// A loaded configuration and the fields of the input it does not support.
+#[derive(Debug)]
+pub struct Loaded {
+    pub config: GatewayConfig,
+    pub unsupported: Vec<String>,
+}
+
+impl GatewayConfig {
+    /// Reads a `tyk.conf` (JSON) or a `.toml` file, applies `TYK_GW_*` overrides, validates.
+    pub fn load(path: &Path) -> Result<Loaded, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read {
+            path: path.to_owned(),
+            reason: e.to_string(),
+        })?;
+        let is_toml = path.extension().is_some_and(|e| e == "toml");
+        let value = if is_toml {
+            let table: toml::Table = toml::from_str(&text).map_err(|e| ConfigError::Syntax {
+                path: path.to_owned(),
+                format: "TOML",
+                reason: e.to_string(),
+            })?;
+            serde_json::to_value(table).map_err(|e| invalid("(file)", e.to_string()))?
+        } else {
+            serde_json::from_str(&text).map_err(|e| ConfigError::Syntax {
+                path: path.to_owned(),
+                format: "JSON",
+                reason: e.to_string(),
+            })?
+        };
+        let mut loaded = Self::from_value(value, |name| std::env::var(name).ok())?;
+        loaded.config.resolve_app_path(path.parent().unwrap_or(Path::new(".")));
+        loaded.config.validate()?;
+        Ok(loaded)
+    }
+
+    /// Builds a configuration from a JSON value and an environment lookup (not validated).
+    pub fn from_value(
+        mut value: Value,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Loaded, ConfigError> {
+        let Value::Object(ref mut map) = value else {
+            return Err(invalid("(file)", "the configuration must be a JSON object"));
+        };
+        let defaults = serde_json::to_value(Self::default()).expect("defaults serialize");
+        let mut unsupported = Vec::new();
+        collect_unsupported(map, defaults.as_object().expect("object"), "", &mut unsupported);
+        apply_env(map, defaults.as_object().expect("object"), "TYK_GW_", "", &env)?;
+        let config = serde_path_to_error::deserialize(value).map_err(|e| {
+            let field = e.path().to_string();
+            invalid(&field, e.into_inner().to_string())
+        })?;
+        Ok(Loaded {
+            config,
+            unsupported,
+        })
+    }
+
+    /// A relative `app_path` is taken relative to the config file's directory.
+    fn resolve_app_path(&mut self, base: &Path) {
+        let app = Path::new(&self.app_path);
+        if app.is_relative() {
+            self.app_path = base.join(app).to_string_lossy().into_owned();
+        }
+    }
+
+    /// Checks values that parse but cannot work.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.secret.is_empty() {
+            return Err(invalid(
+                "secret",
+                "must be set: it guards the Gateway API under /tyk/",
+            ));
+        }
+        if !Path::new(&self.app_path).is_dir() {
+            return Err(invalid(
+                "app_path",
+                format!("{:?} is not a directory", self.app_path),
+            ));
+        }
+        if !["", "murmur32", "murmur64", "murmur128", "sha256"]
+            .contains(&self.hash_key_function.as_str())
+        {
+            return Err(invalid(
+                "hash_key_function",
+                format!(
+                    "{:?} is not one of murmur32, murmur64, murmur128, sha256",
+                    self.hash_key_function
+                ),
+            ));
+        }
+        if !(self.proxy_default_timeout.is_finite() && self.proxy_default_timeout >= 0.0) {
+            return Err(invalid("proxy_default_timeout", "must be a number of seconds >= 0"));
+        }
+        for (field, name) in [
+            ("health_check_endpoint_name", &self.health_check_endpoint_name),
+            (
+                "readiness_check_endpoint_name",
+                &self.readiness_check_endpoint_name,
+            ),
+        ] {
+            if name.is_empty() || name.contains('/') || name == "tyk" {
+                return Err(invalid(field, format!("{name:?} is not a usable path segment")));
+            }
+        }
+        if self.local_session_cache.max_entries == 0 {
+            return Err(invalid("local_session_cache.max_entries", "must be at least 1"));
+        }
+        self.storage.validate()
+    }
+
+    /// The socket address to bind.
+    pub fn listen_addr(&self) -> String {
+        let host = if self.listen_address.is_empty() {
+            "0.0.0.0"
+        } else {
+            &self.listen_address
+        };
+        if host.contains(':') {
+            format!("[{host}]:{}", self.listen_port)
+        } else {
+            format!("{host}:{}", self.listen_port)
+        }
+    }
+}
+
+impl StorageConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        match self.kind.as_str() {
+            "memory" => Ok(()),
+            "redis" => {
+                if self.addrs.is_empty() {
+                    if self.host.is_empty() {
+                        return Err(invalid("storage.host", "must be set for Redis"));
+                    }
+                    if self.port == 0 {
+                        return Err(invalid("storage.port", "must be 1-65535"));
+                    }
+                } else {
+                    if self.master_name.is_empty() {
+                        return Err(invalid(
+                            "storage.master_name",
+                            "must be set with storage.addrs (Sentinel); Redis Cluster is not supported",
+                        ));
+                    }
+                    for addr in &self.addrs {
+                        let ok = addr
+                            .rsplit_once(':')
+                            .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p > 0));
+                        if !ok {
+                            return Err(invalid(
+                                "storage.addrs",
+                                format!("{addr:?} is not host:port"),
+                            ));
+                        }
+                    }
+                }
+                if !(0..=15).contains(&self.database) {
+                    return Err(invalid("storage.database", "must be 0-15"));
+                }
+                if self.timeout == 0 {
+                    return Err(invalid("storage.timeout", "must be at least 1 second"));
+                }
+                if self.optimisation_max_active == 0 {
+                    return Err(invalid("storage.optimisation_max_active", "must be at least 1"));
+                }
+                if self.min_replicas_ack < -1 {
+                    return Err(invalid("storage.min_replicas_ack", "must be -1 (auto) or >= 0"));
+                }
+                Ok(())
+            }
+            other => Err(invalid(
+                "storage.type",
+                format!("{other:?} is not one of redis, memory"),
+            )),
+        }
+    }
+}
+
+fn collect_unsupported(
+    map: &Map<String, Value>,
+    known: &Map<String, Value>,
+    prefix: &str,
+    out: &mut Vec<String>,
+) {
+    for (key, value) in map {
+        match known.get(key) {
+            None => out.push(format!("{prefix}{key}")),
+            Some(Value::Object(inner)) => {
+                if let Value::Object(given) = value {
+                    collect_unsupported(given, inner, &format!("{prefix}{key}."), out);
+                }
+            }
+            Some(_) => {}
+        }
+    }
+    if prefix.is_empty() && map.get("enable_analytics") == Some(&Value::Bool(true)) {
+        out.push("enable_analytics".into());
+    }
+}
+
+/// Tyk's environment names: `TYK_GW_` + the Go field name in capitals, which is the JSON name
+/// without underscores (`listen_port` → `TYK_GW_LISTENPORT`, `storage.host` →
+/// `TYK_GW_STORAGE_HOST`).
+fn apply_env(
+    map: &mut Map<String, Value>,
+    defaults: &Map<String, Value>,
+    prefix: &str,
+    field_prefix: &str,
+    env: &impl Fn(&str) -> Option<String>,
+) -> Result<(), ConfigError> {
+    for (key, default) in defaults {
+        let name = format!("{prefix}{}", key.replace('_', "").to_uppercase());
+        let field = format!("{field_prefix}{key}");
+        if let Value::Object(inner) = default {
+            let entry = map
+                .entry(key.clone())
+                .or_insert_with(|| Value::Object(Map::new()));
+            if let Value::Object(section) = entry {
+                apply_env(section, inner, &format!("{name}_"), &format!("{field}."), env)?;
+            }
+            continue;
+        }
+        let Some(raw) = env(&name) else { continue };
+        let bad = |what: &str| invalid(&field, format!("environment {name}={raw:?} is not {what}"));
+        let value = match default {
+            Value::Bool(_) => match raw.to_ascii_lowercase().as_str() {
+                "true" | "1" => Value::Bool(true),
+                "false" | "0" => Value::Bool(false),
+                _ => return Err(bad("a boolean")),
+            },
+            Value::Number(n) if n.is_f64() => raw
+                .parse::<f64>()
+                .ok()
+                .and_then(serde_json::Number::from_f64)
+                .map(Value::Number)
+                .ok_or_else(|| bad("a number"))?,
+            Value::Number(_) => Value::Number(raw.parse::<i64>().map_err(|_| bad("an integer"))?.into()),
+            Value::Array(_) => Value::Array(
+                raw.split(',')
+                    .map(str::trim)
+                    .filter(|s| !s.is_empty())
+                    .map(|s| Value::String(s.to_owned()))
+                    .collect(),
+            ),
+            _ => Value::String(raw.clone()),
+        };
+        map.insert(key.clone(), value);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn no_env(_: &str) -> Option<String> {
+        None
+    }
+
+    #[test]
+    fn tyk_names_and_unsupported_fields() {
+        let loaded = GatewayConfig::from_value(
+            json!({"listen_port": 9000, "secret": "s", "storage": {"type": "redis", "host": "r", "port": 6380, "enable_cluster": false},
+                   "analytics_config": {}, "enable_analytics": true}),
+            no_env,
+        )
+        .unwrap();
+        assert_eq!(loaded.config.listen_port, 9000);
+        assert_eq!(loaded.config.storage.host, "r");
+        assert_eq!(
+            loaded.unsupported,
+            vec!["analytics_config", "storage.enable_cluster", "enable_analytics"]
+        );
+    }
+
+    #[test]
+    fn env_overrides_file() {
+        let env = |name: &str| match name {
+            "TYK_GW_LISTENPORT" => Some("7000".to_string()),
+            "TYK_GW_STORAGE_HOST" => Some("envhost".to_string()),
+            "TYK_GW_HASHKEYS" => Some("false".to_string()),
+            "TYK_GW_STORAGE_ADDRS" => Some("a:1, b:2".to_string()),
+            "TYK_GW_PROXYDEFAULTTIMEOUT" => Some("2.5".to_string()),
+            _ => None,
+        };
+        let c = GatewayConfig::from_value(json!({"listen_port": 9000}), env).unwrap().config;
+        assert_eq!(c.listen_port, 7000);
+        assert_eq!(c.storage.host, "envhost");
+        assert!(!c.hash_keys);
+        assert_eq!(c.storage.addrs, vec!["a:1", "b:2"]);
+        assert_eq!(c.proxy_default_timeout, 2.5);
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let err = GatewayConfig::from_value(json!({"listen_port": 70000}), no_env).unwrap_err();
+        assert!(err.to_string().starts_with("listen_port:"), "{err}");
+        let err = GatewayConfig::from_value(json!({"storage": {"port": "x"}}), no_env).unwrap_err();
+        assert!(err.to_string().starts_with("storage.port:"), "{err}");
+        let env = |n: &str| (n == "TYK_GW_LISTENPORT").then(|| "abc".to_string());
+        let err = GatewayConfig::from_value(json!({}), env).unwrap_err();
+        assert!(err.to_string().contains("TYK_GW_LISTENPORT"), "{err}");
+        let mut c = GatewayConfig {
+            secret: "s".into(),
+            app_path: ".".into(),
+            ..Default::default()
+        };
+        c.storage.kind = "etcd".into();
+        assert!(c.validate().unwrap_err().to_string().starts_with("storage.type:"));
+        c.storage.kind = "redis".into();
+        c.storage.addrs = vec!["h:1".into()];
+        assert!(c.validate().unwrap_err().to_string().starts_with("storage.master_name:"));
+    }
+}

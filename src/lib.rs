@@ -1,0 +1,15 @@
+//! tollgate: a Tyk-compatible API gateway.
+//!
+//! A request flows `server → api match → auth → proxy`; keys live behind the
+//! [`store::SessionStore`] trait. See the README for the architecture.
+#![forbid(unsafe_code)]
+
+pub mod admin;
+pub mod api;
+pub mod auth;
+pub mod config;
+pub mod proxy;
+pub mod server;
+pub mod session;
+pub mod store;
+pub mod upstream;

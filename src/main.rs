@@ -1,0 +1,242 @@
+//! The `tollgate` command: `serve`, `demo` and `upstream`.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use serde_json::json;
+use tokio::net::TcpListener;
+
+use tollgate::config::{GatewayConfig, Loaded};
+use tollgate::server::{Gateway, serve_gateway};
+use tollgate::session::SessionState;
+use tollgate::store;
+
+#[derive(Parser)]
+#[command(version, about = "A Tyk-compatible API gateway")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway from a tyk.conf (JSON) or .toml file.
+    Serve {
+        #[arg(long, default_value = "tyk.conf")]
+        conf: PathBuf,
+    },
+    /// Run a self-contained gateway: embedded store, built-in upstream, Tyk's sample API and
+    /// the key `testkey`.
+    Demo {
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: SocketAddr,
+        /// Print the effective configuration and exit.
+        #[arg(long)]
+        print_config: bool,
+    },
+    /// Run only the built-in httpbin-like upstream.
+    Upstream {
+        #[arg(long, default_value = "127.0.0.1:8000")]
+        listen: SocketAddr,
+    },
+}
+
+/// Exit code for bad configuration or arguments, as clap uses for usage errors.
+const EXIT_CONFIG: u8 = 2;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("tollgate: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Serve { conf } => {
+                let loaded = GatewayConfig::load(&conf).map_err(Failure::Config)?;
+                run_gateway(loaded).await
+            }
+            Command::Demo {
+                listen,
+                print_config,
+            } => demo(listen, print_config).await,
+            Command::Upstream { listen } => {
+                let listener = bind(listen).await?;
+                tracing::info!("upstream listening on http://{}", listener.local_addr().map_err(anyhow::Error::from)?);
+                tollgate::upstream::serve(listener, shutdown_signal()).await;
+                Ok(())
+            }
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Failure::Config(e)) => {
+            eprintln!("tollgate: configuration error: {e}");
+            ExitCode::from(EXIT_CONFIG)
+        }
+        Err(Failure::Runtime(e)) => {
+            eprintln!("tollgate: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+enum Failure {
+    Config(tollgate::config::ConfigError),
+    Runtime(anyhow::Error),
+}
+
+impl From<anyhow::Error> for Failure {
+    fn from(e: anyhow::Error) -> Self {
+        Self::Runtime(e)
+    }
+}
+
+async fn bind(addr: impl tokio::net::ToSocketAddrs + std::fmt::Display) -> Result<TcpListener, Failure> {
+    let text = addr.to_string();
+    Ok(TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {text}"))?)
+}
+
+/// Opens the store, loads the APIs, binds, and serves until SIGINT/SIGTERM; SIGHUP reloads.
+async fn run_gateway(loaded: Loaded) -> Result<(), Failure> {
+    let gateway = start_gateway(loaded).await?;
+    let listener = bind(gateway.config.listen_addr()).await?;
+    tracing::info!("gateway listening on http://{}", listener.local_addr().map_err(anyhow::Error::from)?);
+    serve_gateway(gateway, listener, shutdown_signal()).await;
+    Ok(())
+}
+
+async fn start_gateway(loaded: Loaded) -> Result<Arc<Gateway>, Failure> {
+    if !loaded.unsupported.is_empty() {
+        tracing::warn!(
+            "configuration fields not supported by tollgate (ignored): {}",
+            loaded.unsupported.join(", ")
+        );
+    }
+    let sessions = store::open(&loaded.config).await.map_err(Failure::Config)?;
+    let gateway = Gateway::new(loaded.config, sessions);
+    let reloader = gateway.clone();
+    tokio::spawn(async move { reload_on_sighup(reloader).await });
+    Ok(gateway)
+}
+
+#[cfg(unix)]
+async fn reload_on_sighup(gateway: Arc<Gateway>) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        return;
+    };
+    while hup.recv().await.is_some() {
+        tracing::info!("SIGHUP: reloading API definitions");
+        gateway.reload().await;
+    }
+}
+
+#[cfg(not(unix))]
+async fn reload_on_sighup(_gateway: Arc<Gateway>) {}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = tokio::signal::ctrl_c().await;
+    tracing::info!("shutting down");
+}
+
+/// Tyk's sample API definition (`apps/app_sample.json`), keyed, pointed at `target`.
+fn sample_api(target: &str) -> serde_json::Value {
+    json!({
+        "name": "Tyk Test API",
+        "api_id": "1",
+        "org_id": "default",
+        "definition": {"location": "header", "key": "version"},
+        "use_keyless": false,
+        "auth": {"auth_header_name": "authorization"},
+        "version_data": {
+            "not_versioned": true,
+            "versions": {"Default": {"name": "Default", "expires": "3000-01-02 15:04", "use_extended_paths": true,
+                "extended_paths": {"ignored": [], "white_list": [], "black_list": []}}}
+        },
+        "proxy": {"listen_path": "/tyk-api-test/", "target_url": target, "strip_listen_path": true},
+        "do_not_track": true
+    })
+}
+
+/// The demo goes through the same configuration path as `serve`: a generated tyk.conf and
+/// app directory.
+async fn demo(listen: SocketAddr, print_config: bool) -> Result<(), Failure> {
+    let upstream = bind("127.0.0.1:0").await?;
+    let upstream_addr = upstream.local_addr().map_err(anyhow::Error::from)?;
+    let dir = tempfile::Builder::new()
+        .prefix("tollgate-demo-")
+        .tempdir()
+        .context("cannot create the demo's app directory")?;
+    let app_path = dir.path().join("apps");
+    write_demo_files(&app_path, &format!("http://{upstream_addr}"))?;
+    let secret = uuid::Uuid::new_v4().simple().to_string();
+    let conf = json!({
+        "listen_address": listen.ip().to_string(),
+        "listen_port": listen.port(),
+        "secret": secret,
+        "app_path": app_path,
+        "storage": {"type": "memory"},
+    });
+    let loaded = GatewayConfig::from_value(conf, |name| std::env::var(name).ok()).map_err(Failure::Config)?;
+    loaded.config.validate().map_err(Failure::Config)?;
+    if print_config {
+        println!("{}", serde_json::to_string_pretty(&loaded.config).map_err(anyhow::Error::from)?);
+        return Ok(());
+    }
+    tokio::spawn(tollgate::upstream::serve(upstream, std::future::pending()));
+    let gateway = start_gateway(loaded).await?;
+    let testkey: SessionState = serde_json::from_value(json!({
+        "allowance": 1000, "rate": 1000, "per": 60, "expires": 0,
+        "quota_max": -1, "quota_renewal_rate": 3600, "org_id": "default",
+        "access_rights": {"1": {"api_id": "1", "api_name": "Tyk Test API", "versions": ["Default"]}}
+    }))
+    .map_err(anyhow::Error::from)?;
+    let id = gateway.hasher.storage_id("testkey").into_owned();
+    gateway
+        .sessions
+        .set(&id, &testkey, None)
+        .await
+        .map_err(anyhow::Error::from)?;
+    let listener = bind(gateway.config.listen_addr()).await?;
+    let addr = listener.local_addr().map_err(anyhow::Error::from)?;
+    println!("tollgate demo: gateway on http://{addr}, upstream on http://{upstream_addr}");
+    println!("Admin secret (x-tyk-authorization): {secret}");
+    println!("Try:\n  curl http://localhost:{}/tyk-api-test/get -H 'authorization: testkey'", addr.port());
+    serve_gateway(gateway, listener, shutdown_signal()).await;
+    drop(dir);
+    Ok(())
+}
+
+fn write_demo_files(app_path: &Path, target: &str) -> Result<(), Failure> {
+    std::fs::create_dir_all(app_path).context("cannot create the demo's app directory")?;
+    let definition = serde_json::to_vec_pretty(&sample_api(target)).map_err(anyhow::Error::from)?;
+    std::fs::write(app_path.join("app_sample.json"), definition).context("cannot write the sample API")?;
+    Ok(())
+}

@@ -1,0 +1,232 @@
+//! The listener and the request pipeline: `api match → auth → proxy`.
+//!
+//! Owns the [`Gateway`] (the shared state of one node), the accept loop, per-connection
+//! HTTP/1.1 settings, the panic guard, and how a rejection becomes a JSON response.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::panic::AssertUnwindSafe;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use futures_util::FutureExt;
+use http::{HeaderValue, Request, Response, StatusCode, header};
+use http_body_util::{Either, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpListener;
+
+use crate::api::{ApiTable, LoadError};
+use crate::auth::{self, KeyHasher};
+use crate::config::GatewayConfig;
+use crate::proxy::UpstreamClient;
+use crate::store::SessionStore;
+use crate::admin;
+
+/// Every response body: a streamed upstream body or a small buffered one.
+pub type Body = Either<Incoming, Full<Bytes>>;
+
+/// Largest request head (request line + headers) accepted; larger gets 431.
+pub const MAX_HEAD_BYTES: usize = 16 * 1024;
+
+/// The state one gateway node shares across connections.
+pub struct Gateway {
+    pub config: GatewayConfig,
+    pub sessions: Arc<dyn SessionStore>,
+    pub hasher: KeyHasher,
+    apis: ArcSwap<ApiTable>,
+    load_errors: ArcSwap<Vec<String>>,
+    upstream: UpstreamClient,
+    reload_lock: tokio::sync::Mutex<()>,
+}
+
+impl Gateway {
+    /// Builds a node and loads the API definitions in `config.app_path`.
+    pub fn new(config: GatewayConfig, sessions: Arc<dyn SessionStore>) -> Arc<Self> {
+        let timeout = Duration::from_secs_f64(config.proxy_default_timeout);
+        let gateway = Arc::new(Self {
+            hasher: KeyHasher::new(config.hash_keys, &config.hash_key_function),
+            sessions,
+            apis: ArcSwap::from_pointee(ApiTable::default()),
+            load_errors: ArcSwap::from_pointee(Vec::new()),
+            upstream: UpstreamClient::new(timeout),
+            reload_lock: tokio::sync::Mutex::new(()),
+            config,
+        });
+        let (table, errors) = ApiTable::load_dir(&gateway.app_path());
+        gateway.install(table, errors);
+        gateway
+    }
+
+    pub fn app_path(&self) -> PathBuf {
+        PathBuf::from(&self.config.app_path)
+    }
+
+    /// The routing table in force.
+    pub fn apis(&self) -> arc_swap::Guard<Arc<ApiTable>> {
+        self.apis.load()
+    }
+
+    /// Definition files that failed at the last load, as `path: reason`.
+    pub fn load_errors(&self) -> Arc<Vec<String>> {
+        self.load_errors.load_full()
+    }
+
+    /// Reloads the API definitions and swaps the routing table whole: requests in flight keep
+    /// the table they started with.
+    pub async fn reload(&self) {
+        let _serial = self.reload_lock.lock().await;
+        let dir = self.app_path();
+        let loaded = tokio::task::spawn_blocking(move || ApiTable::load_dir(&dir)).await;
+        match loaded {
+            Ok((table, errors)) => self.install(table, errors),
+            Err(e) => tracing::error!("API reload failed: {e}"),
+        }
+    }
+
+    fn install(&self, table: ApiTable, errors: Vec<LoadError>) {
+        for e in &errors {
+            tracing::warn!("API definition skipped: {e}");
+        }
+        tracing::info!(apis = table.len(), "API definitions loaded");
+        self.apis.store(Arc::new(table));
+        self.load_errors
+            .store(Arc::new(errors.iter().map(ToString::to_string).collect()));
+    }
+
+    /// One request through the pipeline.
+    pub async fn handle(self: Arc<Self>, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+        if admin::owns(&self.config, req.uri().path()) {
+            return admin::handle(&self, req).await;
+        }
+        let apis = self.apis.load();
+        let Some(spec) = apis.route(req.uri().path()).cloned() else {
+            return error_response(StatusCode::NOT_FOUND, "No API matches this path");
+        };
+        drop(apis);
+        let (parts, body) = req.into_parts();
+        let _session = match auth::authenticate(&spec, &parts, &self.hasher, &*self.sessions).await {
+            Ok(session) => session,
+            Err(e) => return error_response(e.status(), &e.to_string()),
+        };
+        let req = Request::from_parts(parts, body);
+        match self.upstream.forward(&spec, req, peer).await {
+            Ok(response) => response.map(Either::Left),
+            Err(e) => {
+                tracing::debug!(api = spec.api_id(), "upstream error: {e:?}");
+                error_response(e.status(), &e.to_string())
+            }
+        }
+    }
+}
+
+/// A JSON response with a buffered body.
+pub fn json_response(status: StatusCode, body: &serde_json::Value) -> Response<Body> {
+    let bytes = serde_json::to_vec(body).unwrap_or_default();
+    let mut response = Response::new(Either::Right(Full::new(Bytes::from(bytes))));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
+}
+
+/// Tyk's gateway error body: `{"error": "..."}`.
+pub fn error_response(status: StatusCode, message: &str) -> Response<Body> {
+    json_response(status, &serde_json::json!({ "error": message }))
+}
+
+/// Runs `handler`, turning a panic into a 500 for this request alone.
+pub async fn guarded<F>(handler: F) -> Response<Body>
+where
+    F: Future<Output = Response<Body>>,
+{
+    match AssertUnwindSafe(handler).catch_unwind().await {
+        Ok(response) => response,
+        Err(_) => {
+            tracing::error!("request handler panicked");
+            error_response(StatusCode::INTERNAL_SERVER_ERROR, "Internal error")
+        }
+    }
+}
+
+/// Accepts HTTP/1.1 connections until `shutdown` resolves, answers each request with
+/// `handler` (panics become a 500), then lets open connections finish.
+pub async fn serve<H, F>(listener: TcpListener, handler: H, shutdown: impl Future<Output = ()>)
+where
+    H: Fn(Request<Incoming>, SocketAddr) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = Response<Body>> + Send + 'static,
+{
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(Duration::from_secs(30))
+        .max_buf_size(MAX_HEAD_BYTES)
+        .keep_alive(true);
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(conn) => conn,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::warn!("accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let handler = handler.clone();
+        let service = service_fn(move |req| {
+            let response = guarded(handler(req, peer));
+            async move { Ok::<_, Infallible>(response.await) }
+        });
+        let conn = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(%peer, "connection ended: {e}");
+            }
+        });
+    }
+    drop(listener);
+    if tokio::time::timeout(Duration::from_secs(30), graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("connections still open after 30 s; closing them");
+    }
+}
+
+/// Serves the gateway pipeline on `listener`.
+pub async fn serve_gateway(
+    gateway: Arc<Gateway>,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()>,
+) {
+    serve(
+        listener,
+        move |req, peer| gateway.clone().handle(req, peer),
+        shutdown,
+    )
+    .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_panicking_handler_answers_500() {
+        let response = guarded(async { panic!("boom") }).await;
+        assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        let ok = guarded(async { error_response(StatusCode::OK, "fine") }).await;
+        assert_eq!(ok.status(), StatusCode::OK);
+    }
+}

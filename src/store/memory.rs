@@ -1,0 +1,128 @@
+//! The embedded in-memory session store: the zero set-up default for one gateway node.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+
+use super::{SessionStore, StoreError, StoreHealth};
+use crate::session::SessionState;
+
+struct Entry {
+    session: Arc<SessionState>,
+    expires_at: Option<Instant>,
+}
+
+impl Entry {
+    fn live(&self, now: Instant) -> bool {
+        self.expires_at.is_none_or(|t| t > now)
+    }
+}
+
+/// Sessions in a map guarded by a std lock that is never held across an `.await`.
+#[derive(Default)]
+pub struct MemoryStore {
+    entries: RwLock<HashMap<String, Entry>>,
+    writes: AtomicU64,
+}
+
+/// Expired entries are swept once per this many writes, so a write stays O(1) on average.
+const SWEEP_EVERY: u64 = 4096;
+
+impl MemoryStore {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<String, Entry>> {
+        self.entries.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<String, Entry>> {
+        self.entries.write().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+#[async_trait]
+impl SessionStore for MemoryStore {
+    async fn get(&self, key_id: &str) -> Result<Option<Arc<SessionState>>, StoreError> {
+        let now = Instant::now();
+        Ok(self
+            .read()
+            .get(key_id)
+            .filter(|e| e.live(now))
+            .map(|e| e.session.clone()))
+    }
+
+    async fn set(
+        &self,
+        key_id: &str,
+        session: &SessionState,
+        ttl: Option<Duration>,
+    ) -> Result<(), StoreError> {
+        let entry = Entry {
+            session: Arc::new(session.clone()),
+            expires_at: ttl.map(|t| Instant::now() + t),
+        };
+        let sweep = self.writes.fetch_add(1, Ordering::Relaxed) % SWEEP_EVERY == SWEEP_EVERY - 1;
+        let mut map = self.write();
+        if sweep {
+            let now = Instant::now();
+            map.retain(|_, e| e.live(now));
+        }
+        map.insert(key_id.to_owned(), entry);
+        Ok(())
+    }
+
+    async fn delete(&self, key_id: &str) -> Result<bool, StoreError> {
+        let now = Instant::now();
+        Ok(self.write().remove(key_id).is_some_and(|e| e.live(now)))
+    }
+
+    async fn list(&self) -> Result<Vec<String>, StoreError> {
+        let now = Instant::now();
+        let mut keys: Vec<String> = self
+            .read()
+            .iter()
+            .filter(|(_, e)| e.live(now))
+            .map(|(k, _)| k.clone())
+            .collect();
+        keys.sort();
+        Ok(keys)
+    }
+
+    async fn health(&self) -> StoreHealth {
+        StoreHealth {
+            mode: "memory",
+            reachable: true,
+            details: Default::default(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn set_get_delete_list() {
+        let store = MemoryStore::new();
+        let s = SessionState {
+            rate: 5.0,
+            ..Default::default()
+        };
+        store.set("a", &s, None).await.unwrap();
+        store
+            .set("b", &s, Some(Duration::from_millis(1)))
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        assert_eq!(store.get("a").await.unwrap().unwrap().rate, 5.0);
+        assert!(store.get("b").await.unwrap().is_none());
+        assert_eq!(store.list().await.unwrap(), vec!["a".to_string()]);
+        assert!(store.delete("a").await.unwrap());
+        assert!(!store.delete("a").await.unwrap());
+    }
+}

@@ -1,0 +1,76 @@
+//! Where key records live: one async trait, [`SessionStore`], and its backends.
+//!
+//! Keys are addressed by their storage id (the hashed key when `hash_keys` is on; see
+//! `auth::KeyHasher`). A backend stores and returns whole records; it knows nothing about
+//! APIs, auth decisions or HTTP.
+
+pub mod memory;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde::Serialize;
+
+use crate::session::SessionState;
+
+pub use memory::MemoryStore;
+
+/// A failure of the store itself, never a statement about a key.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The store could not be reached or did not answer in time.
+    #[error("key store unavailable: {0}")]
+    Unavailable(String),
+    /// The write reached the store but was not confirmed as durable.
+    #[error("key write not confirmed: {0}")]
+    NotDurable(String),
+    /// A stored record could not be decoded.
+    #[error("stored record for {key} is corrupt: {reason}")]
+    Corrupt { key: String, reason: String },
+}
+
+/// What the store says about itself, for `/hello` and `/ready`.
+#[derive(Debug, Clone, Serialize)]
+pub struct StoreHealth {
+    /// `memory`, `redis` or `sentinel`.
+    pub mode: &'static str,
+    /// Whether the store answers right now.
+    pub reachable: bool,
+    /// Extra details (master address, replicas, last error...).
+    #[serde(flatten)]
+    pub details: serde_json::Map<String, serde_json::Value>,
+}
+
+/// The session store every gateway component talks to.
+#[async_trait]
+pub trait SessionStore: Send + Sync + 'static {
+    /// The record stored under `key_id`, or `None` when there is none.
+    async fn get(&self, key_id: &str) -> Result<Option<Arc<SessionState>>, StoreError>;
+    /// Stores `session` under `key_id`; `ttl` of `None` keeps it until deleted.
+    async fn set(
+        &self,
+        key_id: &str,
+        session: &SessionState,
+        ttl: Option<Duration>,
+    ) -> Result<(), StoreError>;
+    /// Removes the record; `true` when one existed.
+    async fn delete(&self, key_id: &str) -> Result<bool, StoreError>;
+    /// Every stored key id.
+    async fn list(&self) -> Result<Vec<String>, StoreError>;
+    /// Checks the store now and reports its state.
+    async fn health(&self) -> StoreHealth;
+}
+
+/// Opens the store `config.storage` names.
+pub async fn open(
+    config: &crate::config::GatewayConfig,
+) -> Result<Arc<dyn SessionStore>, crate::config::ConfigError> {
+    match config.storage.kind.as_str() {
+        "memory" => Ok(Arc::new(MemoryStore::new())),
+        other => Err(crate::config::ConfigError::InvalidField {
+            field: "storage.type".into(),
+            reason: format!("{other:?} is not available in this build"),
+        }),
+    }
+}

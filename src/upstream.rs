@@ -1,0 +1,155 @@
+//! A small httpbin-compatible upstream, used by `tollgate demo`, the tests and the benchmarks,
+//! so nothing needs the internet.
+//!
+//! Answers `/get`, `/post`, `/put`, `/patch`, `/delete`, `/anything[/...]`, `/headers`, `/ip`,
+//! `/status/{code}`, `/delay/{secs}` and `/bytes/{n}` with httpbin's JSON shapes.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode, header};
+use http_body_util::{BodyExt, Either, Full};
+use hyper::body::Incoming;
+use serde_json::{Map, Value, json};
+use tokio::net::TcpListener;
+
+use crate::server::{Body, error_response, json_response};
+
+/// Longest `/delay/{secs}` honoured, as in httpbin.
+const MAX_DELAY_SECS: f64 = 10.0;
+/// Largest `/bytes/{n}` served.
+const MAX_BYTES: usize = 10 * 1024 * 1024;
+
+/// Serves the upstream on `listener` until `shutdown` resolves.
+pub async fn serve(listener: TcpListener, shutdown: impl std::future::Future<Output = ()>) {
+    crate::server::serve(listener, handle, shutdown).await
+}
+
+/// Answers one request the way httpbin would.
+pub async fn handle(req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+    let path = req.uri().path().to_owned();
+    let method = req.method().clone();
+    let mut segments = path.trim_start_matches('/').splitn(2, '/');
+    let head = segments.next().unwrap_or_default();
+    let rest = segments.next();
+    match (head, rest, &method) {
+        ("get", None, &Method::GET | &Method::HEAD) => echo(req, peer, false, false).await,
+        ("post", None, &Method::POST)
+        | ("put", None, &Method::PUT)
+        | ("patch", None, &Method::PATCH)
+        | ("delete", None, &Method::DELETE) => echo(req, peer, true, false).await,
+        ("anything", _, _) => echo(req, peer, true, true).await,
+        ("headers", None, _) => json_response(StatusCode::OK, &json!({"headers": headers(&req)})),
+        ("ip", None, _) => json_response(StatusCode::OK, &json!({"origin": peer.ip().to_string()})),
+        ("status", Some(code), _) => match code.parse::<u16>().ok().and_then(|c| StatusCode::from_u16(c).ok()) {
+            Some(status) => {
+                let mut response = Response::new(Either::Right(Full::new(Bytes::new())));
+                *response.status_mut() = status;
+                response
+            }
+            None => error_response(StatusCode::BAD_REQUEST, "invalid status code"),
+        },
+        ("delay", Some(secs), _) => match secs.parse::<f64>() {
+            Ok(secs) if secs >= 0.0 => {
+                tokio::time::sleep(Duration::from_secs_f64(secs.min(MAX_DELAY_SECS))).await;
+                echo(req, peer, true, false).await
+            }
+            _ => error_response(StatusCode::BAD_REQUEST, "invalid delay"),
+        },
+        ("bytes", Some(n), _) => match n.parse::<usize>() {
+            Ok(n) if n <= MAX_BYTES => {
+                // Deterministic filler: the content does not matter, only the length.
+                let body: Vec<u8> = (0..n).map(|i| (i % 251) as u8).collect();
+                let mut response = Response::new(Either::Right(Full::new(Bytes::from(body))));
+                response.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    header::HeaderValue::from_static("application/octet-stream"),
+                );
+                response
+            }
+            _ => error_response(StatusCode::BAD_REQUEST, "invalid byte count"),
+        },
+        ("get" | "post" | "put" | "patch" | "delete", None, _) => {
+            error_response(StatusCode::METHOD_NOT_ALLOWED, "Method Not Allowed")
+        }
+        _ => error_response(StatusCode::NOT_FOUND, "Not Found"),
+    }
+}
+
+/// httpbin's request echo: args, headers, origin, url (and data/json/form for bodies).
+async fn echo(req: Request<Incoming>, peer: SocketAddr, with_body: bool, with_method: bool) -> Response<Body> {
+    let url = format!(
+        "http://{}{}",
+        req.headers()
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .unwrap_or("localhost"),
+        req.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/")
+    );
+    let mut out = Map::new();
+    out.insert("args".into(), args(req.uri().query()));
+    out.insert("headers".into(), headers(&req));
+    out.insert("origin".into(), Value::String(peer.ip().to_string()));
+    out.insert("url".into(), Value::String(url));
+    if with_method {
+        out.insert("method".into(), Value::String(req.method().to_string()));
+    }
+    if with_body {
+        let body = match req.into_body().collect().await {
+            Ok(collected) => collected.to_bytes(),
+            Err(_) => return error_response(StatusCode::BAD_REQUEST, "body could not be read"),
+        };
+        let json = serde_json::from_slice::<Value>(&body).unwrap_or(Value::Null);
+        out.insert("data".into(), Value::String(String::from_utf8_lossy(&body).into_owned()));
+        out.insert("files".into(), json!({}));
+        out.insert("form".into(), json!({}));
+        out.insert("json".into(), json);
+    }
+    json_response(StatusCode::OK, &Value::Object(out))
+}
+
+fn args(query: Option<&str>) -> Value {
+    let mut map = Map::new();
+    for (k, v) in form_urlencoded::parse(query.unwrap_or_default().as_bytes()) {
+        let v = Value::String(v.into_owned());
+        match map.get_mut(k.as_ref()) {
+            Some(Value::Array(list)) => list.push(v),
+            Some(existing) => *existing = Value::Array(vec![existing.take(), v]),
+            None => {
+                map.insert(k.into_owned(), v);
+            }
+        }
+    }
+    Value::Object(map)
+}
+
+/// Request headers with httpbin's Title-Case names.
+fn headers<B>(req: &Request<B>) -> Value {
+    let mut map = Map::new();
+    for (name, value) in req.headers() {
+        let title = name
+            .as_str()
+            .split('-')
+            .map(|part| {
+                let mut chars = part.chars();
+                chars
+                    .next()
+                    .map(|c| c.to_ascii_uppercase().to_string() + chars.as_str())
+                    .unwrap_or_default()
+            })
+            .collect::<Vec<_>>()
+            .join("-");
+        let value = String::from_utf8_lossy(value.as_bytes()).into_owned();
+        match map.get_mut(&title) {
+            Some(Value::String(prior)) => {
+                prior.push(',');
+                prior.push_str(&value);
+            }
+            _ => {
+                map.insert(title, Value::String(value));
+            }
+        }
+    }
+    Value::Object(map)
+}
