@@ -48,10 +48,26 @@ fn method_not_allowed() -> Response<Body> {
 }
 
 fn malformed(reason: impl std::fmt::Display) -> Response<Body> {
-    status_message(
-        StatusCode::BAD_REQUEST,
-        &format!("Request malformed: {reason}"),
-    )
+    Rejected::malformed(reason).into_response()
+}
+
+/// An admin request refused before it touched anything.
+struct Rejected {
+    status: StatusCode,
+    message: String,
+}
+
+impl Rejected {
+    fn malformed(reason: impl std::fmt::Display) -> Self {
+        Self {
+            status: StatusCode::BAD_REQUEST,
+            message: format!("Request malformed: {reason}"),
+        }
+    }
+
+    fn into_response(self) -> Response<Body> {
+        status_message(self.status, &self.message)
+    }
 }
 
 fn store_failure(e: &StoreError) -> Response<Body> {
@@ -90,7 +106,7 @@ pub async fn handle(gw: &Arc<Gateway>, req: Request<Incoming>) -> Response<Body>
         (["keys"] | ["keys", "create"], Method::POST) => {
             match read_json::<SessionState>(req).await {
                 Ok(session) => create_key(gw, session, &query).await,
-                Err(response) => response,
+                Err(rejected) => rejected.into_response(),
             }
         }
         (["keys", key], method) => {
@@ -106,7 +122,7 @@ pub async fn handle(gw: &Arc<Gateway>, req: Request<Incoming>) -> Response<Body>
                 Method::DELETE => delete_key(gw, &key, &query).await,
                 Method::POST | Method::PUT => match read_json::<SessionState>(req).await {
                     Ok(session) => put_key(gw, &key, session, method == Method::POST, &query).await,
-                    Err(response) => response,
+                    Err(rejected) => rejected.into_response(),
                 },
                 _ => method_not_allowed(),
             }
@@ -114,7 +130,7 @@ pub async fn handle(gw: &Arc<Gateway>, req: Request<Incoming>) -> Response<Body>
         (["apis"], Method::GET) => list_apis(gw),
         (["apis"], Method::POST) => match read_body(req).await {
             Ok(body) => write_api(gw, None, &body).await,
-            Err(response) => response,
+            Err(rejected) => rejected.into_response(),
         },
         (["apis", id], method) => {
             let id = (*id).to_owned();
@@ -122,7 +138,7 @@ pub async fn handle(gw: &Arc<Gateway>, req: Request<Incoming>) -> Response<Body>
                 Method::GET => get_api(gw, &id),
                 Method::PUT => match read_body(req).await {
                     Ok(body) => write_api(gw, Some(&id), &body).await,
-                    Err(response) => response,
+                    Err(rejected) => rejected.into_response(),
                 },
                 Method::DELETE => delete_api(gw, &id).await,
                 _ => method_not_allowed(),
@@ -185,23 +201,26 @@ impl Query {
     }
 }
 
-async fn read_body(req: Request<Incoming>) -> Result<Bytes, Response<Body>> {
-    match Limited::new(req.into_body(), MAX_ADMIN_BODY).collect().await {
+async fn read_body(req: Request<Incoming>) -> Result<Bytes, Rejected> {
+    match Limited::new(req.into_body(), MAX_ADMIN_BODY)
+        .collect()
+        .await
+    {
         Ok(collected) => Ok(collected.to_bytes()),
-        Err(e) => Err(malformed(format!("body could not be read: {e}"))),
+        Err(e) => Err(Rejected::malformed(format!("body could not be read: {e}"))),
     }
 }
 
-async fn read_json<T: serde::de::DeserializeOwned>(req: Request<Incoming>) -> Result<T, Response<Body>> {
+async fn read_json<T: serde::de::DeserializeOwned>(req: Request<Incoming>) -> Result<T, Rejected> {
     let body = read_body(req).await?;
     let de = &mut serde_json::Deserializer::from_slice(&body);
     serde_path_to_error::deserialize(de).map_err(|e| {
         let path = e.path().to_string();
         let inner = e.into_inner();
         if path == "." {
-            malformed(inner)
+            Rejected::malformed(inner)
         } else {
-            malformed(format!("{path}: {inner}"))
+            Rejected::malformed(format!("{path}: {inner}"))
         }
     })
 }
@@ -216,13 +235,13 @@ async fn list_keys(gw: &Gateway) -> Response<Body> {
 }
 
 /// The storage id for a key named in a URL (`?hashed=true`: the URL already holds it).
-fn storage_id(gw: &Gateway, key: &str, query: &Query) -> Result<String, Response<Body>> {
+fn storage_id(gw: &Gateway, key: &str, query: &Query) -> Result<String, Rejected> {
     if query.flag("hashed") {
         if !gw.hasher.enabled() {
-            return Err(status_message(
-                StatusCode::BAD_REQUEST,
-                "Key requested by hash but key hashing is not enabled.",
-            ));
+            return Err(Rejected {
+                status: StatusCode::BAD_REQUEST,
+                message: "Key requested by hash but key hashing is not enabled.".into(),
+            });
         }
         return Ok(key.to_owned());
     }
@@ -232,7 +251,7 @@ fn storage_id(gw: &Gateway, key: &str, query: &Query) -> Result<String, Response
 async fn get_key(gw: &Gateway, key: &str, query: &Query) -> Response<Body> {
     let id = match storage_id(gw, key, query) {
         Ok(id) => id,
-        Err(response) => return response,
+        Err(rejected) => return rejected.into_response(),
     };
     match gw.sessions.get(&id).await {
         Ok(Some(session)) => json_response(StatusCode::OK, &json!(*session)),
@@ -244,7 +263,7 @@ async fn get_key(gw: &Gateway, key: &str, query: &Query) -> Response<Body> {
 async fn delete_key(gw: &Gateway, key: &str, query: &Query) -> Response<Body> {
     let id = match storage_id(gw, key, query) {
         Ok(id) => id,
-        Err(response) => return response,
+        Err(rejected) => return rejected.into_response(),
     };
     match gw.sessions.delete(&id).await {
         Ok(true) => modified(key, "deleted"),
@@ -385,19 +404,26 @@ async fn write_api(gw: &Gateway, path_id: Option<&str>, body: &[u8]) -> Response
     }
     let dir = gw.app_path();
     let create = path_id.is_none();
-    let written = tokio::task::spawn_blocking(move || {
-        match (api::find_definition_file(&dir, &id), create) {
-            (Some(_), true) => Ok(WriteOutcome::Exists),
-            (None, false) => Ok(WriteOutcome::Missing),
-            (Some(path), false) => api::write_definition(&path, &definition).map(|_| WriteOutcome::Written(id)),
-            (None, true) => api::write_definition(&dir.join(file_name), &definition)
-                .map(|_| WriteOutcome::Written(id)),
-        }
-    })
-    .await;
+    let written =
+        tokio::task::spawn_blocking(
+            move || match (api::find_definition_file(&dir, &id), create) {
+                (Some(_), true) => Ok(WriteOutcome::Exists),
+                (None, false) => Ok(WriteOutcome::Missing),
+                (Some(path), false) => {
+                    api::write_definition(&path, &definition).map(|_| WriteOutcome::Written(id))
+                }
+                (None, true) => api::write_definition(&dir.join(file_name), &definition)
+                    .map(|_| WriteOutcome::Written(id)),
+            },
+        )
+        .await;
     match written {
-        Ok(Ok(WriteOutcome::Written(id))) => modified(&id, if create { "added" } else { "modified" }),
-        Ok(Ok(WriteOutcome::Exists)) => status_message(StatusCode::CONFLICT, "API with this api_id already exists"),
+        Ok(Ok(WriteOutcome::Written(id))) => {
+            modified(&id, if create { "added" } else { "modified" })
+        }
+        Ok(Ok(WriteOutcome::Exists)) => {
+            status_message(StatusCode::CONFLICT, "API with this api_id already exists")
+        }
         Ok(Ok(WriteOutcome::Missing)) => status_message(StatusCode::NOT_FOUND, "API not found"),
         Ok(Err(e)) => file_failure(&e),
         Err(e) => file_failure(&e),
@@ -421,11 +447,12 @@ fn file_failure(e: &dyn std::fmt::Display) -> Response<Body> {
 async fn delete_api(gw: &Gateway, id: &str) -> Response<Body> {
     let dir = gw.app_path();
     let target = id.to_owned();
-    let removed = tokio::task::spawn_blocking(move || match api::find_definition_file(&dir, &target) {
-        Some(path) => std::fs::remove_file(path).map(|_| true),
-        None => Ok(false),
-    })
-    .await;
+    let removed =
+        tokio::task::spawn_blocking(move || match api::find_definition_file(&dir, &target) {
+            Some(path) => std::fs::remove_file(path).map(|_| true),
+            None => Ok(false),
+        })
+        .await;
     match removed {
         Ok(Ok(true)) => modified(id, "deleted"),
         Ok(Ok(false)) => status_message(StatusCode::NOT_FOUND, "API not found"),
@@ -446,7 +473,11 @@ async fn hello(gw: &Gateway) -> Response<Body> {
     } else {
         "pass"
     };
-    let component = if health.mode == "memory" { "memory" } else { "redis" };
+    let component = if health.mode == "memory" {
+        "memory"
+    } else {
+        "redis"
+    };
     let mut store = json!({
         "status": if health.reachable { "pass" } else { "fail" },
         "componentType": "datastore",
@@ -457,7 +488,8 @@ async fn hello(gw: &Gateway) -> Response<Body> {
     }
     let mut details = json!({ component: store });
     if !load_errors.is_empty() {
-        details["apis"] = json!({"status": "warn", "componentType": "system", "output": *load_errors});
+        details["apis"] =
+            json!({"status": "warn", "componentType": "system", "output": *load_errors});
     }
     json_response(
         StatusCode::OK,

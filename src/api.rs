@@ -168,10 +168,15 @@ impl ApiSpec {
                 &auth.auth_header_name
             };
             let header = HeaderName::from_bytes(name.as_bytes()).map_err(|_| {
-                invalid("auth.auth_header_name", format!("{name:?} is not a header name"))
+                invalid(
+                    "auth.auth_header_name",
+                    format!("{name:?} is not a header name"),
+                )
             })?;
             let param = auth.use_param.then(|| non_empty_or(&auth.param_name, name));
-            let cookie = auth.use_cookie.then(|| non_empty_or(&auth.cookie_name, name));
+            let cookie = auth
+                .use_cookie
+                .then(|| non_empty_or(&auth.cookie_name, name));
             Some(KeySource {
                 header,
                 param,
@@ -295,13 +300,17 @@ impl ApiTable {
             if !spec.definition.active {
                 continue;
             }
-            let clash = table.by_id.contains_key(spec.api_id()).then_some("api_id").or_else(|| {
-                table
-                    .by_path
-                    .iter()
-                    .any(|s| s.listen_path() == spec.listen_path())
-                    .then_some("proxy.listen_path")
-            });
+            let clash = table
+                .by_id
+                .contains_key(spec.api_id())
+                .then_some("api_id")
+                .or_else(|| {
+                    table
+                        .by_path
+                        .iter()
+                        .any(|s| s.listen_path() == spec.listen_path())
+                        .then_some("proxy.listen_path")
+                });
             if let Some(field) = clash {
                 errors.push(LoadError {
                     path,
@@ -315,7 +324,7 @@ impl ApiTable {
         }
         table
             .by_path
-            .sort_by(|a, b| b.listen_path().len().cmp(&a.listen_path().len()));
+            .sort_by_key(|s| std::cmp::Reverse(s.listen_path().len()));
         (table, errors)
     }
 
@@ -451,18 +460,33 @@ mod tests {
 
     #[test]
     fn strip_and_join_paths() {
-        assert_eq!(spec("/t/", "http://u", true).upstream_path("/t/get"), "/get");
+        assert_eq!(
+            spec("/t/", "http://u", true).upstream_path("/t/get"),
+            "/get"
+        );
         assert_eq!(spec("/t/", "http://u", true).upstream_path("/t"), "/");
-        assert_eq!(spec("/t/", "http://u/base/", true).upstream_path("/t/get"), "/base/get");
-        assert_eq!(spec("/t/", "http://u/base", false).upstream_path("/t/get"), "/base/t/get");
-        assert_eq!(spec("/t/", "http://u", false).upstream_path("/t/get"), "/t/get");
+        assert_eq!(
+            spec("/t/", "http://u/base/", true).upstream_path("/t/get"),
+            "/base/get"
+        );
+        assert_eq!(
+            spec("/t/", "http://u/base", false).upstream_path("/t/get"),
+            "/base/t/get"
+        );
+        assert_eq!(
+            spec("/t/", "http://u", false).upstream_path("/t/get"),
+            "/t/get"
+        );
     }
 
     #[test]
     fn bad_fields_are_named() {
         let err = parse_definition(br#"{"api_id":"1","proxy":{"listen_path":5}}"#).unwrap_err();
         assert!(err.to_string().starts_with("proxy.listen_path"), "{err}");
-        let def = parse_definition(br#"{"api_id":"1","proxy":{"listen_path":"/x/","target_url":"ftp://h"}}"#).unwrap();
+        let def = parse_definition(
+            br#"{"api_id":"1","proxy":{"listen_path":"/x/","target_url":"ftp://h"}}"#,
+        )
+        .unwrap();
         let err = ApiSpec::from_definition(def).unwrap_err();
         assert!(err.to_string().starts_with("proxy.target_url"), "{err}");
     }

@@ -261,18 +261,38 @@ mod tests {
     #[test]
     fn key_from_header_param_cookie() {
         let s = header_source();
-        let p = parts(http::Request::get("/").header("authorization", "Bearer abc").body(()).unwrap());
+        let p = parts(
+            http::Request::get("/")
+                .header("authorization", "Bearer abc")
+                .body(())
+                .unwrap(),
+        );
         assert_eq!(extract_key(&s, &p), Ok("abc"));
         let p = parts(http::Request::get("/x?a=1&key=qk").body(()).unwrap());
         assert_eq!(extract_key(&s, &p), Ok("qk"));
-        let p = parts(http::Request::get("/").header("cookie", "x=1; auth=ck").body(()).unwrap());
+        let p = parts(
+            http::Request::get("/")
+                .header("cookie", "x=1; auth=ck")
+                .body(())
+                .unwrap(),
+        );
         assert_eq!(extract_key(&s, &p), Ok("ck"));
         let p = parts(http::Request::get("/").body(()).unwrap());
         assert_eq!(extract_key(&s, &p), Err(AuthError::Missing));
-        let p = parts(http::Request::get("/").header("authorization", "a b").body(()).unwrap());
+        let p = parts(
+            http::Request::get("/")
+                .header("authorization", "a b")
+                .body(())
+                .unwrap(),
+        );
         assert_eq!(extract_key(&s, &p), Err(AuthError::Malformed));
         let long = "k".repeat(MAX_KEY_LEN + 1);
-        let p = parts(http::Request::get("/").header("authorization", long).body(()).unwrap());
+        let p = parts(
+            http::Request::get("/")
+                .header("authorization", long)
+                .body(())
+                .unwrap(),
+        );
         assert_eq!(extract_key(&s, &p), Err(AuthError::Malformed));
     }
 

@@ -174,7 +174,9 @@ impl GatewayConfig {
             })?
         };
         let mut loaded = Self::from_value(value, |name| std::env::var(name).ok())?;
-        loaded.config.resolve_app_path(path.parent().unwrap_or(Path::new(".")));
+        loaded
+            .config
+            .resolve_app_path(path.parent().unwrap_or(Path::new(".")));
         loaded.config.validate()?;
         Ok(loaded)
     }
@@ -189,8 +191,19 @@ impl GatewayConfig {
         };
         let defaults = serde_json::to_value(Self::default()).expect("defaults serialize");
         let mut unsupported = Vec::new();
-        collect_unsupported(map, defaults.as_object().expect("object"), "", &mut unsupported);
-        apply_env(map, defaults.as_object().expect("object"), "TYK_GW_", "", &env)?;
+        collect_unsupported(
+            map,
+            defaults.as_object().expect("object"),
+            "",
+            &mut unsupported,
+        );
+        apply_env(
+            map,
+            defaults.as_object().expect("object"),
+            "TYK_GW_",
+            "",
+            &env,
+        )?;
         let config = serde_path_to_error::deserialize(value).map_err(|e| {
             let field = e.path().to_string();
             invalid(&field, e.into_inner().to_string())
@@ -235,21 +248,33 @@ impl GatewayConfig {
             ));
         }
         if !(self.proxy_default_timeout.is_finite() && self.proxy_default_timeout >= 0.0) {
-            return Err(invalid("proxy_default_timeout", "must be a number of seconds >= 0"));
+            return Err(invalid(
+                "proxy_default_timeout",
+                "must be a number of seconds >= 0",
+            ));
         }
         for (field, name) in [
-            ("health_check_endpoint_name", &self.health_check_endpoint_name),
+            (
+                "health_check_endpoint_name",
+                &self.health_check_endpoint_name,
+            ),
             (
                 "readiness_check_endpoint_name",
                 &self.readiness_check_endpoint_name,
             ),
         ] {
             if name.is_empty() || name.contains('/') || name == "tyk" {
-                return Err(invalid(field, format!("{name:?} is not a usable path segment")));
+                return Err(invalid(
+                    field,
+                    format!("{name:?} is not a usable path segment"),
+                ));
             }
         }
         if self.local_session_cache.max_entries == 0 {
-            return Err(invalid("local_session_cache.max_entries", "must be at least 1"));
+            return Err(invalid(
+                "local_session_cache.max_entries",
+                "must be at least 1",
+            ));
         }
         self.storage.validate()
     }
@@ -289,9 +314,9 @@ impl StorageConfig {
                         ));
                     }
                     for addr in &self.addrs {
-                        let ok = addr
-                            .rsplit_once(':')
-                            .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p > 0));
+                        let ok = addr.rsplit_once(':').is_some_and(|(h, p)| {
+                            !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p > 0)
+                        });
                         if !ok {
                             return Err(invalid(
                                 "storage.addrs",
@@ -307,10 +332,16 @@ impl StorageConfig {
                     return Err(invalid("storage.timeout", "must be at least 1 second"));
                 }
                 if self.optimisation_max_active == 0 {
-                    return Err(invalid("storage.optimisation_max_active", "must be at least 1"));
+                    return Err(invalid(
+                        "storage.optimisation_max_active",
+                        "must be at least 1",
+                    ));
                 }
                 if self.min_replicas_ack < -1 {
-                    return Err(invalid("storage.min_replicas_ack", "must be -1 (auto) or >= 0"));
+                    return Err(invalid(
+                        "storage.min_replicas_ack",
+                        "must be -1 (auto) or >= 0",
+                    ));
                 }
                 Ok(())
             }
@@ -362,7 +393,13 @@ fn apply_env(
                 .entry(key.clone())
                 .or_insert_with(|| Value::Object(Map::new()));
             if let Value::Object(section) = entry {
-                apply_env(section, inner, &format!("{name}_"), &format!("{field}."), env)?;
+                apply_env(
+                    section,
+                    inner,
+                    &format!("{name}_"),
+                    &format!("{field}."),
+                    env,
+                )?;
             }
             continue;
         }
@@ -380,7 +417,9 @@ fn apply_env(
                 .and_then(serde_json::Number::from_f64)
                 .map(Value::Number)
                 .ok_or_else(|| bad("a number"))?,
-            Value::Number(_) => Value::Number(raw.parse::<i64>().map_err(|_| bad("an integer"))?.into()),
+            Value::Number(_) => {
+                Value::Number(raw.parse::<i64>().map_err(|_| bad("an integer"))?.into())
+            }
             Value::Array(_) => Value::Array(
                 raw.split(',')
                     .map(str::trim)
@@ -416,7 +455,11 @@ mod tests {
         assert_eq!(loaded.config.storage.host, "r");
         assert_eq!(
             loaded.unsupported,
-            vec!["analytics_config", "storage.enable_cluster", "enable_analytics"]
+            vec![
+                "analytics_config",
+                "storage.enable_cluster",
+                "enable_analytics"
+            ]
         );
     }
 
@@ -430,7 +473,9 @@ mod tests {
             "TYK_GW_PROXYDEFAULTTIMEOUT" => Some("2.5".to_string()),
             _ => None,
         };
-        let c = GatewayConfig::from_value(json!({"listen_port": 9000}), env).unwrap().config;
+        let c = GatewayConfig::from_value(json!({"listen_port": 9000}), env)
+            .unwrap()
+            .config;
         assert_eq!(c.listen_port, 7000);
         assert_eq!(c.storage.host, "envhost");
         assert!(!c.hash_keys);
@@ -453,9 +498,19 @@ mod tests {
             ..Default::default()
         };
         c.storage.kind = "etcd".into();
-        assert!(c.validate().unwrap_err().to_string().starts_with("storage.type:"));
+        assert!(
+            c.validate()
+                .unwrap_err()
+                .to_string()
+                .starts_with("storage.type:")
+        );
         c.storage.kind = "redis".into();
         c.storage.addrs = vec!["h:1".into()];
-        assert!(c.validate().unwrap_err().to_string().starts_with("storage.master_name:"));
+        assert!(
+            c.validate()
+                .unwrap_err()
+                .to_string()
+                .starts_with("storage.master_name:")
+        );
     }
 }

@@ -52,8 +52,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -76,7 +75,10 @@ fn main() -> ExitCode {
             } => demo(listen, print_config).await,
             Command::Upstream { listen } => {
                 let listener = bind(listen).await?;
-                tracing::info!("upstream listening on http://{}", listener.local_addr().map_err(anyhow::Error::from)?);
+                tracing::info!(
+                    "upstream listening on http://{}",
+                    listener.local_addr().map_err(anyhow::Error::from)?
+                );
                 tollgate::upstream::serve(listener, shutdown_signal()).await;
                 Ok(())
             }
@@ -106,7 +108,9 @@ impl From<anyhow::Error> for Failure {
     }
 }
 
-async fn bind(addr: impl tokio::net::ToSocketAddrs + std::fmt::Display) -> Result<TcpListener, Failure> {
+async fn bind(
+    addr: impl tokio::net::ToSocketAddrs + std::fmt::Display,
+) -> Result<TcpListener, Failure> {
     let text = addr.to_string();
     Ok(TcpListener::bind(addr)
         .await
@@ -117,7 +121,10 @@ async fn bind(addr: impl tokio::net::ToSocketAddrs + std::fmt::Display) -> Resul
 async fn run_gateway(loaded: Loaded) -> Result<(), Failure> {
     let gateway = start_gateway(loaded).await?;
     let listener = bind(gateway.config.listen_addr()).await?;
-    tracing::info!("gateway listening on http://{}", listener.local_addr().map_err(anyhow::Error::from)?);
+    tracing::info!(
+        "gateway listening on http://{}",
+        listener.local_addr().map_err(anyhow::Error::from)?
+    );
     serve_gateway(gateway, listener, shutdown_signal()).await;
     Ok(())
 }
@@ -204,10 +211,14 @@ async fn demo(listen: SocketAddr, print_config: bool) -> Result<(), Failure> {
         "app_path": app_path,
         "storage": {"type": "memory"},
     });
-    let loaded = GatewayConfig::from_value(conf, |name| std::env::var(name).ok()).map_err(Failure::Config)?;
+    let loaded = GatewayConfig::from_value(conf, |name| std::env::var(name).ok())
+        .map_err(Failure::Config)?;
     loaded.config.validate().map_err(Failure::Config)?;
     if print_config {
-        println!("{}", serde_json::to_string_pretty(&loaded.config).map_err(anyhow::Error::from)?);
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&loaded.config).map_err(anyhow::Error::from)?
+        );
         return Ok(());
     }
     tokio::spawn(tollgate::upstream::serve(upstream, std::future::pending()));
@@ -228,7 +239,10 @@ async fn demo(listen: SocketAddr, print_config: bool) -> Result<(), Failure> {
     let addr = listener.local_addr().map_err(anyhow::Error::from)?;
     println!("tollgate demo: gateway on http://{addr}, upstream on http://{upstream_addr}");
     println!("Admin secret (x-tyk-authorization): {secret}");
-    println!("Try:\n  curl http://localhost:{}/tyk-api-test/get -H 'authorization: testkey'", addr.port());
+    println!(
+        "Try:\n  curl http://localhost:{}/tyk-api-test/get -H 'authorization: testkey'",
+        addr.port()
+    );
     serve_gateway(gateway, listener, shutdown_signal()).await;
     drop(dir);
     Ok(())
@@ -237,6 +251,7 @@ async fn demo(listen: SocketAddr, print_config: bool) -> Result<(), Failure> {
 fn write_demo_files(app_path: &Path, target: &str) -> Result<(), Failure> {
     std::fs::create_dir_all(app_path).context("cannot create the demo's app directory")?;
     let definition = serde_json::to_vec_pretty(&sample_api(target)).map_err(anyhow::Error::from)?;
-    std::fs::write(app_path.join("app_sample.json"), definition).context("cannot write the sample API")?;
+    std::fs::write(app_path.join("app_sample.json"), definition)
+        .context("cannot write the sample API")?;
     Ok(())
 }

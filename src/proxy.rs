@@ -93,10 +93,10 @@ impl UpstreamClient {
         strip_hop_by_hop(headers);
         append_forwarded_for(headers, peer);
         headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
-        if !spec.definition.proxy.preserve_host_header {
-            if let Ok(host) = HeaderValue::from_str(target.authority.as_str()) {
-                headers.insert(header::HOST, host);
-            }
+        if !spec.definition.proxy.preserve_host_header
+            && let Ok(host) = HeaderValue::from_str(target.authority.as_str())
+        {
+            headers.insert(header::HOST, host);
         }
 
         let sent = self.client.request(req);
@@ -151,7 +151,10 @@ mod tests {
     #[test]
     fn hop_by_hop_and_connection_named_headers_go() {
         let mut h = HeaderMap::new();
-        h.insert(header::CONNECTION, HeaderValue::from_static("close, x-private"));
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("close, x-private"),
+        );
         h.insert("x-private", HeaderValue::from_static("1"));
         h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
         h.insert("x-kept", HeaderValue::from_static("1"));

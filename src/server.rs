@@ -21,12 +21,12 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 
+use crate::admin;
 use crate::api::{ApiTable, LoadError};
 use crate::auth::{self, KeyHasher};
 use crate::config::GatewayConfig;
 use crate::proxy::UpstreamClient;
 use crate::store::SessionStore;
-use crate::admin;
 
 /// Every response body: a streamed upstream body or a small buffered one.
 pub type Body = Either<Incoming, Full<Bytes>>;
@@ -100,7 +100,11 @@ impl Gateway {
     }
 
     /// One request through the pipeline.
-    pub async fn handle(self: Arc<Self>, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+    pub async fn handle(
+        self: Arc<Self>,
+        req: Request<Incoming>,
+        peer: SocketAddr,
+    ) -> Response<Body> {
         if admin::owns(&self.config, req.uri().path()) {
             return admin::handle(&self, req).await;
         }
@@ -110,7 +114,8 @@ impl Gateway {
         };
         drop(apis);
         let (parts, body) = req.into_parts();
-        let _session = match auth::authenticate(&spec, &parts, &self.hasher, &*self.sessions).await {
+        let _session = match auth::authenticate(&spec, &parts, &self.hasher, &*self.sessions).await
+        {
             Ok(session) => session,
             Err(e) => return error_response(e.status(), &e.to_string()),
         };
@@ -130,9 +135,10 @@ pub fn json_response(status: StatusCode, body: &serde_json::Value) -> Response<B
     let bytes = serde_json::to_vec(body).unwrap_or_default();
     let mut response = Response::new(Either::Right(Full::new(Bytes::from(bytes))));
     *response.status_mut() = status;
-    response
-        .headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     response
 }
 

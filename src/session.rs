@@ -85,7 +85,6 @@ pub struct ApiLimit {
     pub extra: Map<String, Value>,
 }
 
-
 impl SessionState {
     /// True when `expires` is set and lies before `now` (Unix seconds).
     pub fn is_expired(&self, now: i64) -> bool {
@@ -130,7 +129,10 @@ mod tests {
         let back = serde_json::to_value(&s).unwrap();
         assert_eq!(back["hmac_enabled"], Value::Bool(false));
         assert_eq!(back["monitor"]["trigger_limits"], Value::Null);
-        assert_eq!(back["access_rights"]["1"]["restricted_types"], serde_json::json!([]));
+        assert_eq!(
+            back["access_rights"]["1"]["restricted_types"],
+            serde_json::json!([])
+        );
         assert_eq!(back["meta_data"]["a"], 1);
     }
 
@@ -142,7 +144,10 @@ mod tests {
 
     #[test]
     fn expiry() {
-        let s = SessionState { expires: 100, ..Default::default() };
+        let s = SessionState {
+            expires: 100,
+            ..Default::default()
+        };
         assert!(s.is_expired(101));
         assert!(!s.is_expired(99));
         assert!(!SessionState::default().is_expired(i64::MAX));

@@ -42,7 +42,11 @@ pub async fn handle(req: Request<Incoming>, peer: SocketAddr) -> Response<Body> 
         ("anything", _, _) => echo(req, peer, true, true).await,
         ("headers", None, _) => json_response(StatusCode::OK, &json!({"headers": headers(&req)})),
         ("ip", None, _) => json_response(StatusCode::OK, &json!({"origin": peer.ip().to_string()})),
-        ("status", Some(code), _) => match code.parse::<u16>().ok().and_then(|c| StatusCode::from_u16(c).ok()) {
+        ("status", Some(code), _) => match code
+            .parse::<u16>()
+            .ok()
+            .and_then(|c| StatusCode::from_u16(c).ok())
+        {
             Some(status) => {
                 let mut response = Response::new(Either::Right(Full::new(Bytes::new())));
                 *response.status_mut() = status;
@@ -78,14 +82,22 @@ pub async fn handle(req: Request<Incoming>, peer: SocketAddr) -> Response<Body> 
 }
 
 /// httpbin's request echo: args, headers, origin, url (and data/json/form for bodies).
-async fn echo(req: Request<Incoming>, peer: SocketAddr, with_body: bool, with_method: bool) -> Response<Body> {
+async fn echo(
+    req: Request<Incoming>,
+    peer: SocketAddr,
+    with_body: bool,
+    with_method: bool,
+) -> Response<Body> {
     let url = format!(
         "http://{}{}",
         req.headers()
             .get(header::HOST)
             .and_then(|h| h.to_str().ok())
             .unwrap_or("localhost"),
-        req.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/")
+        req.uri()
+            .path_and_query()
+            .map(|p| p.as_str())
+            .unwrap_or("/")
     );
     let mut out = Map::new();
     out.insert("args".into(), args(req.uri().query()));
@@ -101,7 +113,10 @@ async fn echo(req: Request<Incoming>, peer: SocketAddr, with_body: bool, with_me
             Err(_) => return error_response(StatusCode::BAD_REQUEST, "body could not be read"),
         };
         let json = serde_json::from_slice::<Value>(&body).unwrap_or(Value::Null);
-        out.insert("data".into(), Value::String(String::from_utf8_lossy(&body).into_owned()));
+        out.insert(
+            "data".into(),
+            Value::String(String::from_utf8_lossy(&body).into_owned()),
+        );
         out.insert("files".into(), json!({}));
         out.insert("form".into(), json!({}));
         out.insert("json".into(), json);

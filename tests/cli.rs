@@ -1,0 +1,277 @@
+//! The `tollgate` binary: `serve --conf` with a real tyk.conf, environment overrides,
+//! configuration errors (exit 2), SIGHUP reload, and `demo`.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use serde_json::json;
+
+use support::{Client, Process, free_port, sample_api, seed_key, upstream, wait_for_port};
+
+const BIN: &str = env!("CARGO_BIN_EXE_tollgate");
+
+fn fixture(name: &str) -> String {
+    format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"))
+}
+
+/// `tollgate serve` with the real tyk.conf fixture, made local by Tyk's environment names.
+fn serve_fixture(app_path: &std::path::Path, port: u16, log: &std::path::Path) -> Process {
+    let child = Command::new(BIN)
+        .args(["serve", "--conf", &fixture("tyk.conf")])
+        .env("TYK_GW_APPPATH", app_path)
+        .env("TYK_GW_LISTENPORT", port.to_string())
+        .env("TYK_GW_LISTENADDRESS", "127.0.0.1")
+        .env("TYK_GW_STORAGE_TYPE", "memory")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(log).unwrap())
+        .spawn()
+        .unwrap();
+    Process { child }
+}
+
+#[tokio::test]
+async fn a_real_tyk_conf_serves_the_sample_api() {
+    let up = upstream().await;
+    let dir = tempfile::tempdir().unwrap();
+    let apps = dir.path().join("apps");
+    std::fs::create_dir(&apps).unwrap();
+    std::fs::write(
+        apps.join("app_sample.json"),
+        sample_api(&up.url("")).to_string(),
+    )
+    .unwrap();
+    let port = free_port();
+    let log = dir.path().join("gw.log");
+    let mut gw = serve_fixture(&apps, port, &log);
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    assert!(
+        wait_for_port(addr, Duration::from_secs(10)).await,
+        "gateway did not start"
+    );
+
+    let client = Client::new();
+    let base = format!("http://{addr}");
+    let secret = ("x-tyk-authorization", "352d20ee67be67f6340b4c0605b044b7");
+    let r = client
+        .request(
+            "POST",
+            &format!("{base}/tyk/keys/testkey"),
+            &[secret],
+            Some(seed_key().to_string().into_bytes()),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let r = client
+        .request(
+            "GET",
+            &format!("{base}/tyk-api-test/get"),
+            &[("authorization", "testkey")],
+            None,
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+
+    // SIGHUP reloads: a second API appears.
+    let mut second = sample_api(&up.url(""));
+    second["api_id"] = json!("2");
+    second["use_keyless"] = json!(true);
+    second["proxy"]["listen_path"] = json!("/second/");
+    std::fs::write(apps.join("second.json"), second.to_string()).unwrap();
+    assert_eq!(
+        client
+            .request("GET", &format!("{base}/second/get"), &[], None)
+            .await
+            .status,
+        404
+    );
+    let hup = Command::new("kill")
+        .args(["-HUP", &gw.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(hup.success());
+    let mut status = 0;
+    for _ in 0..50 {
+        status = client
+            .request("GET", &format!("{base}/second/get"), &[], None)
+            .await
+            .status;
+        if status == 200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(status, 200, "SIGHUP reloaded the definitions");
+
+    let stderr = std::fs::read_to_string(&log).unwrap();
+    let warning = stderr
+        .lines()
+        .find(|l| l.contains("not supported"))
+        .expect("one warning line");
+    assert!(
+        warning.contains("template_path") && warning.contains("analytics_config"),
+        "{warning}"
+    );
+    assert_eq!(stderr.matches("not supported").count(), 1, "warned once");
+    gw.child.kill().unwrap();
+}
+
+fn run_with_conf(conf: &str, ext: &str, envs: &[(&str, &str)]) -> (Option<i32>, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join(format!("tyk.{ext}"));
+    std::fs::write(&path, conf).unwrap();
+    std::fs::create_dir(dir.path().join("apps")).unwrap();
+    let mut cmd = Command::new(BIN);
+    cmd.args(["serve", "--conf"]).arg(&path);
+    for (k, v) in envs {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn bad_configuration_exits_2_naming_the_field() {
+    let port = free_port();
+    // (config text, file extension, environment, field the error must name)
+    type Case<'a> = (String, &'a str, Vec<(&'a str, &'a str)>, &'a str);
+    let cases: Vec<Case> = vec![
+        (
+            json!({"secret": "s", "listen_port": 70000}).to_string(),
+            "conf",
+            vec![],
+            "listen_port",
+        ),
+        (
+            json!({"secret": "s", "listen_port": port, "storage": {"type": "etcd"}}).to_string(),
+            "conf",
+            vec![],
+            "storage.type",
+        ),
+        (
+            json!({"secret": "s", "listen_port": port, "hash_key_function": "md5"}).to_string(),
+            "conf",
+            vec![],
+            "hash_key_function",
+        ),
+        (
+            json!({"listen_port": port, "storage": {"type": "memory"}}).to_string(),
+            "conf",
+            vec![],
+            "secret",
+        ),
+        (
+            json!({"secret": "s", "listen_port": port, "app_path": "/nonexistent/apps"})
+                .to_string(),
+            "conf",
+            vec![],
+            "app_path",
+        ),
+        ("{ not json".to_string(), "conf", vec![], "JSON"),
+        (
+            "secret = \"s\"\nlisten_port = \"x\"\n".to_string(),
+            "toml",
+            vec![],
+            "listen_port",
+        ),
+        (
+            json!({"secret": "s", "listen_port": port}).to_string(),
+            "conf",
+            vec![("TYK_GW_LISTENPORT", "nope")],
+            "TYK_GW_LISTENPORT",
+        ),
+        (
+            json!({"secret": "s", "listen_port": port, "storage": {"addrs": ["a:1"]}}).to_string(),
+            "conf",
+            vec![],
+            "storage.master_name",
+        ),
+    ];
+    for (conf, ext, envs, field) in cases {
+        let (code, stderr) = run_with_conf(&conf, ext, &envs);
+        assert_eq!(code, Some(2), "{conf}: {stderr}");
+        assert!(stderr.contains(field), "{conf}: {stderr}");
+    }
+    assert!(
+        std::net::TcpListener::bind(("127.0.0.1", port)).is_ok(),
+        "no port was bound"
+    );
+}
+
+#[tokio::test]
+async fn toml_config_works_too() {
+    let up = upstream().await;
+    let dir = tempfile::tempdir().unwrap();
+    let apps = dir.path().join("apps");
+    std::fs::create_dir(&apps).unwrap();
+    let mut api = sample_api(&up.url(""));
+    api["use_keyless"] = json!(true);
+    std::fs::write(apps.join("a.json"), api.to_string()).unwrap();
+    let port = free_port();
+    let conf = dir.path().join("tyk.toml");
+    std::fs::write(
+        &conf,
+        format!("listen_address = \"127.0.0.1\"\nlisten_port = {port}\nsecret = \"s\"\napp_path = \"apps\"\n[storage]\ntype = \"memory\"\n"),
+    )
+    .unwrap();
+    let _gw = Process {
+        child: Command::new(BIN)
+            .args(["serve", "--conf"])
+            .arg(&conf)
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    };
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    assert!(wait_for_port(addr, Duration::from_secs(10)).await);
+    let r = Client::new()
+        .request("GET", &format!("http://{addr}/tyk-api-test/get"), &[], None)
+        .await;
+    assert_eq!(r.status, 200);
+}
+
+#[tokio::test]
+async fn demo_answers_the_seed_curl() {
+    let out = Command::new(BIN)
+        .args(["demo", "--print-config"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let config: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(config["storage"]["type"], "memory");
+    assert_eq!(config["listen_port"], 8080);
+
+    let port = free_port();
+    let _demo = Process {
+        child: Command::new(BIN)
+            .args(["demo", "--listen", &format!("127.0.0.1:{port}")])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    };
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    assert!(wait_for_port(addr, Duration::from_secs(10)).await);
+    let client = Client::new();
+    let r = client
+        .request(
+            "GET",
+            &format!("http://{addr}/tyk-api-test/get?q=1"),
+            &[("authorization", "testkey")],
+            None,
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let body = r.json();
+    assert!(body["url"].as_str().unwrap().ends_with("/get?q=1"));
+    assert_eq!(body["args"]["q"], "1");
+    let r = client
+        .request("GET", &format!("http://{addr}/tyk-api-test/get"), &[], None)
+        .await;
+    assert_eq!(r.status, 401);
+}

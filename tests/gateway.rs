@@ -1,0 +1,251 @@
+//! The request pipeline over real HTTP: statuses and bodies, streaming, upstream failures,
+//! and bad input.
+
+mod support;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, StreamBody};
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use support::{gateway, sample_api, seed_key, upstream};
+
+fn key_for(api_ids: &[&str]) -> Value {
+    let mut key = seed_key();
+    key["access_rights"] = json!({});
+    for id in api_ids {
+        key["access_rights"][id] = json!({"api_id": id, "api_name": id, "versions": ["Default"]});
+    }
+    key
+}
+
+#[tokio::test]
+async fn seed_curl_answers_with_the_upstream_json() {
+    let up = upstream().await;
+    let gw = gateway().api(sample_api(&up.url(""))).start().await;
+    gw.add_key("testkey", seed_key()).await;
+
+    let r = gw
+        .get_with_key("/tyk-api-test/get?x=1&y=two", Some("testkey"))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let body = r.json();
+    assert!(
+        body["url"].as_str().unwrap().ends_with("/get?x=1&y=two"),
+        "{body}"
+    );
+    assert_eq!(body["args"], json!({"x": "1", "y": "two"}));
+    assert_eq!(body["headers"]["X-Forwarded-For"], "127.0.0.1");
+    assert_eq!(body["headers"]["X-Forwarded-Proto"], "http");
+    assert_eq!(body["headers"]["Host"], up.addr.to_string());
+
+    let r = gw
+        .get_with_key("/tyk-api-test/get", Some("Bearer testkey"))
+        .await;
+    assert_eq!(r.status, 200);
+}
+
+#[tokio::test]
+async fn tyk_statuses_and_bodies() {
+    let up = upstream().await;
+    let mut other = sample_api(&up.url(""));
+    other["api_id"] = json!("2");
+    other["proxy"]["listen_path"] = json!("/other/");
+    let gw = gateway()
+        .api(sample_api(&up.url("")))
+        .api(other)
+        .start()
+        .await;
+    gw.add_key("testkey", seed_key()).await;
+    gw.add_key("otherkey", key_for(&["2"])).await;
+    let mut expired = seed_key();
+    expired["expires"] = json!(1_000_000);
+    gw.add_key("expiredkey", expired).await;
+    let mut inactive = seed_key();
+    inactive["is_inactive"] = json!(true);
+    gw.add_key("inactivekey", inactive).await;
+
+    let cases: [(Option<&str>, u16, &str); 5] = [
+        (None, 401, "Authorization field missing"),
+        (
+            Some("unknown"),
+            403,
+            "Access to this API has been disallowed",
+        ),
+        (
+            Some("otherkey"),
+            403,
+            "Access to this API has been disallowed",
+        ),
+        (Some("expiredkey"), 401, "Key has expired, please renew"),
+        (Some("inactivekey"), 403, "Key is inactive, please renew"),
+    ];
+    for (key, status, message) in cases {
+        let r = gw.get_with_key("/tyk-api-test/get", key).await;
+        assert_eq!(r.status, status, "key {key:?}: {}", r.text());
+        assert_eq!(r.json(), json!({"error": message}), "key {key:?}");
+    }
+    let r = gw.get_with_key("/other/get", Some("otherkey")).await;
+    assert_eq!(r.status, 200);
+    let r = gw.get_with_key("/nowhere/get", Some("testkey")).await;
+    assert_eq!(r.status, 404);
+    assert!(r.json()["error"].is_string());
+}
+
+#[tokio::test]
+async fn keyless_apis_skip_auth_and_longest_listen_path_wins() {
+    let up = upstream().await;
+    let mut keyless = sample_api(&up.url(""));
+    keyless["api_id"] = json!("open");
+    keyless["use_keyless"] = json!(true);
+    keyless["proxy"]["listen_path"] = json!("/tyk-api-test/open/");
+    let gw = gateway()
+        .api(sample_api(&up.url("")))
+        .api(keyless)
+        .start()
+        .await;
+    let r = gw.get_with_key("/tyk-api-test/open/get", None).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(r.json()["url"].as_str().unwrap().ends_with("/get"));
+    assert_eq!(gw.get_with_key("/tyk-api-test/get", None).await.status, 401);
+}
+
+#[tokio::test]
+async fn ten_mib_streamed_post_arrives_intact() {
+    let up = upstream().await;
+    let gw = gateway().api(sample_api(&up.url(""))).start().await;
+    gw.add_key("testkey", seed_key()).await;
+
+    let chunk: Vec<u8> = (0..64 * 1024).map(|i| b'a' + (i % 26) as u8).collect();
+    let chunks = 160; // 10 MiB
+    let stream = futures_util::stream::iter((0..chunks).map(move |_| {
+        Ok::<_, std::convert::Infallible>(hyper::body::Frame::data(Bytes::from(chunk.clone())))
+    }));
+    let body = StreamBody::new(stream).boxed();
+    let r = gw
+        .client
+        .send(
+            "POST",
+            &gw.url("/tyk-api-test/post"),
+            &[("authorization", "testkey")],
+            body,
+        )
+        .await;
+    assert_eq!(r.status, 200);
+    let data = r.json()["data"].as_str().unwrap().to_owned();
+    assert_eq!(data.len(), 10 * 1024 * 1024);
+    assert!(
+        data.as_bytes()
+            .chunks(64 * 1024)
+            .all(|c| c[0] == b'a' && c[25] == b'z')
+    );
+}
+
+#[tokio::test]
+async fn slow_upstream_gives_504_and_refused_gives_502() {
+    let up = upstream().await;
+    let mut dead = sample_api(&format!("http://127.0.0.1:{}", support::free_port()));
+    dead["api_id"] = json!("dead");
+    dead["use_keyless"] = json!(true);
+    dead["proxy"]["listen_path"] = json!("/dead/");
+    let gw = gateway()
+        .api(sample_api(&up.url("")))
+        .api(dead)
+        .config(json!({"proxy_default_timeout": 0.5}))
+        .start()
+        .await;
+    gw.add_key("testkey", seed_key()).await;
+
+    let r = gw
+        .get_with_key("/tyk-api-test/delay/3", Some("testkey"))
+        .await;
+    assert_eq!(r.status, 504, "{}", r.text());
+    assert!(r.json()["error"].is_string());
+    let r = gw.get_with_key("/dead/get", None).await;
+    assert_eq!(r.status, 502, "{}", r.text());
+    assert!(r.json()["error"].is_string());
+    // The gateway is still fine afterwards.
+    assert_eq!(
+        gw.get_with_key("/tyk-api-test/get", Some("testkey"))
+            .await
+            .status,
+        200
+    );
+}
+
+#[tokio::test]
+async fn upstream_statuses_and_bytes_pass_through() {
+    let up = upstream().await;
+    let gw = gateway().api(sample_api(&up.url(""))).start().await;
+    gw.add_key("testkey", seed_key()).await;
+    let r = gw
+        .get_with_key("/tyk-api-test/status/418", Some("testkey"))
+        .await;
+    assert_eq!(r.status, 418);
+    let r = gw
+        .get_with_key("/tyk-api-test/bytes/100000", Some("testkey"))
+        .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body.len(), 100_000);
+}
+
+/// Sends raw bytes and returns the status line of the answer ("" when the connection closed).
+async fn raw_exchange(addr: std::net::SocketAddr, request: &[u8]) -> String {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream.write_all(request).await.unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf))
+        .await
+        .expect("the gateway answers or closes")
+        .unwrap_or(0);
+    String::from_utf8_lossy(&buf[..n])
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+#[tokio::test]
+async fn bad_input_gets_4xx_and_others_are_still_served() {
+    let up = upstream().await;
+    let gw = gateway().api(sample_api(&up.url(""))).start().await;
+    gw.add_key("testkey", seed_key()).await;
+
+    let r = gw.get_with_key("/tyk-api-test/get", Some("bad key")).await;
+    assert_eq!(r.status, 400);
+    assert_eq!(r.json(), json!({"error": "Authorization field malformed"}));
+    let long = "k".repeat(2000);
+    assert_eq!(
+        gw.get_with_key("/tyk-api-test/get", Some(&long))
+            .await
+            .status,
+        400
+    );
+
+    let huge = format!(
+        "GET /tyk-api-test/get HTTP/1.1\r\nHost: x\r\nauthorization: testkey\r\nx-big: {}\r\n\r\n",
+        "v".repeat(20 * 1024)
+    );
+    let status = raw_exchange(gw.addr(), huge.as_bytes()).await;
+    assert!(status.is_empty() || status.contains(" 431 "), "{status}");
+
+    let status = raw_exchange(gw.addr(), b"NOT HTTP AT ALL\r\n\r\n").await;
+    assert!(status.is_empty() || status.contains(" 400 "), "{status}");
+
+    let status = raw_exchange(
+        gw.addr(),
+        b"GET /x HTTP/1.1\r\nHost: a\r\nbad header\r\n\r\n",
+    )
+    .await;
+    assert!(status.is_empty() || status.contains(" 400 "), "{status}");
+
+    assert_eq!(
+        gw.get_with_key("/tyk-api-test/get", Some("testkey"))
+            .await
+            .status,
+        200
+    );
+}

@@ -1,0 +1,269 @@
+//! Shared test harness: real servers on free loopback ports, each stopped on drop (also when
+//! a test panics), and a small HTTP client.
+#![allow(dead_code)]
+
+pub mod http;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+use tollgate::config::GatewayConfig;
+use tollgate::server::{Gateway, serve_gateway};
+use tollgate::store::{MemoryStore, SessionStore};
+
+pub use self::http::{Client, TestResponse};
+
+pub const SECRET: &str = "test-secret";
+
+/// A loopback port that was free a moment ago (bound, then released).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("probe a free port")
+}
+
+/// A task-backed server that stops when dropped and re-raises its panic on `stop`.
+pub struct Running {
+    pub addr: SocketAddr,
+    shutdown: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<()>>,
+}
+
+impl Running {
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    /// Stops the server and waits for it; a panic inside it fails the caller.
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(task) = self.task.take()
+            && let Err(e) = task.await
+            && e.is_panic()
+        {
+            std::panic::resume_unwind(e.into_panic());
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
+}
+
+/// The built-in httpbin-like upstream, in process.
+pub async fn upstream() -> Running {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, rx) = oneshot::channel();
+    let task = tokio::spawn(tollgate::upstream::serve(listener, async {
+        let _ = rx.await;
+    }));
+    Running {
+        addr,
+        shutdown: Some(tx),
+        task: Some(task),
+    }
+}
+
+/// Tyk's sample API definition pointed at `target`.
+pub fn sample_api(target: &str) -> Value {
+    let mut api: Value =
+        serde_json::from_str(include_str!("../fixtures/app_sample.json")).expect("fixture");
+    api["proxy"]["target_url"] = json!(target);
+    api
+}
+
+/// The seed's key body, as its bootstrap script sends it.
+pub fn seed_key() -> Value {
+    serde_json::from_str(include_str!("../fixtures/seed_key.json")).expect("fixture")
+}
+
+/// Builds an in-process gateway with its own app directory.
+pub struct GatewayBuilder {
+    apis: Vec<Value>,
+    config: Value,
+    store: Option<Arc<dyn SessionStore>>,
+}
+
+pub fn gateway() -> GatewayBuilder {
+    GatewayBuilder {
+        apis: Vec::new(),
+        config: json!({"secret": SECRET, "storage": {"type": "memory"}}),
+        store: None,
+    }
+}
+
+impl GatewayBuilder {
+    pub fn api(mut self, definition: Value) -> Self {
+        self.apis.push(definition);
+        self
+    }
+
+    /// Merges `patch` into the tyk.conf (one level deep for objects).
+    pub fn config(mut self, patch: Value) -> Self {
+        merge(&mut self.config, patch);
+        self
+    }
+
+    pub fn store(mut self, store: Arc<dyn SessionStore>) -> Self {
+        self.store = Some(store);
+        self
+    }
+
+    pub async fn start(self) -> TestGateway {
+        let dir = tempfile::tempdir().unwrap();
+        let app_path = dir.path().join("apps");
+        std::fs::create_dir_all(&app_path).unwrap();
+        for (i, api) in self.apis.iter().enumerate() {
+            std::fs::write(
+                app_path.join(format!("api{i}.json")),
+                serde_json::to_vec_pretty(api).unwrap(),
+            )
+            .unwrap();
+        }
+        let mut config = self.config;
+        config["app_path"] = json!(app_path);
+        config["listen_address"] = json!("127.0.0.1");
+        let loaded = GatewayConfig::from_value(config, |_| None).expect("test config");
+        loaded.config.validate().expect("valid test config");
+        let store = match self.store {
+            Some(store) => store,
+            None => tollgate::store::open(&loaded.config).await.expect("store"),
+        };
+        let gateway = Gateway::new(loaded.config, store);
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (tx, rx) = oneshot::channel();
+        let task = tokio::spawn(serve_gateway(gateway.clone(), listener, async {
+            let _ = rx.await;
+        }));
+        TestGateway {
+            server: Running {
+                addr,
+                shutdown: Some(tx),
+                task: Some(task),
+            },
+            gateway,
+            app_path,
+            _dir: dir,
+            client: Client::new(),
+        }
+    }
+}
+
+fn merge(base: &mut Value, patch: Value) {
+    match (base, patch) {
+        (Value::Object(base), Value::Object(patch)) => {
+            for (k, v) in patch {
+                match base.get_mut(&k) {
+                    Some(existing @ Value::Object(_)) if v.is_object() => merge(existing, v),
+                    _ => {
+                        base.insert(k, v);
+                    }
+                }
+            }
+        }
+        (base, patch) => *base = patch,
+    }
+}
+
+pub fn memory_store() -> Arc<dyn SessionStore> {
+    Arc::new(MemoryStore::new())
+}
+
+/// An in-process gateway node and a client for it.
+pub struct TestGateway {
+    pub server: Running,
+    pub gateway: Arc<Gateway>,
+    pub app_path: PathBuf,
+    _dir: tempfile::TempDir,
+    pub client: Client,
+}
+
+impl TestGateway {
+    pub fn url(&self, path: &str) -> String {
+        self.server.url(path)
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.server.addr
+    }
+
+    /// GET `path` with an `authorization` key (or none).
+    pub async fn get_with_key(&self, path: &str, key: Option<&str>) -> TestResponse {
+        let headers: Vec<(&str, &str)> =
+            key.map(|k| vec![("authorization", k)]).unwrap_or_default();
+        self.client
+            .request("GET", &self.url(path), &headers, None)
+            .await
+    }
+
+    /// An admin request with the right secret.
+    pub async fn admin(&self, method: &str, path: &str, body: Option<Value>) -> TestResponse {
+        let body = body.map(|b| serde_json::to_vec(&b).unwrap());
+        self.client
+            .request(
+                method,
+                &self.url(path),
+                &[("x-tyk-authorization", SECRET)],
+                body,
+            )
+            .await
+    }
+
+    /// Creates `key` through the admin API with the seed's body (access to api "1").
+    pub async fn add_key(&self, key: &str, body: Value) -> TestResponse {
+        let response = self
+            .admin("POST", &format!("/tyk/keys/{key}"), Some(body))
+            .await;
+        assert_eq!(response.status, 200, "creating {key}: {}", response.text());
+        response
+    }
+
+    pub fn app_path(&self) -> &Path {
+        &self.app_path
+    }
+}
+
+/// A child process killed on drop.
+pub struct Process {
+    pub child: std::process::Child,
+}
+
+impl Process {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Polls `addr` until it accepts a TCP connection.
+pub async fn wait_for_port(addr: SocketAddr, within: std::time::Duration) -> bool {
+    let deadline = tokio::time::Instant::now() + within;
+    while tokio::time::Instant::now() < deadline {
+        if tokio::net::TcpStream::connect(addr).await.is_ok() {
+            return true;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    false
+}
