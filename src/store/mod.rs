@@ -4,7 +4,9 @@
 //! `auth::KeyHasher`). A backend stores and returns whole records; it knows nothing about
 //! APIs, auth decisions or HTTP.
 
+pub mod cache;
 pub mod memory;
+pub mod redis;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -68,9 +70,20 @@ pub async fn open(
 ) -> Result<Arc<dyn SessionStore>, crate::config::ConfigError> {
     match config.storage.kind.as_str() {
         "memory" => Ok(Arc::new(MemoryStore::new())),
+        "redis" => {
+            let cache_config = &config.local_session_cache;
+            let cache = (!cache_config.disable_cached_session_state)
+                .then(|| Arc::new(cache::SessionCache::new(cache_config)));
+            let redis: Arc<dyn SessionStore> =
+                Arc::new(redis::RedisStore::connect(&config.storage, cache.clone()).await);
+            Ok(match cache {
+                Some(cache) => Arc::new(cache::CachedStore::new(redis, cache)),
+                None => redis,
+            })
+        }
         other => Err(crate::config::ConfigError::InvalidField {
             field: "storage.type".into(),
-            reason: format!("{other:?} is not available in this build"),
+            reason: format!("{other:?} is not one of redis, memory"),
         }),
     }
 }

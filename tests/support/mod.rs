@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod http;
+pub mod redis;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

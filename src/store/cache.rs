@@ -1,0 +1,235 @@
+//! The per-node session cache in front of a shared store: fresh for
+//! `cached_session_timeout`, and usable for `stale_if_error` more while the store is
+//! unreachable (stale-if-error), so a storage outage does not turn into auth failures.
+//!
+//! Invalidation comes from writes through this node and from cluster notifications (see
+//! `store::redis`); a new epoch marks every entry as needing revalidation without dropping it.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+
+use super::{SessionStore, StoreError, StoreHealth};
+use crate::config::LocalSessionCache;
+use crate::session::SessionState;
+
+#[derive(Clone)]
+struct Cached {
+    session: Arc<SessionState>,
+    fetched: Instant,
+    epoch: u64,
+}
+
+/// Bounded cache of sessions by storage id.
+pub struct SessionCache {
+    entries: moka::sync::Cache<String, Cached>,
+    fresh_for: Duration,
+    stale_for: Duration,
+    epoch: AtomicU64,
+}
+
+impl SessionCache {
+    pub fn new(config: &LocalSessionCache) -> Self {
+        let fresh_for = Duration::from_secs(config.cached_session_timeout);
+        let stale_for = Duration::from_secs(config.stale_if_error).max(fresh_for);
+        Self {
+            entries: moka::sync::Cache::builder()
+                .max_capacity(config.max_entries)
+                .time_to_live(stale_for.max(Duration::from_secs(1)))
+                .build(),
+            fresh_for,
+            stale_for,
+            epoch: AtomicU64::new(0),
+        }
+    }
+
+    /// Drops one entry (a key changed or was deleted somewhere).
+    pub fn invalidate(&self, key_id: &str) {
+        self.entries.invalidate(key_id);
+    }
+
+    /// Marks every entry as needing revalidation, keeping them for stale-if-error (used when
+    /// notifications may have been missed, e.g. across a failover).
+    pub fn new_epoch(&self) {
+        self.epoch.fetch_add(1, Ordering::AcqRel);
+    }
+
+    fn insert(&self, key_id: &str, session: Arc<SessionState>) {
+        self.entries.insert(
+            key_id.to_owned(),
+            Cached {
+                session,
+                fetched: Instant::now(),
+                epoch: self.epoch.load(Ordering::Acquire),
+            },
+        );
+    }
+}
+
+/// A [`SessionStore`] that answers from a [`SessionCache`] and falls back to stale entries
+/// while the inner store is unreachable.
+pub struct CachedStore {
+    inner: Arc<dyn SessionStore>,
+    cache: Arc<SessionCache>,
+}
+
+impl CachedStore {
+    pub fn new(inner: Arc<dyn SessionStore>, cache: Arc<SessionCache>) -> Self {
+        Self { inner, cache }
+    }
+}
+
+#[async_trait]
+impl SessionStore for CachedStore {
+    async fn get(&self, key_id: &str) -> Result<Option<Arc<SessionState>>, StoreError> {
+        let cached = self.cache.entries.get(key_id);
+        if let Some(c) = &cached
+            && c.fetched.elapsed() < self.cache.fresh_for
+            && c.epoch == self.cache.epoch.load(Ordering::Acquire)
+        {
+            return Ok(Some(c.session.clone()));
+        }
+        match self.inner.get(key_id).await {
+            Ok(Some(session)) => {
+                self.cache.insert(key_id, session.clone());
+                Ok(Some(session))
+            }
+            Ok(None) => {
+                self.cache.invalidate(key_id);
+                Ok(None)
+            }
+            Err(StoreError::Unavailable(reason)) => match cached {
+                Some(c) if c.fetched.elapsed() < self.cache.stale_for => {
+                    tracing::debug!("key store unavailable ({reason}); serving a cached session");
+                    Ok(Some(c.session))
+                }
+                _ => Err(StoreError::Unavailable(reason)),
+            },
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn set(
+        &self,
+        key_id: &str,
+        session: &SessionState,
+        ttl: Option<Duration>,
+    ) -> Result<(), StoreError> {
+        // Drop first: if the write fails half way, the next read asks the store.
+        self.cache.invalidate(key_id);
+        self.inner.set(key_id, session, ttl).await?;
+        self.cache.insert(key_id, Arc::new(session.clone()));
+        Ok(())
+    }
+
+    async fn delete(&self, key_id: &str) -> Result<bool, StoreError> {
+        self.cache.invalidate(key_id);
+        self.inner.delete(key_id).await
+    }
+
+    async fn list(&self) -> Result<Vec<String>, StoreError> {
+        self.inner.list().await
+    }
+
+    async fn health(&self) -> StoreHealth {
+        self.inner.health().await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicBool;
+
+    /// A store that can be switched to "unreachable" to exercise stale-if-error.
+    #[derive(Default)]
+    struct Flaky {
+        down: AtomicBool,
+        inner: crate::store::MemoryStore,
+    }
+
+    #[async_trait]
+    impl SessionStore for Flaky {
+        async fn get(&self, k: &str) -> Result<Option<Arc<SessionState>>, StoreError> {
+            if self.down.load(Ordering::Relaxed) {
+                return Err(StoreError::Unavailable("down".into()));
+            }
+            self.inner.get(k).await
+        }
+        async fn set(
+            &self,
+            k: &str,
+            s: &SessionState,
+            t: Option<Duration>,
+        ) -> Result<(), StoreError> {
+            self.inner.set(k, s, t).await
+        }
+        async fn delete(&self, k: &str) -> Result<bool, StoreError> {
+            self.inner.delete(k).await
+        }
+        async fn list(&self) -> Result<Vec<String>, StoreError> {
+            self.inner.list().await
+        }
+        async fn health(&self) -> StoreHealth {
+            self.inner.health().await
+        }
+    }
+
+    fn config(fresh: u64, stale: u64) -> LocalSessionCache {
+        LocalSessionCache {
+            cached_session_timeout: fresh,
+            stale_if_error: stale,
+            ..Default::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn stale_if_error_within_bound_only() {
+        let flaky = Arc::new(Flaky::default());
+        let cache = Arc::new(SessionCache::new(&config(0, 120)));
+        let store = CachedStore::new(flaky.clone(), cache.clone());
+        store
+            .set("k", &SessionState::default(), None)
+            .await
+            .unwrap();
+        flaky.down.store(true, Ordering::Relaxed);
+        assert!(
+            store.get("k").await.unwrap().is_some(),
+            "stale entry served"
+        );
+        assert!(matches!(
+            store.get("other").await,
+            Err(StoreError::Unavailable(_))
+        ));
+
+        let cache = Arc::new(SessionCache::new(&config(0, 0)));
+        let store = CachedStore::new(flaky.clone(), cache);
+        flaky.down.store(false, Ordering::Relaxed);
+        store.get("k").await.unwrap();
+        flaky.down.store(true, Ordering::Relaxed);
+        assert!(store.get("k").await.is_err(), "past the stale bound");
+    }
+
+    #[tokio::test]
+    async fn new_epoch_forces_revalidation() {
+        let flaky = Arc::new(Flaky::default());
+        let cache = Arc::new(SessionCache::new(&config(60, 120)));
+        let store = CachedStore::new(flaky.clone(), cache.clone());
+        store
+            .set("k", &SessionState::default(), None)
+            .await
+            .unwrap();
+        flaky.inner.delete("k").await.unwrap();
+        assert!(
+            store.get("k").await.unwrap().is_some(),
+            "fresh cache answers"
+        );
+        cache.new_epoch();
+        assert!(
+            store.get("k").await.unwrap().is_none(),
+            "revalidated after a new epoch"
+        );
+    }
+}

@@ -1,0 +1,950 @@
+//! The Redis session store: one endpoint (a plain Redis, or HAProxy in front of one) or native
+//! Sentinel, in Tyk's key layout (`apikey-<id>` holding the session JSON).
+//!
+//! Owns master discovery and failover handling on top of redis-rs, which follows neither by
+//! itself: it asks the sentinels for the master, confirms it with `ROLE`, follows
+//! `+switch-master`, treats `READONLY`/`LOADING`/`MASTERDOWN`/connection errors as "find the
+//! master again", reads from replicas while the master is away, acknowledges a write only
+//! once `WAIT` confirms it on enough replicas, and relays Tyk's cluster notifications into the
+//! node's [`SessionCache`].
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use arc_swap::{ArcSwap, ArcSwapOption};
+use async_trait::async_trait;
+use futures_util::StreamExt;
+use redis::aio::MultiplexedConnection;
+use redis::{
+    AsyncConnectionConfig, ConnectionAddr, IntoConnectionInfo, RedisConnectionInfo, RedisError,
+    ServerErrorKind, Value,
+};
+use serde_json::json;
+use tokio::sync::{Notify, watch};
+use tokio::task::JoinHandle;
+
+use super::cache::SessionCache;
+use super::{SessionStore, StoreError, StoreHealth};
+use crate::config::StorageConfig;
+use crate::session::SessionState;
+
+/// Tyk's prefix for session records.
+pub const KEY_PREFIX: &str = "apikey-";
+/// Tyk's cluster notification channel.
+pub const NOTIFICATION_CHANNEL: &str = "tyk.cluster.notifications";
+
+/// How long a read on the request path may wait for Redis before the node falls back to a
+/// replica or the cache.
+const READ_TIMEOUT: Duration = Duration::from_millis(500);
+/// Pause between failed discovery attempts.
+const RETRY_PAUSE: Duration = Duration::from_millis(200);
+/// How often the current master is re-checked with `ROLE`.
+const PROBE_EVERY: Duration = Duration::from_millis(500);
+/// How long a master without replicas is distrusted when replicas were seen before (a
+/// returning old master that Sentinel has not demoted yet looks like that).
+const LONELY_MASTER_DISTRUST: Duration = Duration::from_secs(30);
+
+#[derive(Debug, Clone)]
+enum Topology {
+    Direct {
+        host: String,
+        port: u16,
+    },
+    Sentinel {
+        sentinels: Vec<(String, u16)>,
+        master_name: String,
+    },
+}
+
+/// What one sentinel says about the monitored master.
+struct SentinelView {
+    epoch: u64,
+    master: (String, u16),
+    /// Replicas not flagged down or disconnected.
+    replicas: Vec<(String, u16)>,
+    /// Every replica the sentinel knows of.
+    known_replicas: usize,
+}
+
+/// One connection to one server.
+struct Link {
+    host: String,
+    port: u16,
+    conn: MultiplexedConnection,
+    /// Connected replicas the server reported (masters only).
+    replicas: usize,
+}
+
+impl Link {
+    fn addr(&self) -> String {
+        format!("{}:{}", self.host, self.port)
+    }
+}
+
+struct Shared {
+    topology: Topology,
+    settings: RedisConnectionInfo,
+    sentinel_settings: RedisConnectionInfo,
+    tls: bool,
+    timeout: Duration,
+    min_replicas_ack: Option<usize>,
+    master: ArcSwapOption<Link>,
+    replicas: ArcSwap<Vec<Arc<Link>>>,
+    healthy: AtomicBool,
+    wake: Notify,
+    master_changed: watch::Sender<u64>,
+    replica_high_water: AtomicUsize,
+    lonely_since: Mutex<Option<Instant>>,
+    next_replica: AtomicUsize,
+    last_error: Mutex<Option<String>>,
+    cache: Option<Arc<SessionCache>>,
+    /// Marks this node's own notifications, which it skips: its cache is already current.
+    node_id: String,
+}
+
+/// The Redis-backed [`SessionStore`]. Background tasks stop when it is dropped.
+pub struct RedisStore {
+    shared: Arc<Shared>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Drop for RedisStore {
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}
+
+impl RedisStore {
+    /// Starts discovery and the background tasks; waits up to `storage.timeout` for a first
+    /// master but never fails: requests get 503 until one is found.
+    pub async fn connect(config: &StorageConfig, cache: Option<Arc<SessionCache>>) -> Self {
+        let topology = if config.addrs.is_empty() {
+            Topology::Direct {
+                host: config.host.clone(),
+                port: config.port,
+            }
+        } else {
+            Topology::Sentinel {
+                sentinels: config
+                    .addrs
+                    .iter()
+                    .filter_map(|a| {
+                        let (h, p) = a.rsplit_once(':')?;
+                        Some((h.to_owned(), p.parse().ok()?))
+                    })
+                    .collect(),
+                master_name: config.master_name.clone(),
+            }
+        };
+        let mut settings = RedisConnectionInfo::default().set_db(config.database);
+        if !config.username.is_empty() {
+            settings = settings.set_username(&config.username);
+        }
+        if !config.password.is_empty() {
+            settings = settings.set_password(&config.password);
+        }
+        let mut sentinel_settings = RedisConnectionInfo::default();
+        if !config.sentinel_password.is_empty() {
+            sentinel_settings = sentinel_settings.set_password(&config.sentinel_password);
+        }
+        let shared = Arc::new(Shared {
+            topology,
+            settings,
+            sentinel_settings,
+            tls: config.use_ssl,
+            timeout: Duration::from_secs(config.timeout),
+            min_replicas_ack: usize::try_from(config.min_replicas_ack).ok(),
+            master: ArcSwapOption::empty(),
+            replicas: ArcSwap::from_pointee(Vec::new()),
+            healthy: AtomicBool::new(false),
+            wake: Notify::new(),
+            master_changed: watch::Sender::new(0),
+            replica_high_water: AtomicUsize::new(0),
+            lonely_since: Mutex::new(None),
+            next_replica: AtomicUsize::new(0),
+            last_error: Mutex::new(None),
+            cache,
+            node_id: uuid::Uuid::new_v4().simple().to_string(),
+        });
+        let mut first = shared.master_changed.subscribe();
+        let mut tasks = vec![
+            tokio::spawn(maintain(shared.clone())),
+            tokio::spawn(relay_notifications(shared.clone())),
+        ];
+        if matches!(shared.topology, Topology::Sentinel { .. }) {
+            tasks.push(tokio::spawn(follow_sentinels(shared.clone())));
+        }
+        let _ = tokio::time::timeout(shared.timeout, first.changed()).await;
+        Self { shared, tasks }
+    }
+
+    /// Whether the store runs through Sentinel.
+    pub fn is_sentinel(&self) -> bool {
+        matches!(self.shared.topology, Topology::Sentinel { .. })
+    }
+}
+
+fn record_key(key_id: &str) -> String {
+    format!("{KEY_PREFIX}{key_id}")
+}
+
+/// Errors after which the node must find the master again.
+fn means_find_master(e: &RedisError) -> bool {
+    e.is_io_error()
+        || e.is_timeout()
+        || e.is_connection_dropped()
+        || e.is_connection_refusal()
+        || matches!(
+            e.kind(),
+            redis::ErrorKind::Server(
+                ServerErrorKind::ReadOnly
+                    | ServerErrorKind::BusyLoading
+                    | ServerErrorKind::MasterDown
+                    | ServerErrorKind::TryAgain
+            )
+        )
+}
+
+impl Shared {
+    /// Deadline for each step of finding a master: short, so that a frozen server costs
+    /// little before the next candidate is tried.
+    fn discovery_timeout(&self) -> Duration {
+        self.timeout.min(Duration::from_secs(1))
+    }
+
+    async fn open(
+        &self,
+        host: &str,
+        port: u16,
+        settings: &RedisConnectionInfo,
+    ) -> Result<MultiplexedConnection, RedisError> {
+        let addr = if self.tls {
+            ConnectionAddr::TcpTls {
+                host: host.to_owned(),
+                port,
+                insecure: false,
+                tls_params: None,
+            }
+        } else {
+            ConnectionAddr::Tcp(host.to_owned(), port)
+        };
+        let info = addr
+            .into_connection_info()?
+            .set_redis_settings(settings.clone());
+        let client = redis::Client::open(info)?;
+        // Every call has its own, tighter deadline; this backstop only has to outlast `WAIT`.
+        let config = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(self.discovery_timeout()))
+            .set_response_timeout(Some(self.timeout * 3));
+        client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await
+    }
+
+    async fn open_pubsub(
+        &self,
+        host: &str,
+        port: u16,
+        settings: &RedisConnectionInfo,
+    ) -> Result<redis::aio::PubSub, String> {
+        let addr = ConnectionAddr::Tcp(host.to_owned(), port);
+        let info = addr
+            .into_connection_info()
+            .map_err(|e| e.to_string())?
+            .set_redis_settings(settings.clone());
+        let client = redis::Client::open(info).map_err(|e| e.to_string())?;
+        match tokio::time::timeout(self.timeout, client.get_async_pubsub()).await {
+            Ok(Ok(pubsub)) => Ok(pubsub),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err(format!("timed out connecting to {host}:{port}")),
+        }
+    }
+
+    fn record_error(&self, message: String) {
+        tracing::debug!("redis: {message}");
+        *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(message);
+    }
+
+    /// Marks the master as lost and wakes the maintainer.
+    fn lose_master(&self, why: String) {
+        if self.healthy.swap(false, Ordering::AcqRel) {
+            tracing::warn!("redis master lost: {why}");
+            self.wake.notify_one();
+        }
+        self.record_error(why);
+    }
+
+    /// Sentinel announced a new master: drop the current one and restart any discovery in
+    /// progress, which may be waiting on the old, unresponsive master.
+    fn master_switched(&self, why: String) {
+        tracing::info!("{why}");
+        self.healthy.store(false, Ordering::Release);
+        self.wake.notify_one();
+    }
+
+    fn healthy_master(&self) -> Option<Arc<Link>> {
+        if self.healthy.load(Ordering::Acquire) {
+            self.master.load_full()
+        } else {
+            None
+        }
+    }
+
+    /// `ROLE` of a connection: the role name and, for a master, its connected replicas.
+    async fn role(&self, conn: &mut MultiplexedConnection) -> Result<(String, usize), String> {
+        let value = tokio::time::timeout(
+            self.discovery_timeout(),
+            redis::cmd("ROLE").query_async::<Value>(conn),
+        )
+        .await
+        .map_err(|_| "ROLE timed out".to_string())?
+        .map_err(|e| e.to_string())?;
+        let Value::Array(items) = value else {
+            return Err(format!("unexpected ROLE reply {value:?}"));
+        };
+        let role = match items.first() {
+            Some(Value::BulkString(b)) => String::from_utf8_lossy(b).into_owned(),
+            Some(Value::SimpleString(s)) => s.clone(),
+            other => return Err(format!("unexpected ROLE reply {other:?}")),
+        };
+        let replicas = match items.get(2) {
+            Some(Value::Array(list)) if role == "master" => list.len(),
+            _ => 0,
+        };
+        Ok((role, replicas))
+    }
+
+    /// Finds and installs the master (and, with Sentinel, the replicas).
+    async fn discover(&self) -> Result<(), String> {
+        match &self.topology {
+            Topology::Direct { host, port } => {
+                let mut conn = self
+                    .open(host, *port, &self.settings)
+                    .await
+                    .map_err(|e| format!("{host}:{port}: {e}"))?;
+                let (role, replicas) = self.role(&mut conn).await?;
+                if role != "master" {
+                    return Err(format!("{host}:{port} is a {role}, not the master"));
+                }
+                self.check_not_lonely(replicas)?;
+                self.install(Link {
+                    host: host.clone(),
+                    port: *port,
+                    conn,
+                    replicas,
+                });
+                Ok(())
+            }
+            Topology::Sentinel {
+                sentinels,
+                master_name,
+            } => self.discover_via_sentinels(sentinels, master_name).await,
+        }
+    }
+
+    /// Asks the sentinels every [`RETRY_PAUSE`] and probes each address they name with ROLE,
+    /// in parallel: the first confirmed master wins. During a failover the sentinels may
+    /// disagree and the old master may hang; re-asking while a probe is pending means the
+    /// promoted replica is picked up as soon as one sentinel names it.
+    async fn discover_via_sentinels(
+        &self,
+        sentinels: &[(String, u16)],
+        name: &str,
+    ) -> Result<(), String> {
+        let give_up = tokio::time::Instant::now() + self.discovery_timeout() * 3;
+        let mut probes = futures_util::stream::FuturesUnordered::new();
+        let mut probing: Vec<(String, u16)> = Vec::new();
+        let mut errors = Vec::new();
+        loop {
+            let answers = futures_util::future::join_all(
+                sentinels
+                    .iter()
+                    .map(|(host, port)| self.ask_sentinel(host, *port, name)),
+            )
+            .await;
+            let mut views = Vec::new();
+            for (answer, (host, port)) in answers.into_iter().zip(sentinels) {
+                match answer {
+                    Ok(view) => views.push(view),
+                    Err(e) => errors.push(format!("sentinel {host}:{port}: {e}")),
+                }
+            }
+            views.sort_by_key(|v| std::cmp::Reverse(v.epoch));
+            for view in views {
+                if !probing.contains(&view.master) {
+                    probing.push(view.master.clone());
+                    probes.push(async move {
+                        let confirmed = self.confirm_master(&view.master.0, view.master.1).await;
+                        (view, confirmed)
+                    });
+                }
+            }
+            if probes.is_empty() || tokio::time::Instant::now() > give_up {
+                return Err(errors.join("; "));
+            }
+            tokio::select! {
+                Some((view, confirmed)) = probes.next() => match confirmed {
+                    Ok((conn, replicas)) => {
+                        drop(probes);
+                        self.use_sentinel_view(view, conn, replicas).await;
+                        return Ok(());
+                    }
+                    Err(e) => {
+                        errors.push(e);
+                        probing.retain(|m| *m != view.master);
+                    }
+                },
+                () = tokio::time::sleep(RETRY_PAUSE) => {}
+            }
+        }
+    }
+
+    /// Connects to `host:port` and checks with ROLE that it is a master.
+    async fn confirm_master(
+        &self,
+        host: &str,
+        port: u16,
+    ) -> Result<(MultiplexedConnection, usize), String> {
+        let mut conn = self
+            .open(host, port, &self.settings)
+            .await
+            .map_err(|e| format!("master {host}:{port}: {e}"))?;
+        let (role, replicas) = self
+            .role(&mut conn)
+            .await
+            .map_err(|e| format!("{host}:{port}: {e}"))?;
+        if role != "master" {
+            return Err(format!("{host}:{port} reports role {role}"));
+        }
+        Ok((conn, replicas))
+    }
+
+    async fn ask_sentinel(
+        &self,
+        host: &str,
+        port: u16,
+        name: &str,
+    ) -> Result<SentinelView, String> {
+        let deadline = self.discovery_timeout();
+        let mut sentinel = self
+            .open(host, port, &self.sentinel_settings)
+            .await
+            .map_err(|e| e.to_string())?;
+        // get-master-addr-by-name already names the promoted replica during a failover;
+        // `SENTINEL master` only does after the switch.
+        let addr: Option<(String, u16)> = tokio::time::timeout(
+            deadline,
+            redis::cmd("SENTINEL")
+                .arg("get-master-addr-by-name")
+                .arg(name)
+                .query_async(&mut sentinel),
+        )
+        .await
+        .map_err(|_| "SENTINEL get-master-addr-by-name timed out".to_string())?
+        .map_err(|e| e.to_string())?;
+        let (ip, mport) = addr.ok_or_else(|| format!("no master named {name:?}"))?;
+        let master: HashMap<String, String> = tokio::time::timeout(
+            deadline,
+            redis::cmd("SENTINEL")
+                .arg("master")
+                .arg(name)
+                .query_async(&mut sentinel),
+        )
+        .await
+        .ok()
+        .and_then(Result::ok)
+        .unwrap_or_default();
+        let epoch = master
+            .get("config-epoch")
+            .and_then(|e| e.parse().ok())
+            .unwrap_or(0);
+        let described: Vec<HashMap<String, String>> = tokio::time::timeout(
+            deadline,
+            redis::cmd("SENTINEL")
+                .arg("replicas")
+                .arg(name)
+                .query_async(&mut sentinel),
+        )
+        .await
+        .ok()
+        .and_then(Result::ok)
+        .unwrap_or_default();
+        let known_replicas = described.len();
+        let replicas = described
+            .iter()
+            .filter(|r| {
+                let flags = r.get("flags").map(String::as_str).unwrap_or_default();
+                !flags.contains("down") && !flags.contains("disconnected")
+            })
+            .filter_map(|r| Some((r.get("ip")?.clone(), r.get("port")?.parse().ok()?)))
+            .collect();
+        Ok(SentinelView {
+            epoch,
+            master: (ip, mport),
+            replicas,
+            known_replicas,
+        })
+    }
+
+    async fn use_sentinel_view(
+        &self,
+        view: SentinelView,
+        conn: MultiplexedConnection,
+        replicas: usize,
+    ) {
+        let (mhost, mport) = view.master;
+        let opened = futures_util::future::join_all(
+            view.replicas
+                .iter()
+                .map(|(host, port)| self.open(host, *port, &self.settings)),
+        )
+        .await;
+        let links = opened
+            .into_iter()
+            .zip(view.replicas)
+            .filter_map(|(conn, (host, port))| {
+                Some(Arc::new(Link {
+                    host,
+                    port,
+                    conn: conn.ok()?,
+                    replicas: 0,
+                }))
+            })
+            .collect();
+        self.replica_high_water
+            .fetch_max(view.known_replicas.max(replicas), Ordering::AcqRel);
+        self.replicas.store(Arc::new(links));
+        self.install(Link {
+            host: mhost,
+            port: mport,
+            conn,
+            replicas,
+        });
+    }
+
+    /// Refuses, for a while, a master with no replicas when replicas were seen before:
+    /// through HAProxy that is how a returning, not yet demoted, old master looks.
+    fn check_not_lonely(&self, replicas: usize) -> Result<(), String> {
+        let mut since = self.lonely_since.lock().unwrap_or_else(|p| p.into_inner());
+        if replicas > 0 || self.replica_high_water.load(Ordering::Acquire) == 0 {
+            *since = None;
+            self.replica_high_water
+                .fetch_max(replicas, Ordering::AcqRel);
+            return Ok(());
+        }
+        let first = *since.get_or_insert_with(Instant::now);
+        if first.elapsed() < LONELY_MASTER_DISTRUST {
+            return Err(
+                "master reports no replicas where replicas were seen; waiting for Sentinel".into(),
+            );
+        }
+        Ok(())
+    }
+
+    fn install(&self, link: Link) {
+        tracing::info!(master = %link.addr(), replicas = link.replicas, "redis master in use");
+        self.master.store(Some(Arc::new(link)));
+        self.healthy.store(true, Ordering::Release);
+        self.master_changed
+            .send_modify(|generation| *generation += 1);
+    }
+
+    /// Replicas needed to acknowledge a write.
+    fn required_acks(&self) -> usize {
+        self.min_replicas_ack
+            .unwrap_or_else(|| usize::from(self.replica_high_water.load(Ordering::Acquire) > 0))
+    }
+
+    async fn read(&self, link: &Link, key: &str) -> Result<Option<String>, RedisError> {
+        let mut conn = link.conn.clone();
+        match tokio::time::timeout(
+            READ_TIMEOUT,
+            redis::cmd("GET").arg(key).query_async(&mut conn),
+        )
+        .await
+        {
+            Ok(result) => result,
+            Err(_) => Err(RedisError::from(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("GET on {} timed out", link.addr()),
+            ))),
+        }
+    }
+
+    async fn read_replica(&self, key: &str) -> Option<Result<Option<String>, RedisError>> {
+        let replicas = self.replicas.load();
+        if replicas.is_empty() {
+            return None;
+        }
+        let start = self.next_replica.fetch_add(1, Ordering::Relaxed);
+        let mut last = None;
+        for i in 0..replicas.len() {
+            let link = &replicas[(start + i) % replicas.len()];
+            match self.read(link, key).await {
+                Ok(v) => return Some(Ok(v)),
+                Err(e) => last = Some(Err(e)),
+            }
+        }
+        last
+    }
+
+    /// Runs a write followed by `WAIT`, on the master only, and checks the acknowledgement.
+    async fn write(&self, mut pipe: redis::Pipeline) -> Result<Value, StoreError> {
+        let link = self
+            .healthy_master()
+            .ok_or_else(|| StoreError::Unavailable(self.unavailable_reason()))?;
+        let acks = self.required_acks();
+        let wait_ms = self.timeout.as_millis() as u64;
+        if acks > 0 {
+            pipe.cmd("WAIT").arg(acks).arg(wait_ms);
+        }
+        let mut conn = link.conn.clone();
+        let reply =
+            tokio::time::timeout(self.timeout * 2, pipe.query_async::<Vec<Value>>(&mut conn)).await;
+        let values = match reply {
+            Ok(Ok(values)) => values,
+            Ok(Err(e)) => {
+                if means_find_master(&e) {
+                    self.lose_master(format!("write on {}: {e}", link.addr()));
+                }
+                return Err(StoreError::Unavailable(e.to_string()));
+            }
+            Err(_) => {
+                self.lose_master(format!("write on {} timed out", link.addr()));
+                return Err(StoreError::Unavailable("write timed out".into()));
+            }
+        };
+        if acks > 0 {
+            let confirmed = match values.last() {
+                Some(Value::Int(n)) => *n as usize,
+                _ => 0,
+            };
+            if confirmed < acks {
+                // A master that cannot reach its replicas may be about to be demoted.
+                self.lose_master(format!(
+                    "{} replicas of {acks} confirmed a write",
+                    confirmed
+                ));
+                return Err(StoreError::NotDurable(format!(
+                    "{confirmed} of {acks} required replicas confirmed the write within {wait_ms} ms"
+                )));
+            }
+        }
+        Ok(values.into_iter().next().unwrap_or(Value::Nil))
+    }
+
+    async fn notify_key_change(&self, key_id: &str) {
+        let Some(link) = self.healthy_master() else {
+            return;
+        };
+        let message = json!({
+            "command": "KeySpaceUpdateNotification",
+            "payload": format!("{key_id}:hashed"),
+            "signature": "",
+            "origin": self.node_id,
+        })
+        .to_string();
+        let mut conn = link.conn.clone();
+        let sent = tokio::time::timeout(
+            READ_TIMEOUT,
+            redis::cmd("PUBLISH")
+                .arg(NOTIFICATION_CHANNEL)
+                .arg(message)
+                .query_async::<i64>(&mut conn),
+        )
+        .await;
+        if !matches!(sent, Ok(Ok(_))) {
+            tracing::warn!("could not publish a key change notification");
+        }
+    }
+
+    fn unavailable_reason(&self) -> String {
+        self.last_error
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+            .unwrap_or_else(|| "no Redis master reachable".into())
+    }
+}
+
+/// Keeps a confirmed master installed: discovers when there is none, and re-checks the one in
+/// use with `ROLE` so that a demotion is noticed even without a failed request.
+async fn maintain(shared: Arc<Shared>) {
+    loop {
+        if shared.healthy_master().is_none() {
+            let outcome = tokio::select! {
+                outcome = shared.discover() => outcome,
+                () = shared.wake.notified() => continue,
+            };
+            if let Err(e) = outcome {
+                shared.record_error(e);
+                tokio::select! {
+                    () = tokio::time::sleep(RETRY_PAUSE) => {}
+                    () = shared.wake.notified() => {}
+                }
+            }
+            continue;
+        }
+        tokio::select! {
+            () = shared.wake.notified() => continue,
+            () = tokio::time::sleep(PROBE_EVERY) => {}
+        }
+        let Some(link) = shared.healthy_master() else {
+            continue;
+        };
+        let mut conn = link.conn.clone();
+        match tokio::time::timeout(READ_TIMEOUT, shared.role(&mut conn)).await {
+            Ok(Ok((role, replicas))) if role == "master" => {
+                shared
+                    .replica_high_water
+                    .fetch_max(replicas, Ordering::AcqRel);
+            }
+            Ok(Ok((role, _))) => shared.lose_master(format!("{} is now a {role}", link.addr())),
+            Ok(Err(e)) => shared.lose_master(format!("{}: {e}", link.addr())),
+            Err(_) => shared.lose_master(format!("{} did not answer ROLE", link.addr())),
+        }
+    }
+}
+
+/// Follows `+switch-master` on any reachable sentinel.
+async fn follow_sentinels(shared: Arc<Shared>) {
+    let Topology::Sentinel {
+        sentinels,
+        master_name,
+    } = &shared.topology
+    else {
+        return;
+    };
+    loop {
+        for (host, port) in sentinels {
+            let Ok(mut pubsub) = shared
+                .open_pubsub(host, *port, &shared.sentinel_settings)
+                .await
+            else {
+                continue;
+            };
+            if pubsub.subscribe("+switch-master").await.is_err() {
+                continue;
+            }
+            let mut messages = pubsub.into_on_message();
+            while let Some(msg) = messages.next().await {
+                let payload: String = msg.get_payload().unwrap_or_default();
+                if payload.split(' ').next() == Some(master_name.as_str()) {
+                    shared.master_switched(format!(
+                        "sentinel {host}:{port}: +switch-master {payload}"
+                    ));
+                }
+            }
+        }
+        tokio::time::sleep(RETRY_PAUSE).await;
+    }
+}
+
+/// Subscribes to Tyk's cluster notifications on the current master and invalidates cached
+/// sessions; resubscribes whenever the master changes. Anything published while not
+/// subscribed could be missed, so each (re)subscription starts a new cache epoch.
+async fn relay_notifications(shared: Arc<Shared>) {
+    let Some(cache) = shared.cache.clone() else {
+        return;
+    };
+    let mut changed = shared.master_changed.subscribe();
+    loop {
+        let Some(link) = shared.master.load_full() else {
+            let _ = changed.changed().await;
+            continue;
+        };
+        changed.borrow_and_update();
+        let pubsub = match shared
+            .open_pubsub(&link.host, link.port, &shared.settings)
+            .await
+        {
+            Ok(mut pubsub) => match pubsub.subscribe(NOTIFICATION_CHANNEL).await {
+                Ok(()) => pubsub,
+                Err(e) => {
+                    shared.record_error(format!("subscribe: {e}"));
+                    tokio::time::sleep(RETRY_PAUSE).await;
+                    continue;
+                }
+            },
+            Err(e) => {
+                shared.record_error(format!("subscribe: {e}"));
+                tokio::time::sleep(RETRY_PAUSE).await;
+                continue;
+            }
+        };
+        cache.new_epoch();
+        let mut messages = pubsub.into_on_message();
+        loop {
+            tokio::select! {
+                msg = messages.next() => match msg {
+                    Some(msg) => apply_notification(&cache, &shared.node_id, msg.get_payload_bytes()),
+                    None => break,
+                },
+                _ = changed.changed() => break,
+            }
+        }
+    }
+}
+
+/// Tyk's `KeySpaceUpdateNotification`: a comma-separated list of keys, `:hashed` marking
+/// storage ids. Tyk ignores the extra `origin` field.
+fn apply_notification(cache: &SessionCache, node_id: &str, payload: &[u8]) {
+    let Ok(message) = serde_json::from_slice::<serde_json::Value>(payload) else {
+        return;
+    };
+    if message["command"] != "KeySpaceUpdateNotification" || message["origin"] == node_id {
+        return;
+    }
+    for key in message["payload"].as_str().unwrap_or_default().split(',') {
+        let id = key.strip_suffix(":hashed").unwrap_or(key);
+        if !id.is_empty() {
+            cache.invalidate(id);
+        }
+    }
+}
+
+fn decode(key_id: &str, json: &str) -> Result<Arc<SessionState>, StoreError> {
+    serde_json::from_str(json)
+        .map(Arc::new)
+        .map_err(|e| StoreError::Corrupt {
+            key: key_id.to_owned(),
+            reason: e.to_string(),
+        })
+}
+
+#[async_trait]
+impl SessionStore for RedisStore {
+    async fn get(&self, key_id: &str) -> Result<Option<Arc<SessionState>>, StoreError> {
+        let shared = &self.shared;
+        let key = record_key(key_id);
+        if let Some(link) = shared.healthy_master() {
+            match shared.read(&link, &key).await {
+                Ok(Some(json)) => return decode(key_id, &json).map(Some),
+                Ok(None) => return Ok(None),
+                Err(e) => {
+                    if means_find_master(&e) {
+                        shared.lose_master(format!("read on {}: {e}", link.addr()));
+                    } else {
+                        return Err(StoreError::Unavailable(e.to_string()));
+                    }
+                }
+            }
+        }
+        match shared.read_replica(&key).await {
+            Some(Ok(Some(json))) => decode(key_id, &json).map(Some),
+            Some(Ok(None)) => Ok(None),
+            Some(Err(e)) => Err(StoreError::Unavailable(e.to_string())),
+            None => Err(StoreError::Unavailable(shared.unavailable_reason())),
+        }
+    }
+
+    async fn set(
+        &self,
+        key_id: &str,
+        session: &SessionState,
+        ttl: Option<Duration>,
+    ) -> Result<(), StoreError> {
+        let json = serde_json::to_string(session).map_err(|e| StoreError::Corrupt {
+            key: key_id.to_owned(),
+            reason: e.to_string(),
+        })?;
+        let mut pipe = redis::pipe();
+        let set = pipe.cmd("SET").arg(record_key(key_id)).arg(json);
+        if let Some(ttl) = ttl {
+            set.arg("EX").arg(ttl.as_secs().max(1));
+        }
+        let result = self.shared.write(pipe).await;
+        self.shared.notify_key_change(key_id).await;
+        result.map(|_| ())
+    }
+
+    async fn delete(&self, key_id: &str) -> Result<bool, StoreError> {
+        let mut pipe = redis::pipe();
+        pipe.cmd("DEL").arg(record_key(key_id));
+        let result = self.shared.write(pipe).await;
+        self.shared.notify_key_change(key_id).await;
+        Ok(matches!(result?, Value::Int(n) if n > 0))
+    }
+
+    async fn list(&self) -> Result<Vec<String>, StoreError> {
+        let link = self
+            .shared
+            .healthy_master()
+            .ok_or_else(|| StoreError::Unavailable(self.shared.unavailable_reason()))?;
+        let mut conn = link.conn.clone();
+        let mut cursor = 0u64;
+        let mut keys = Vec::new();
+        loop {
+            let mut command = redis::cmd("SCAN");
+            command
+                .cursor_arg(cursor)
+                .arg("MATCH")
+                .arg(format!("{KEY_PREFIX}*"))
+                .arg("COUNT")
+                .arg(1000);
+            let scan = command.query_async::<(u64, Vec<String>)>(&mut conn);
+            let (next, batch) = tokio::time::timeout(self.shared.timeout, scan)
+                .await
+                .map_err(|_| StoreError::Unavailable("SCAN timed out".into()))?
+                .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+            keys.extend(
+                batch
+                    .into_iter()
+                    .filter_map(|k| k.strip_prefix(KEY_PREFIX).map(str::to_owned)),
+            );
+            if next == 0 {
+                break;
+            }
+            cursor = next;
+        }
+        keys.sort();
+        keys.dedup();
+        Ok(keys)
+    }
+
+    async fn health(&self) -> StoreHealth {
+        let shared = &self.shared;
+        let master = shared.healthy_master();
+        let reachable = match &master {
+            Some(link) => {
+                let mut conn = link.conn.clone();
+                matches!(
+                    tokio::time::timeout(
+                        READ_TIMEOUT,
+                        redis::cmd("PING").query_async::<String>(&mut conn)
+                    )
+                    .await,
+                    Ok(Ok(_))
+                )
+            }
+            None => false,
+        };
+        let mut details = serde_json::Map::new();
+        details.insert(
+            "master".into(),
+            master
+                .map(|l| json!(l.addr()))
+                .unwrap_or(serde_json::Value::Null),
+        );
+        let replicas: Vec<String> = shared.replicas.load().iter().map(|l| l.addr()).collect();
+        details.insert("replicas".into(), json!(replicas));
+        details.insert("min_replicas_ack".into(), json!(shared.required_acks()));
+        details.insert(
+            "last_error".into(),
+            json!(*shared.last_error.lock().unwrap_or_else(|p| p.into_inner())),
+        );
+        StoreHealth {
+            mode: if self.is_sentinel() {
+                "sentinel"
+            } else {
+                "redis"
+            },
+            reachable,
+            details,
+        }
+    }
+}

@@ -1,0 +1,364 @@
+//! The Redis store on real Redis, Sentinel and HAProxy: Tyk's key layout, durability,
+//! restarts, shared keys between nodes, and reads that survive the master.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use support::redis::{RedisServer, SeedLayout};
+use support::{TestGateway, gateway, sample_api, seed_key, upstream};
+
+fn direct(port: u16) -> Value {
+    json!({"storage": {"type": "redis", "host": "127.0.0.1", "port": port, "timeout": 2}})
+}
+
+fn sentinel(layout: &SeedLayout) -> Value {
+    json!({"storage": {"type": "redis", "addrs": layout.sentinel_addrs(), "master_name": "mymaster", "timeout": 2}})
+}
+
+async fn node(target: &str, config: Value) -> TestGateway {
+    gateway()
+        .api(sample_api(target))
+        .config(config)
+        .start()
+        .await
+}
+
+/// Polls `path` with `key` until it answers `status`, for at most `within`.
+async fn eventually_status(gw: &TestGateway, key: &str, status: u16, within: Duration) -> Duration {
+    let start = Instant::now();
+    loop {
+        let r = gw.get_with_key("/tyk-api-test/get", Some(key)).await;
+        if r.status == status {
+            return start.elapsed();
+        }
+        assert!(
+            start.elapsed() < within,
+            "still {} ({}) after {within:?}",
+            r.status,
+            r.text()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn key_crud_lands_in_redis_in_tyk_layout() {
+    let redis = RedisServer::start().await;
+    let up = upstream().await;
+    let gw = node(&up.url(""), direct(redis.port)).await;
+    let hash = gw.add_key("testkey", seed_key()).await.json()["key_hash"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    let stored: Value = serde_json::from_str(
+        &redis
+            .get(&format!("apikey-{hash}"))
+            .await
+            .expect("record in Redis"),
+    )
+    .unwrap();
+    assert_eq!(stored["rate"], 1000.0);
+    assert_eq!(stored["org_id"], "default");
+    assert_eq!(stored["access_rights"]["1"]["api_id"], "1");
+    assert!(
+        redis.get("apikey-testkey").await.is_none(),
+        "the raw key is never stored"
+    );
+
+    assert_eq!(
+        gw.get_with_key("/tyk-api-test/get", Some("testkey"))
+            .await
+            .status,
+        200
+    );
+    assert_eq!(
+        gw.admin("GET", "/tyk/keys", None).await.json(),
+        json!({"keys": [hash]})
+    );
+    let hello = gw
+        .client
+        .request("GET", &gw.url("/hello"), &[], None)
+        .await
+        .json();
+    assert_eq!(hello["status"], "pass");
+    assert_eq!(hello["details"]["redis"]["mode"], "redis");
+    assert_eq!(
+        hello["details"]["redis"]["master"],
+        format!("127.0.0.1:{}", redis.port)
+    );
+
+    assert_eq!(
+        gw.admin("DELETE", "/tyk/keys/testkey", None).await.status,
+        200
+    );
+    assert!(redis.get(&format!("apikey-{hash}")).await.is_none());
+    assert_eq!(
+        gw.get_with_key("/tyk-api-test/get", Some("testkey"))
+            .await
+            .status,
+        403
+    );
+}
+
+#[tokio::test]
+async fn a_redis_restart_loses_no_key() {
+    let mut redis = RedisServer::start().await;
+    let up = upstream().await;
+    let mut config = direct(redis.port);
+    config["local_session_cache"] = json!({"disable_cached_session_state": true});
+    let gw = node(&up.url(""), config).await;
+    for i in 0..20 {
+        gw.add_key(&format!("key-{i}"), seed_key()).await;
+    }
+    redis.restart().await;
+    eventually_status(&gw, "key-0", 200, Duration::from_secs(10)).await;
+    for i in 0..20 {
+        let r = gw
+            .get_with_key("/tyk-api-test/get", Some(&format!("key-{i}")))
+            .await;
+        assert_eq!(r.status, 200, "key-{i}: {}", r.text());
+    }
+}
+
+#[tokio::test]
+async fn an_outage_is_503_never_an_auth_error_and_cached_keys_keep_working() {
+    let mut redis = RedisServer::start().await;
+    let up = upstream().await;
+    let mut config = direct(redis.port);
+    config["local_session_cache"] = json!({"cached_session_timeout": 1, "stale_if_error": 120});
+    let gw = node(&up.url(""), config).await;
+    gw.add_key("known", seed_key()).await;
+    assert_eq!(
+        gw.get_with_key("/tyk-api-test/get", Some("known"))
+            .await
+            .status,
+        200
+    );
+
+    redis.kill();
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let r = gw.get_with_key("/tyk-api-test/get", Some("known")).await;
+    assert_eq!(r.status, 200, "a cached key stays usable: {}", r.text());
+    let r = gw
+        .get_with_key("/tyk-api-test/get", Some("never-seen"))
+        .await;
+    assert_eq!(r.status, 503);
+    assert_eq!(r.json(), json!({"error": "Key store unavailable"}));
+    let r = gw.client.request("GET", &gw.url("/ready"), &[], None).await;
+    assert_eq!(r.status, 503);
+    let r = gw.admin("POST", "/tyk/keys/newkey", Some(seed_key())).await;
+    assert_eq!(r.status, 503, "a write is not acknowledged: {}", r.text());
+    assert_eq!(r.json()["status"], "error");
+
+    redis.restart().await;
+    let start = Instant::now();
+    while gw
+        .client
+        .request("GET", &gw.url("/ready"), &[], None)
+        .await
+        .status
+        != 200
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "ready again after the restart"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    gw.add_key("newkey", seed_key()).await;
+}
+
+#[tokio::test]
+async fn two_nodes_share_keys_and_invalidations() {
+    let redis = RedisServer::start().await;
+    let up = upstream().await;
+    let mut config = direct(redis.port);
+    config["local_session_cache"] = json!({"cached_session_timeout": 60});
+    let a = node(&up.url(""), config.clone()).await;
+    let b = node(&up.url(""), config).await;
+
+    a.add_key("shared", seed_key()).await;
+    eventually_status(&b, "shared", 200, Duration::from_secs(1)).await;
+
+    let mut inactive = seed_key();
+    inactive["is_inactive"] = json!(true);
+    assert_eq!(
+        a.admin("PUT", "/tyk/keys/shared", Some(inactive))
+            .await
+            .status,
+        200
+    );
+    eventually_status(&b, "shared", 403, Duration::from_secs(1)).await;
+
+    assert_eq!(
+        a.admin("PUT", "/tyk/keys/shared", Some(seed_key()))
+            .await
+            .status,
+        200
+    );
+    eventually_status(&b, "shared", 200, Duration::from_secs(1)).await;
+    assert_eq!(
+        a.admin("DELETE", "/tyk/keys/shared", None).await.status,
+        200
+    );
+    eventually_status(&b, "shared", 403, Duration::from_secs(1)).await;
+}
+
+#[tokio::test]
+async fn writes_wait_for_the_required_replicas() {
+    let redis = RedisServer::start().await;
+    let up = upstream().await;
+    let mut config = direct(redis.port);
+    config["storage"]["min_replicas_ack"] = json!(1);
+    let gw = node(&up.url(""), config).await;
+    let r = gw.admin("POST", "/tyk/keys/lonely", Some(seed_key())).await;
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert!(
+        r.json()["message"].as_str().unwrap().contains("replicas"),
+        "{}",
+        r.text()
+    );
+
+    let replica = RedisServer::replica_of(redis.port).await;
+    let start = Instant::now();
+    loop {
+        let r = gw.admin("POST", "/tyk/keys/lonely", Some(seed_key())).await;
+        if r.status == 200 {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(15),
+            "acknowledged once a replica confirms: {}",
+            r.text()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(
+        replica
+            .get(&format!(
+                "apikey-{}",
+                gw.gateway.hasher.storage_id("lonely")
+            ))
+            .await
+            .is_some()
+    );
+}
+
+#[tokio::test]
+async fn seed_layout_survives_a_frozen_master_in_both_modes() {
+    let layout = SeedLayout::builder().start().await;
+    let up = upstream().await;
+    let via_haproxy = node(&up.url(""), direct(layout.haproxy.port)).await;
+    let via_sentinel = node(&up.url(""), sentinel(&layout)).await;
+    let hello = via_sentinel
+        .client
+        .request("GET", &via_sentinel.url("/hello"), &[], None)
+        .await
+        .json();
+    assert_eq!(hello["details"]["redis"]["mode"], "sentinel");
+    assert_eq!(
+        hello["details"]["redis"]["replicas"]
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
+
+    via_sentinel.add_key("known", seed_key()).await;
+    for gw in [&via_haproxy, &via_sentinel] {
+        assert_eq!(
+            gw.get_with_key("/tyk-api-test/get", Some("known"))
+                .await
+                .status,
+            200
+        );
+    }
+    let old_master = layout.master_index().await.unwrap();
+    let old_port = layout.redis[old_master].port;
+
+    // A node that never saw the key: Sentinel mode reads it from a replica.
+    let fresh = node(&up.url(""), sentinel(&layout)).await;
+    layout.redis[old_master].freeze(10);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let r = fresh.get_with_key("/tyk-api-test/get", Some("known")).await;
+    assert_eq!(
+        r.status,
+        200,
+        "replica read of an uncached key: {}",
+        r.text()
+    );
+
+    let start = Instant::now();
+    let mut promoted_at = None;
+    let mut ready_after_promotion = None;
+    let mut sent = 0;
+    while start.elapsed() < Duration::from_secs(14) {
+        for gw in [&via_haproxy, &via_sentinel, &fresh] {
+            let r = gw.get_with_key("/tyk-api-test/get", Some("known")).await;
+            assert_eq!(r.status, 200, "at {:?}: {}", start.elapsed(), r.text());
+            sent += 1;
+        }
+        if promoted_at.is_none()
+            && layout
+                .sentinel_master_port()
+                .await
+                .is_some_and(|p| p != old_port)
+        {
+            promoted_at = Some(Instant::now());
+        }
+        if let (Some(at), None) = (promoted_at, ready_after_promotion)
+            && via_sentinel
+                .client
+                .request("GET", &via_sentinel.url("/ready"), &[], None)
+                .await
+                .status
+                == 200
+        {
+            ready_after_promotion = Some(at.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(sent > 100);
+    promoted_at.expect("Sentinel promoted a replica");
+    let ready = ready_after_promotion.expect("ready after the promotion");
+    eprintln!("ready {ready:?} after the promotion; {sent} keyed requests, all 200");
+    assert!(
+        ready < Duration::from_secs(1),
+        "ready {ready:?} after the promotion"
+    );
+
+    // Writes go to the new master, in both modes.
+    for (name, gw) in [("haproxy", &via_haproxy), ("sentinel", &via_sentinel)] {
+        let start = Instant::now();
+        loop {
+            let r = gw
+                .admin("POST", &format!("/tyk/keys/after-{name}"), Some(seed_key()))
+                .await;
+            if r.status == 200 {
+                break;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "{name}: {}",
+                r.text()
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    // The returning old master may still call itself master until Sentinel demotes it, so
+    // ask Sentinel which one is.
+    let new_port = layout.sentinel_master_port().await.unwrap();
+    assert_ne!(new_port, old_port);
+    let new_master = layout.redis.iter().find(|r| r.port == new_port).unwrap();
+    for name in ["after-sentinel", "after-haproxy"] {
+        let id = via_sentinel.gateway.hasher.storage_id(name).into_owned();
+        assert!(
+            new_master.get(&format!("apikey-{id}")).await.is_some(),
+            "{name} is on the new master"
+        );
+    }
+}
