@@ -254,9 +254,32 @@ async fn get_key(gw: &Gateway, key: &str, query: &Query) -> Response<Body> {
         Err(rejected) => return rejected.into_response(),
     };
     match gw.sessions.get(&id).await {
-        Ok(Some(session)) => json_response(StatusCode::OK, &json!(*session)),
+        Ok(Some(session)) => {
+            let mut session = (*session).clone();
+            live_quota(gw, &id, &mut session).await;
+            json_response(StatusCode::OK, &json!(session))
+        }
         Ok(None) => status_message(StatusCode::NOT_FOUND, "Key not found"),
         Err(e) => store_failure(&e),
+    }
+}
+
+/// Fills in the quota counters as they stand now (the record holds them as last written).
+async fn live_quota(gw: &Gateway, key_id: &str, session: &mut SessionState) {
+    if session.quota_max > 0
+        && let Ok(Some((used, renews))) = gw.sessions.quota_used(key_id).await
+    {
+        session.quota_remaining = (session.quota_max - used).max(0);
+        session.quota_renews = renews;
+    }
+    for (api_id, access) in session.access_rights.iter_mut() {
+        if let Some(limit) = access.limit.as_mut().filter(|l| l.quota_max > 0)
+            && let Ok(Some((used, renews))) =
+                gw.sessions.quota_used(&format!("{api_id}-{key_id}")).await
+        {
+            limit.quota_remaining = (limit.quota_max - used).max(0);
+            limit.quota_renews = renews;
+        }
     }
 }
 
@@ -334,6 +357,19 @@ async fn store_key(
     let id = gw.hasher.storage_id(key).into_owned();
     if let Err(e) = gw.sessions.set(&id, &session, ttl).await {
         return store_failure(&e);
+    }
+    if !query.flag("suppress_reset") {
+        let counters = std::iter::once(id.clone()).chain(
+            session
+                .access_rights
+                .keys()
+                .map(|api_id| format!("{api_id}-{id}")),
+        );
+        for counter in counters {
+            if let Err(e) = gw.sessions.reset_quota(&counter).await {
+                return store_failure(&e);
+            }
+        }
     }
     let mut body = json!({"key": key, "status": "ok", "action": action});
     if gw.hasher.enabled() {

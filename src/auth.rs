@@ -204,18 +204,25 @@ fn cookie_value<'a>(header: &'a [u8], name: &[u8]) -> Option<&'a [u8]> {
     })
 }
 
+/// A request's key, by storage id, and its session.
+#[derive(Debug)]
+pub struct Authenticated {
+    pub key_id: String,
+    pub session: Arc<SessionState>,
+}
+
 /// Authenticates a request for `spec`: `Ok(None)` for keyless APIs, the session otherwise.
 pub async fn authenticate(
     spec: &ApiSpec,
     parts: &Parts,
     hasher: &KeyHasher,
     sessions: &dyn SessionStore,
-) -> Result<Option<Arc<SessionState>>, AuthError> {
+) -> Result<Option<Authenticated>, AuthError> {
     let Some(source) = &spec.key_source else {
         return Ok(None);
     };
-    let key = extract_key(source, parts)?;
-    let session = match sessions.get(&hasher.storage_id(key)).await {
+    let key_id = hasher.storage_id(extract_key(source, parts)?).into_owned();
+    let session = match sessions.get(&key_id).await {
         Ok(Some(session)) => session,
         Ok(None) => return Err(AuthError::Disallowed),
         Err(StoreError::Unavailable(_) | StoreError::NotDurable(_)) => {
@@ -225,7 +232,7 @@ pub async fn authenticate(
         Err(StoreError::Corrupt { .. }) => return Err(AuthError::Disallowed),
     };
     check_session(&session, spec.api_id(), unix_now())?;
-    Ok(Some(session))
+    Ok(Some(Authenticated { key_id, session }))
 }
 
 /// Tyk's order: inactive, expired, then access rights.

@@ -1,4 +1,4 @@
-//! The listener and the request pipeline: `api match → auth → proxy`.
+//! The listener and the request pipeline: `api match → auth → limits → proxy`.
 //!
 //! Owns the [`Gateway`] (the shared state of one node), the accept loop, per-connection
 //! HTTP/1.1 settings, the panic guard, and how a rejection becomes a JSON response.
@@ -25,6 +25,7 @@ use crate::admin;
 use crate::api::{ApiTable, LoadError};
 use crate::auth::{self, KeyHasher};
 use crate::config::GatewayConfig;
+use crate::limits::{self, Limiter};
 use crate::proxy::UpstreamClient;
 use crate::store::SessionStore;
 
@@ -39,6 +40,7 @@ pub struct Gateway {
     pub config: GatewayConfig,
     pub sessions: Arc<dyn SessionStore>,
     pub hasher: KeyHasher,
+    pub limiter: Arc<Limiter>,
     apis: ArcSwap<ApiTable>,
     load_errors: ArcSwap<Vec<String>>,
     upstream: UpstreamClient,
@@ -49,7 +51,10 @@ impl Gateway {
     /// Builds a node and loads the API definitions in `config.app_path`.
     pub fn new(config: GatewayConfig, sessions: Arc<dyn SessionStore>) -> Arc<Self> {
         let timeout = Duration::from_secs_f64(config.proxy_default_timeout);
+        let limiter = Arc::new(Limiter::new(sessions.clone()));
+        limiter.spawn_flusher(Duration::from_millis(500));
         let gateway = Arc::new(Self {
+            limiter,
             hasher: KeyHasher::new(config.hash_keys, &config.hash_key_function),
             sessions,
             apis: ArcSwap::from_pointee(ApiTable::default()),
@@ -114,14 +119,34 @@ impl Gateway {
         };
         drop(apis);
         let (parts, body) = req.into_parts();
-        let _session = match auth::authenticate(&spec, &parts, &self.hasher, &*self.sessions).await
-        {
-            Ok(session) => session,
+        let caller = match auth::authenticate(&spec, &parts, &self.hasher, &*self.sessions).await {
+            Ok(caller) => caller,
             Err(e) => return error_response(e.status(), &e.to_string()),
+        };
+        let policy = caller
+            .as_ref()
+            .and_then(|c| limits::policy_for(&spec, &c.session, &c.key_id));
+        let usage = match &policy {
+            Some(policy) => {
+                let usage = self.limiter.admit(policy).await;
+                if let Err(e) = usage.verdict() {
+                    let mut response = error_response(e.status(), &e.to_string());
+                    usage.write_headers(policy, response.headers_mut(), limits::now_secs());
+                    return response;
+                }
+                Some(usage)
+            }
+            None => None,
         };
         let req = Request::from_parts(parts, body);
         match self.upstream.forward(&spec, req, peer).await {
-            Ok(response) => response.map(Either::Left),
+            Ok(response) => {
+                let mut response = response.map(Either::Left);
+                if let (Some(policy), Some(usage)) = (&policy, usage) {
+                    usage.write_headers(policy, response.headers_mut(), limits::now_secs());
+                }
+                response
+            }
             Err(e) => {
                 tracing::debug!(api = spec.api_id(), "upstream error: {e:?}");
                 error_response(e.status(), &e.to_string())

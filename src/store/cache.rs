@@ -13,6 +13,7 @@ use async_trait::async_trait;
 
 use super::{SessionStore, StoreError, StoreHealth};
 use crate::config::LocalSessionCache;
+use crate::limits::{Policy, Usage};
 use crate::session::SessionState;
 
 #[derive(Clone)]
@@ -136,6 +137,27 @@ impl SessionStore for CachedStore {
     async fn health(&self) -> StoreHealth {
         self.inner.health().await
     }
+
+    async fn consume(&self, policy: &Policy) -> Result<Usage, StoreError> {
+        self.inner.consume(policy).await
+    }
+
+    async fn add_quota_usage(
+        &self,
+        counter: &str,
+        count: i64,
+        renewal: i64,
+    ) -> Result<(), StoreError> {
+        self.inner.add_quota_usage(counter, count, renewal).await
+    }
+
+    async fn quota_used(&self, counter: &str) -> Result<Option<(i64, i64)>, StoreError> {
+        self.inner.quota_used(counter).await
+    }
+
+    async fn reset_quota(&self, counter: &str) -> Result<(), StoreError> {
+        self.inner.reset_quota(counter).await
+    }
 }
 
 #[cfg(test)]
@@ -174,6 +196,18 @@ mod tests {
         }
         async fn health(&self) -> StoreHealth {
             self.inner.health().await
+        }
+        async fn consume(&self, p: &Policy) -> Result<Usage, StoreError> {
+            self.inner.consume(p).await
+        }
+        async fn add_quota_usage(&self, c: &str, n: i64, r: i64) -> Result<(), StoreError> {
+            self.inner.add_quota_usage(c, n, r).await
+        }
+        async fn quota_used(&self, c: &str) -> Result<Option<(i64, i64)>, StoreError> {
+            self.inner.quota_used(c).await
+        }
+        async fn reset_quota(&self, c: &str) -> Result<(), StoreError> {
+            self.inner.reset_quota(c).await
         }
     }
 

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 
 use super::{SessionStore, StoreError, StoreHealth};
+use crate::limits::{LocalCounters, Policy, Usage, now_secs};
 use crate::session::SessionState;
 
 struct Entry {
@@ -26,6 +27,7 @@ impl Entry {
 pub struct MemoryStore {
     entries: RwLock<HashMap<String, Entry>>,
     writes: AtomicU64,
+    counters: LocalCounters,
 }
 
 /// Expired entries are swept once per this many writes, so a write stays O(1) on average.
@@ -99,6 +101,29 @@ impl SessionStore for MemoryStore {
             reachable: true,
             details: Default::default(),
         }
+    }
+
+    async fn consume(&self, policy: &Policy) -> Result<Usage, StoreError> {
+        Ok(self.counters.consume(policy, now_secs()))
+    }
+
+    async fn add_quota_usage(
+        &self,
+        counter: &str,
+        count: i64,
+        renewal: i64,
+    ) -> Result<(), StoreError> {
+        self.counters.add_quota(counter, count, renewal, now_secs());
+        Ok(())
+    }
+
+    async fn quota_used(&self, counter: &str) -> Result<Option<(i64, i64)>, StoreError> {
+        Ok(self.counters.quota_used(counter, now_secs()))
+    }
+
+    async fn reset_quota(&self, counter: &str) -> Result<(), StoreError> {
+        self.counters.reset_quota(counter);
+        Ok(())
     }
 }
 

@@ -14,6 +14,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use serde::Serialize;
 
+use crate::limits::{Policy, Usage};
 use crate::session::SessionState;
 
 pub use memory::MemoryStore;
@@ -62,6 +63,23 @@ pub trait SessionStore: Send + Sync + 'static {
     async fn list(&self) -> Result<Vec<String>, StoreError>;
     /// Checks the store now and reports its state.
     async fn health(&self) -> StoreHealth;
+
+    /// Counts one request against `policy`'s rate and quota counters, atomically for every
+    /// node sharing the store.
+    async fn consume(&self, policy: &Policy) -> Result<Usage, StoreError>;
+    /// Adds `count` requests to a quota counter, starting a `renewal`-second period if none
+    /// is running (usage counted by a node while the store was unreachable).
+    async fn add_quota_usage(
+        &self,
+        counter: &str,
+        count: i64,
+        renewal: i64,
+    ) -> Result<(), StoreError>;
+    /// Requests counted against a quota and the Unix second it renews (0: never), if a
+    /// period is running.
+    async fn quota_used(&self, counter: &str) -> Result<Option<(i64, i64)>, StoreError>;
+    /// Starts a quota afresh.
+    async fn reset_quota(&self, counter: &str) -> Result<(), StoreError>;
 }
 
 /// Opens the store `config.storage` names.

@@ -28,10 +28,60 @@ use tokio::task::JoinHandle;
 use super::cache::SessionCache;
 use super::{SessionStore, StoreError, StoreHealth};
 use crate::config::StorageConfig;
+use crate::limits::{Policy, Usage};
 use crate::session::SessionState;
 
 /// Tyk's prefix for session records.
 pub const KEY_PREFIX: &str = "apikey-";
+/// Tyk's prefix for quota counters.
+pub const QUOTA_PREFIX: &str = "quota-";
+/// tollgate's GCRA state (Tyk's `rate-limit-` keys hold a different structure).
+pub const RATE_PREFIX: &str = "tollgate-rate-";
+
+/// One round trip per request: GCRA on KEYS[1] (µs, Redis clock), then the quota counter on
+/// KEYS[2]; a request refused by either changes neither.
+/// ARGV: interval µs (0: no rate), per µs, quota max (<= 0: none), renewal s.
+const CONSUME_SCRIPT: &str = r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local interval, per = tonumber(ARGV[1]), tonumber(ARGV[2])
+local qmax, renewal = tonumber(ARGV[3]), tonumber(ARGV[4])
+local rate_ok, rate_left, rate_reset, new_tat = 1, 0, 0, nil
+if interval > 0 then
+  local tat = tonumber(redis.call('GET', KEYS[1]) or '0')
+  if tat < now then tat = now end
+  new_tat = tat + interval
+  if new_tat - now > per then
+    return {0, 0, tat + interval - per - now, 1, -1, 0, now}
+  end
+  rate_left = math.floor((per - (new_tat - now)) / interval)
+  rate_reset = new_tat - now
+end
+local quota_ok, quota_left, quota_ttl = 1, -1, 0
+if qmax > 0 then
+  local used = tonumber(redis.call('GET', KEYS[2]) or '0')
+  if used >= qmax then
+    quota_ok, quota_left = 0, 0
+  else
+    used = redis.call('INCR', KEYS[2])
+    if used == 1 and renewal > 0 then redis.call('EXPIRE', KEYS[2], renewal) end
+    quota_left = qmax - used
+  end
+  quota_ttl = redis.call('TTL', KEYS[2])
+end
+if quota_ok == 1 and new_tat then
+  redis.call('SET', KEYS[1], string.format('%.0f', new_tat), 'PX', math.floor((new_tat - now) / 1000) + 1)
+end
+return {rate_ok, rate_left, rate_reset, quota_ok, quota_left, quota_ttl, now}
+"#;
+
+/// Adds usage counted elsewhere: ARGV count, renewal s.
+const ADD_QUOTA_SCRIPT: &str = r#"
+local used = redis.call('INCRBY', KEYS[1], ARGV[1])
+if used == tonumber(ARGV[1]) and tonumber(ARGV[2]) > 0 then redis.call('EXPIRE', KEYS[1], ARGV[2]) end
+return used
+"#;
+
 /// Tyk's cluster notification channel.
 pub const NOTIFICATION_CHANNEL: &str = "tyk.cluster.notifications";
 
@@ -102,6 +152,8 @@ struct Shared {
     cache: Option<Arc<SessionCache>>,
     /// Marks this node's own notifications, which it skips: its cache is already current.
     node_id: String,
+    consume_script: redis::Script,
+    add_quota_script: redis::Script,
 }
 
 /// The Redis-backed [`SessionStore`]. Background tasks stop when it is dropped.
@@ -169,6 +221,8 @@ impl RedisStore {
             last_error: Mutex::new(None),
             cache,
             node_id: uuid::Uuid::new_v4().simple().to_string(),
+            consume_script: redis::Script::new(CONSUME_SCRIPT),
+            add_quota_script: redis::Script::new(ADD_QUOTA_SCRIPT),
         });
         let mut first = shared.master_changed.subscribe();
         let mut tasks = vec![
@@ -662,6 +716,30 @@ impl Shared {
         }
     }
 
+    /// Runs a limits script on the master with the request-path deadline.
+    async fn run_script<T: redis::FromRedisValue>(
+        &self,
+        invocation: redis::ScriptInvocation<'_>,
+    ) -> Result<T, StoreError> {
+        let link = self
+            .healthy_master()
+            .ok_or_else(|| StoreError::Unavailable(self.unavailable_reason()))?;
+        let mut conn = link.conn.clone();
+        match tokio::time::timeout(READ_TIMEOUT, invocation.invoke_async::<T>(&mut conn)).await {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(e)) => {
+                if means_find_master(&e) {
+                    self.lose_master(format!("limits on {}: {e}", link.addr()));
+                }
+                Err(StoreError::Unavailable(e.to_string()))
+            }
+            Err(_) => {
+                self.lose_master(format!("limits on {} timed out", link.addr()));
+                Err(StoreError::Unavailable("limits script timed out".into()))
+            }
+        }
+    }
+
     fn unavailable_reason(&self) -> String {
         self.last_error
             .lock()
@@ -946,5 +1024,97 @@ impl SessionStore for RedisStore {
             reachable,
             details,
         }
+    }
+    async fn consume(&self, policy: &Policy) -> Result<Usage, StoreError> {
+        let (interval, per) = policy
+            .rate
+            .map(|r| {
+                (
+                    (r.interval() * 1e6).round() as i64,
+                    (r.per * 1e6).round() as i64,
+                )
+            })
+            .unwrap_or((0, 0));
+        let (max, renewal) = policy.quota.map(|q| (q.max, q.renewal)).unwrap_or((0, 0));
+        let mut invocation = self
+            .shared
+            .consume_script
+            .key(format!("{RATE_PREFIX}{}", policy.counter));
+        invocation
+            .key(format!("{QUOTA_PREFIX}{}", policy.counter))
+            .arg(interval)
+            .arg(per)
+            .arg(max)
+            .arg(renewal);
+        let reply: Vec<i64> = self.shared.run_script(invocation).await?;
+        let [
+            rate_ok,
+            rate_left,
+            rate_reset,
+            quota_ok,
+            quota_left,
+            quota_ttl,
+            now,
+        ] = reply[..]
+        else {
+            return Err(StoreError::Unavailable(format!(
+                "unexpected limits reply {reply:?}"
+            )));
+        };
+        let now_secs = now / 1_000_000;
+        Ok(Usage {
+            rate_exceeded: rate_ok == 0,
+            rate_remaining: rate_left.max(0) as u64,
+            rate_reset: rate_reset as f64 / 1e6,
+            quota_exceeded: quota_ok == 0,
+            quota_remaining: quota_left,
+            quota_renews: if quota_ttl > 0 {
+                now_secs + quota_ttl
+            } else {
+                0
+            },
+        })
+    }
+
+    async fn add_quota_usage(
+        &self,
+        counter: &str,
+        count: i64,
+        renewal: i64,
+    ) -> Result<(), StoreError> {
+        let mut invocation = self
+            .shared
+            .add_quota_script
+            .key(format!("{QUOTA_PREFIX}{counter}"));
+        invocation.arg(count).arg(renewal);
+        self.shared.run_script::<i64>(invocation).await.map(|_| ())
+    }
+
+    async fn quota_used(&self, counter: &str) -> Result<Option<(i64, i64)>, StoreError> {
+        let link = self
+            .shared
+            .healthy_master()
+            .ok_or_else(|| StoreError::Unavailable(self.shared.unavailable_reason()))?;
+        let key = format!("{QUOTA_PREFIX}{counter}");
+        let mut conn = link.conn.clone();
+        let mut pipe = redis::pipe();
+        pipe.cmd("GET").arg(&key).cmd("TTL").arg(&key);
+        let (used, ttl): (Option<i64>, i64) =
+            tokio::time::timeout(self.shared.timeout, pipe.query_async(&mut conn))
+                .await
+                .map_err(|_| StoreError::Unavailable("quota read timed out".into()))?
+                .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+        let renews = if ttl > 0 {
+            crate::session::unix_now() + ttl
+        } else {
+            0
+        };
+        Ok(used.map(|used| (used, renews)))
+    }
+
+    async fn reset_quota(&self, counter: &str) -> Result<(), StoreError> {
+        let mut pipe = redis::pipe();
+        pipe.cmd("DEL").arg(format!("{QUOTA_PREFIX}{counter}"));
+        self.shared.write(pipe).await.map(|_| ())
     }
 }
