@@ -1,0 +1,234 @@
+//! The shipped layouts: the Compose files validate, and the native stack comes up,
+//! bootstraps, answers the seed's curl, fails over and answers it again.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use support::{Client, free_port};
+
+fn deploy() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy")
+}
+
+fn compose_tool() -> Command {
+    let v2 = Command::new("docker").args(["compose", "version"]).output();
+    if v2.is_ok_and(|o| o.status.success()) {
+        let mut c = Command::new("docker");
+        c.arg("compose");
+        c
+    } else {
+        Command::new("docker-compose")
+    }
+}
+
+#[test]
+fn compose_files_validate() {
+    let dir = deploy().join("compose");
+    for files in [
+        vec!["docker-compose.yml"],
+        vec!["docker-compose.yml", "docker-compose.sentinel.yml"],
+    ] {
+        let mut cmd = compose_tool();
+        for f in &files {
+            cmd.arg("-f").arg(dir.join(f));
+        }
+        let out = cmd
+            .args(["config", "-q"])
+            .output()
+            .expect("a compose tool (scripts/test installs docker-compose)");
+        assert!(
+            out.status.success(),
+            "{files:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let compose = std::fs::read_to_string(dir.join("docker-compose.yml")).unwrap();
+    for service in [
+        "redis-a:",
+        "redis-b:",
+        "redis-c:",
+        "sentinel-1:",
+        "sentinel-2:",
+        "sentinel-3:",
+        "haproxy:",
+        "upstream:",
+        "tollgate:",
+    ] {
+        assert!(
+            compose.contains(&format!("\n  {service}")),
+            "service {service}"
+        );
+    }
+    for needle in [
+        "\"--replicaof\", \"redis-a\", \"6379\"",
+        "redis-sentinel",
+        "\"6378:6378\"",
+        "\"8080:8080\"",
+        "TYK_GW_STORAGE_HOST: haproxy",
+    ] {
+        assert!(compose.contains(needle), "{needle}");
+    }
+    for mounted in [
+        "haproxy.cfg",
+        "sentinel.conf",
+        "tyk.conf",
+        "app_sample.json",
+    ] {
+        assert!(
+            deploy().join("templates").join(mounted).is_file(),
+            "{mounted}"
+        );
+        assert!(
+            compose.contains(&format!("../templates/{mounted}")),
+            "{mounted} mounted"
+        );
+    }
+    let haproxy = std::fs::read_to_string(deploy().join("templates/haproxy.cfg")).unwrap();
+    for check in [
+        "tcp-check send PING",
+        "tcp-check expect string +PONG",
+        "tcp-check send info\\ replication",
+        "tcp-check expect string role:master",
+        "tcp-check send QUIT",
+        "tcp-check expect string +OK",
+        "check inter 1s",
+    ] {
+        assert!(haproxy.contains(check), "{check}");
+    }
+    let sentinel = std::fs::read_to_string(dir.join("docker-compose.sentinel.yml")).unwrap();
+    assert!(
+        sentinel.contains("TYK_GW_STORAGE_ADDRS") && sentinel.contains("TYK_GW_STORAGE_MASTERNAME")
+    );
+}
+
+/// A native stack in a temp dir, stopped on drop.
+struct Stack {
+    dir: tempfile::TempDir,
+    gateway: u16,
+}
+
+impl Stack {
+    fn up(sentinel: bool) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let ports: Vec<u16> = (0..9).map(|_| free_port()).collect();
+        let mut cmd = Command::new(deploy().join("local/ha-stack"));
+        cmd.arg("up").arg("--dir").arg(dir.path());
+        if sentinel {
+            cmd.arg("--sentinel");
+        }
+        let stack = Self {
+            gateway: ports[8],
+            dir,
+        };
+        let out = cmd
+            .env(
+                "PORTS",
+                ports
+                    .iter()
+                    .map(u16::to_string)
+                    .collect::<Vec<_>>()
+                    .join(" "),
+            )
+            .env("TOLLGATE_BIN", env!("CARGO_BIN_EXE_tollgate"))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "ha-stack up: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        stack
+    }
+
+    fn run(&self, script: &str, args: &[&str]) -> String {
+        let out = Command::new(deploy().join("local").join(script))
+            .args(args)
+            .arg("--dir")
+            .arg(self.dir.path())
+            .env("DOWN_AFTER_MS", "2000")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{script}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        let _ = Command::new(deploy().join("local/ha-stack"))
+            .arg("down")
+            .arg("--dir")
+            .arg(self.dir.path())
+            .output();
+    }
+}
+
+async fn seed_curl(client: &Client, port: u16) -> (u16, String) {
+    let r = client
+        .request(
+            "GET",
+            &format!("http://127.0.0.1:{port}/tyk-api-test/get"),
+            &[("authorization", "testkey")],
+            None,
+        )
+        .await;
+    (r.status, r.text())
+}
+
+async fn native_stack_round_trip(sentinel: bool) {
+    let stack = Stack::up(sentinel);
+    let out = stack.run("bootstrap.sh", &[]);
+    assert!(out.contains("created testkey"), "{out}");
+    let client = Client::new();
+    assert_eq!(seed_curl(&client, stack.gateway).await.0, 200);
+    stack.run("failover.sh", &["a"]);
+    let start = Instant::now();
+    let mut promoted = false;
+    while start.elapsed() < Duration::from_secs(12) {
+        let (status, body) = seed_curl(&client, stack.gateway).await;
+        assert_eq!(status, 200, "at {:?}: {body}", start.elapsed());
+        if !promoted {
+            let status = Command::new(deploy().join("local/ha-stack"))
+                .arg("status")
+                .arg("--dir")
+                .arg(stack.dir.path())
+                .output()
+                .unwrap();
+            let status = String::from_utf8_lossy(&status.stdout).into_owned();
+            promoted = status.lines().any(|l| {
+                (l.starts_with("redis-b") || l.starts_with("redis-c")) && l.ends_with("master")
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let status = Command::new(deploy().join("local/ha-stack"))
+        .arg("status")
+        .arg("--dir")
+        .arg(stack.dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        promoted,
+        "Sentinel promoted redis-b or redis-c: {}",
+        String::from_utf8_lossy(&status.stdout)
+    );
+}
+
+#[tokio::test]
+async fn native_stack_through_haproxy() {
+    native_stack_round_trip(false).await;
+}
+
+#[tokio::test]
+async fn native_stack_with_native_sentinel() {
+    native_stack_round_trip(true).await;
+}
