@@ -43,6 +43,49 @@ enum Command {
         #[arg(long, default_value = "127.0.0.1:8000")]
         listen: SocketAddr,
     },
+    /// The seed's failover drill against a running layout: keyed traffic and key creation
+    /// while the Redis master is frozen with DEBUG SLEEP; prints one line of figures.
+    Drill {
+        #[arg(long, default_value = "http://127.0.0.1:8080")]
+        gateway: String,
+        /// The gateway's admin secret.
+        #[arg(long, env = "TYK_GW_SECRET")]
+        secret: String,
+        /// A sentinel (host:port) to find the master to freeze.
+        #[arg(long, value_parser = parse_host_port)]
+        sentinel: Option<(String, u16)>,
+        #[arg(long, default_value = "mymaster")]
+        master_name: String,
+        /// The master (host:port) to freeze, when there is no sentinel to ask.
+        #[arg(long, value_parser = parse_host_port)]
+        redis: Option<(String, u16)>,
+        #[arg(long, default_value_t = 30)]
+        freeze_secs: u32,
+        /// Keyed requests per second.
+        #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+        rate: u32,
+        #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(5..=100_000))]
+        keys: u64,
+        /// Seconds of traffic.
+        #[arg(long, default_value_t = 45)]
+        duration: u64,
+        /// Also write the figures as JSON to this file.
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
+}
+
+fn parse_host_port(value: &str) -> Result<(String, u16), String> {
+    let (host, port) = value
+        .rsplit_once(':')
+        .ok_or_else(|| format!("{value:?} is not host:port"))?;
+    let port = port
+        .parse::<u16>()
+        .map_err(|_| format!("{port:?} is not a port"))?;
+    if host.is_empty() {
+        return Err(format!("{value:?} has no host"));
+    }
+    Ok((host.to_owned(), port))
 }
 
 /// Exit code for bad configuration or arguments, as clap uses for usage errors.
@@ -73,6 +116,40 @@ fn main() -> ExitCode {
                 listen,
                 print_config,
             } => demo(listen, print_config).await,
+            Command::Drill {
+                gateway,
+                secret,
+                sentinel,
+                master_name,
+                redis,
+                freeze_secs,
+                rate,
+                keys,
+                duration,
+                json,
+            } => {
+                let config = tollgate::drill::DrillConfig {
+                    gateway: gateway.trim_end_matches('/').to_owned(),
+                    secret,
+                    rate,
+                    keys: keys as usize,
+                    duration: std::time::Duration::from_secs(duration),
+                    ..Default::default()
+                };
+                let disruption =
+                    tollgate::drill::freeze_master(sentinel, redis, master_name, freeze_secs);
+                let report = tollgate::drill::run(config, disruption)
+                    .await
+                    .map_err(anyhow::Error::from)?;
+                println!("{report}");
+                if let Some(path) = json {
+                    let text =
+                        serde_json::to_string_pretty(&report).map_err(anyhow::Error::from)?;
+                    std::fs::write(&path, text)
+                        .with_context(|| format!("cannot write {}", path.display()))?;
+                }
+                Ok(())
+            }
             Command::Upstream { listen } => {
                 let listener = bind(listen).await?;
                 tracing::info!(

@@ -118,11 +118,10 @@ impl SessionStore for CachedStore {
         session: &SessionState,
         ttl: Option<Duration>,
     ) -> Result<(), StoreError> {
-        // Drop first: if the write fails half way, the next read asks the store.
+        // Entries come from reads only: a written key is first read back from the store,
+        // so the cache never holds what the store did not confirm.
         self.cache.invalidate(key_id);
-        self.inner.set(key_id, session, ttl).await?;
-        self.cache.insert(key_id, Arc::new(session.clone()));
-        Ok(())
+        self.inner.set(key_id, session, ttl).await
     }
 
     async fn delete(&self, key_id: &str) -> Result<bool, StoreError> {
@@ -228,6 +227,7 @@ mod tests {
             .set("k", &SessionState::default(), None)
             .await
             .unwrap();
+        store.get("k").await.unwrap();
         flaky.down.store(true, Ordering::Relaxed);
         assert!(
             store.get("k").await.unwrap().is_some(),
@@ -255,6 +255,7 @@ mod tests {
             .set("k", &SessionState::default(), None)
             .await
             .unwrap();
+        store.get("k").await.unwrap();
         flaky.inner.delete("k").await.unwrap();
         assert!(
             store.get("k").await.unwrap().is_some(),

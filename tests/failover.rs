@@ -1,0 +1,180 @@
+//! The seed's failover, automated: the drill runs against the seed layout (down-after 5000)
+//! while the master is frozen (`DEBUG SLEEP 30`) or killed and restarted, with a gateway
+//! through HAProxy, one through native Sentinel, and two nodes at once.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use tollgate::drill::{self, DrillConfig, DrillReport};
+
+use support::redis::{SeedLayout, text};
+use support::{SECRET, TestGateway, gateway, sample_api, upstream};
+
+#[derive(Clone, Copy, Debug)]
+enum Mode {
+    HaProxy,
+    Sentinel,
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Disruption {
+    Freeze,
+    KillAndRestart,
+}
+
+fn storage(layout: &SeedLayout, mode: Mode) -> Value {
+    match mode {
+        Mode::HaProxy => {
+            json!({"storage": {"type": "redis", "host": "127.0.0.1", "port": layout.haproxy.port}})
+        }
+        Mode::Sentinel => {
+            json!({"storage": {"type": "redis", "addrs": layout.sentinel_addrs(), "master_name": "mymaster"}})
+        }
+    }
+}
+
+fn drill_config(gw: &TestGateway, rate: u32) -> DrillConfig {
+    DrillConfig {
+        gateway: format!("http://{}", gw.addr()),
+        secret: SECRET.into(),
+        rate,
+        ..Default::default()
+    }
+}
+
+fn check(name: &str, report: &DrillReport) {
+    eprintln!("{name}: {report}");
+    assert!(
+        report.warm_non_2xx.is_empty(),
+        "{name}: keys used before the disruption failed: {report}"
+    );
+    assert!(
+        report
+            .cold_statuses
+            .keys()
+            .all(|s| (200..300).contains(s) || *s == 503),
+        "{name}: a key first used during the disruption got an auth error: {report}"
+    );
+    assert_eq!(report.transport_errors, 0, "{name}: {report}");
+    assert!(report.keys_acknowledged > 0, "{name}: {report}");
+    assert!(
+        report.lost_keys.is_empty(),
+        "{name}: acknowledged keys lost: {:?}",
+        report.lost_keys
+    );
+}
+
+/// After the run: the old master is a replica, and a write through `gw` lands on the new one.
+async fn check_new_master(layout: &SeedLayout, old_port: u16, gw: &TestGateway) {
+    let start = Instant::now();
+    loop {
+        let role = support::redis::cmd(old_port, &["ROLE"]).await;
+        if matches!(&role, Ok(redis::Value::Array(items)) if items.first().map(text).as_deref() == Some("slave"))
+        {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(40),
+            "old master still not a replica: {role:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let new_port = layout.sentinel_master_port().await.unwrap();
+    assert_ne!(new_port, old_port);
+    let start = Instant::now();
+    loop {
+        let r = gw
+            .admin(
+                "POST",
+                "/tyk/keys/after-failover",
+                Some(support::seed_key()),
+            )
+            .await;
+        if r.status == 200 {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(20), "{}", r.text());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let id = gw.gateway.hasher.storage_id("after-failover").into_owned();
+    let new_master = layout.redis.iter().find(|r| r.port == new_port).unwrap();
+    assert!(
+        new_master.get(&format!("apikey-{id}")).await.is_some(),
+        "the write is on the new master"
+    );
+}
+
+async fn scenario(modes: &[Mode], disruption: Disruption) {
+    let mut layout = SeedLayout::builder().down_after(5000).start().await;
+    let up = upstream().await;
+    let mut nodes = Vec::new();
+    for mode in modes {
+        nodes.push(
+            gateway()
+                .api(sample_api(&up.url("")))
+                .config(storage(&layout, *mode))
+                .start()
+                .await,
+        );
+    }
+    let master = layout.master_index().await.unwrap();
+    let old_port = layout.redis[master].port;
+    let rate = 200 / modes.len() as u32;
+    // The first drill says when its traffic reaches the disruption point (2 s in).
+    let (disrupt_now, disrupt) = tokio::sync::oneshot::channel::<()>();
+    let mut disrupt_now = Some(disrupt_now);
+    let drills: Vec<_> = nodes
+        .iter()
+        .map(|gw| {
+            let signal = disrupt_now.take();
+            tokio::spawn(drill::run(drill_config(gw, rate), async move {
+                if let Some(signal) = signal {
+                    let _ = signal.send(());
+                }
+            }))
+        })
+        .collect();
+    disrupt
+        .await
+        .expect("the drill reached the disruption point");
+    match disruption {
+        Disruption::Freeze => layout.redis[master].freeze(30),
+        Disruption::KillAndRestart => {
+            layout.redis[master].kill();
+            tokio::time::sleep(Duration::from_secs(20)).await;
+            layout.redis[master].restart().await;
+        }
+    }
+    for ((drill, mode), gw) in drills.into_iter().zip(modes).zip(&nodes) {
+        let report = drill.await.unwrap().expect("drill set-up");
+        check(&format!("{mode:?}/{disruption:?}"), &report);
+        check_new_master(&layout, old_port, gw).await;
+    }
+}
+
+#[tokio::test]
+async fn frozen_master_through_haproxy() {
+    scenario(&[Mode::HaProxy], Disruption::Freeze).await;
+}
+
+#[tokio::test]
+async fn frozen_master_with_native_sentinel() {
+    scenario(&[Mode::Sentinel], Disruption::Freeze).await;
+}
+
+#[tokio::test]
+async fn killed_master_through_haproxy() {
+    scenario(&[Mode::HaProxy], Disruption::KillAndRestart).await;
+}
+
+#[tokio::test]
+async fn killed_master_with_native_sentinel() {
+    scenario(&[Mode::Sentinel], Disruption::KillAndRestart).await;
+}
+
+#[tokio::test]
+async fn two_nodes_at_once() {
+    scenario(&[Mode::HaProxy, Mode::Sentinel], Disruption::Freeze).await;
+}
