@@ -28,6 +28,8 @@ enum Command {
     Serve {
         #[arg(long, default_value = "tyk.conf")]
         conf: PathBuf,
+        #[command(flatten)]
+        workers: Workers,
     },
     /// Run a self-contained gateway: embedded store, built-in upstream, Tyk's sample API and
     /// the key `testkey`.
@@ -37,6 +39,8 @@ enum Command {
         /// Print the effective configuration and exit.
         #[arg(long)]
         print_config: bool,
+        #[command(flatten)]
+        workers: Workers,
     },
     /// Run only the built-in httpbin-like upstream.
     Upstream {
@@ -75,6 +79,24 @@ enum Command {
     },
 }
 
+#[derive(clap::Args, Clone, Copy)]
+struct Workers {
+    /// Worker threads, each with its own runtime and SO_REUSEPORT listener (default: one
+    /// per available CPU).
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..=1024))]
+    workers: Option<u16>,
+}
+
+impl Workers {
+    fn count(self) -> usize {
+        self.workers.map(usize::from).unwrap_or_else(|| {
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
+        })
+    }
+}
+
 fn parse_host_port(value: &str) -> Result<(String, u16), String> {
     let (host, port) = value
         .rsplit_once(':')
@@ -99,7 +121,10 @@ fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
-    let runtime = match tokio::runtime::Runtime::new() {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("tollgate: cannot start the runtime: {e}");
@@ -108,14 +133,15 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.command {
-            Command::Serve { conf } => {
+            Command::Serve { conf, workers } => {
                 let loaded = GatewayConfig::load(&conf).map_err(Failure::Config)?;
-                run_gateway(loaded).await
+                run_gateway(loaded, workers.count()).await
             }
             Command::Demo {
                 listen,
                 print_config,
-            } => demo(listen, print_config).await,
+                workers,
+            } => demo(listen, print_config, workers.count()).await,
             Command::Drill {
                 gateway,
                 secret,
@@ -195,15 +221,91 @@ async fn bind(
 }
 
 /// Opens the store, loads the APIs, binds, and serves until SIGINT/SIGTERM; SIGHUP reloads.
-async fn run_gateway(loaded: Loaded) -> Result<(), Failure> {
+async fn run_gateway(loaded: Loaded, workers: usize) -> Result<(), Failure> {
     let gateway = start_gateway(loaded).await?;
-    let listener = bind(gateway.config.listen_addr()).await?;
-    tracing::info!(
-        "gateway listening on http://{}",
-        listener.local_addr().map_err(anyhow::Error::from)?
-    );
-    serve_gateway(gateway, listener, shutdown_signal()).await;
+    let addr = gateway.config.listen_addr();
+    serve_workers(gateway, &addr, workers, |addr| {
+        tracing::info!("gateway listening on http://{addr}");
+    })
+    .await
+}
+
+/// Binds `workers` SO_REUSEPORT sockets on `addr` (all before serving, so a bind error stops
+/// start-up), then runs one current-thread runtime per worker: a request, its upstream
+/// connection and its wake-ups stay on one thread. Worker 0 runs on the calling runtime,
+/// which also keeps the store's background tasks.
+async fn serve_workers(
+    gateway: Arc<Gateway>,
+    addr: &str,
+    workers: usize,
+    on_bound: impl FnOnce(SocketAddr),
+) -> Result<(), Failure> {
+    let mut addr: SocketAddr = tokio::net::lookup_host(addr)
+        .await
+        .ok()
+        .and_then(|mut a| a.next())
+        .with_context(|| format!("cannot resolve {addr}"))?;
+    let mut sockets = Vec::with_capacity(workers);
+    for _ in 0..workers {
+        let socket = reuseport_socket(addr).with_context(|| format!("cannot listen on {addr}"))?;
+        // An ephemeral port is fixed by the first socket; the others join it.
+        addr = socket.local_addr().map_err(anyhow::Error::from)?;
+        sockets.push(socket);
+    }
+    on_bound(addr);
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let mut threads = Vec::new();
+    let first = sockets.remove(0);
+    for (i, socket) in sockets.into_iter().enumerate() {
+        let (gateway, rx) = (gateway.clone(), stopped.clone());
+        let thread = std::thread::Builder::new()
+            .name(format!("tollgate-worker-{}", i + 1))
+            .spawn(move || {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()?;
+                runtime.block_on(async move {
+                    let listener = socket.listen(1024)?;
+                    serve_gateway(gateway, listener, until_stopped(rx)).await;
+                    Ok::<_, std::io::Error>(())
+                })
+            })
+            .map_err(anyhow::Error::from)?;
+        threads.push(thread);
+    }
+    let listener = first.listen(1024).map_err(anyhow::Error::from)?;
+    let main_worker = serve_gateway(gateway, listener, until_stopped(stopped));
+    let signal = async move {
+        shutdown_signal().await;
+        let _ = stop.send(true);
+    };
+    tokio::join!(main_worker, signal);
+    for thread in threads {
+        match thread.join() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::error!("worker failed: {e}"),
+            Err(_) => tracing::error!("worker panicked"),
+        }
+    }
     Ok(())
+}
+
+async fn until_stopped(mut stop: tokio::sync::watch::Receiver<bool>) {
+    let _ = stop.wait_for(|stop| *stop).await;
+}
+
+fn reuseport_socket(addr: SocketAddr) -> std::io::Result<tokio::net::TcpSocket> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    #[cfg(unix)]
+    socket.set_reuseport(true)?;
+    socket.set_nodelay(true)?;
+    socket.bind(addr)?;
+    Ok(socket)
 }
 
 async fn start_gateway(loaded: Loaded) -> Result<Arc<Gateway>, Failure> {
@@ -271,7 +373,7 @@ fn sample_api(target: &str) -> serde_json::Value {
 
 /// The demo goes through the same configuration path as `serve`: a generated tyk.conf and
 /// app directory.
-async fn demo(listen: SocketAddr, print_config: bool) -> Result<(), Failure> {
+async fn demo(listen: SocketAddr, print_config: bool, workers: usize) -> Result<(), Failure> {
     let upstream = bind("127.0.0.1:0").await?;
     let upstream_addr = upstream.local_addr().map_err(anyhow::Error::from)?;
     let dir = tempfile::Builder::new()
@@ -312,15 +414,16 @@ async fn demo(listen: SocketAddr, print_config: bool) -> Result<(), Failure> {
         .set(&id, &testkey, None)
         .await
         .map_err(anyhow::Error::from)?;
-    let listener = bind(gateway.config.listen_addr()).await?;
-    let addr = listener.local_addr().map_err(anyhow::Error::from)?;
-    println!("tollgate demo: gateway on http://{addr}, upstream on http://{upstream_addr}");
-    println!("Admin secret (x-tyk-authorization): {secret}");
-    println!(
-        "Try:\n  curl http://localhost:{}/tyk-api-test/get -H 'authorization: testkey'",
-        addr.port()
-    );
-    serve_gateway(gateway, listener, shutdown_signal()).await;
+    let addr = gateway.config.listen_addr();
+    serve_workers(gateway, &addr, workers, |addr| {
+        println!("tollgate demo: gateway on http://{addr}, upstream on http://{upstream_addr}");
+        println!("Admin secret (x-tyk-authorization): {secret}");
+        println!(
+            "Try:\n  curl http://localhost:{}/tyk-api-test/get -H 'authorization: testkey'",
+            addr.port()
+        );
+    })
+    .await?;
     drop(dir);
     Ok(())
 }

@@ -43,7 +43,8 @@ pub struct Gateway {
     pub limiter: Arc<Limiter>,
     apis: ArcSwap<ApiTable>,
     load_errors: ArcSwap<Vec<String>>,
-    upstream: UpstreamClient,
+    /// How long to wait for an upstream's response headers.
+    proxy_timeout: Duration,
     reload_lock: tokio::sync::Mutex<()>,
 }
 
@@ -59,7 +60,7 @@ impl Gateway {
             sessions,
             apis: ArcSwap::from_pointee(ApiTable::default()),
             load_errors: ArcSwap::from_pointee(Vec::new()),
-            upstream: UpstreamClient::new(timeout),
+            proxy_timeout: timeout,
             reload_lock: tokio::sync::Mutex::new(()),
             config,
         });
@@ -104,11 +105,12 @@ impl Gateway {
             .store(Arc::new(errors.iter().map(ToString::to_string).collect()));
     }
 
-    /// One request through the pipeline.
+    /// One request through the pipeline; `upstream` is the calling worker's client.
     pub async fn handle(
         self: Arc<Self>,
         req: Request<Incoming>,
         peer: SocketAddr,
+        upstream: UpstreamClient,
     ) -> Response<Body> {
         if admin::owns(&self.config, req.uri().path()) {
             return admin::handle(&self, req).await;
@@ -139,7 +141,7 @@ impl Gateway {
             None => None,
         };
         let req = Request::from_parts(parts, body);
-        match self.upstream.forward(&spec, req, peer).await {
+        match upstream.forward(&spec, req, peer).await {
             Ok(response) => {
                 let mut response = response.map(Either::Left);
                 if let (Some(policy), Some(usage)) = (&policy, usage) {
@@ -235,15 +237,17 @@ where
     }
 }
 
-/// Serves the gateway pipeline on `listener`.
+/// Serves the gateway pipeline on `listener`. Each call (one per worker thread) has its own
+/// upstream connection pool, so a request and its upstream connection stay on one thread.
 pub async fn serve_gateway(
     gateway: Arc<Gateway>,
     listener: TcpListener,
     shutdown: impl Future<Output = ()>,
 ) {
+    let upstream = UpstreamClient::new(gateway.proxy_timeout);
     serve(
         listener,
-        move |req, peer| gateway.clone().handle(req, peer),
+        move |req, peer| gateway.clone().handle(req, peer, upstream.clone()),
         shutdown,
     )
     .await
