@@ -218,7 +218,8 @@ where
         let _ = stream.set_nodelay(true);
         let handler = handler.clone();
         let service = service_fn(move |req| {
-            let response = guarded(handler(req, peer));
+            // Boxed so that an idle connection does not carry room for a whole request future.
+            let response = Box::pin(guarded(handler(req, peer)));
             async move { Ok::<_, Infallible>(response.await) }
         });
         let conn = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
