@@ -246,6 +246,21 @@ fn record_key(key_id: &str) -> String {
     format!("{KEY_PREFIX}{key_id}")
 }
 
+/// `SENTINEL <subcommand> <name>` within `deadline`.
+async fn sentinel_query<T: redis::FromRedisValue>(
+    sentinel: &mut MultiplexedConnection,
+    subcommand: &str,
+    name: &str,
+    deadline: Duration,
+) -> Result<T, String> {
+    let mut command = redis::cmd("SENTINEL");
+    command.arg(subcommand).arg(name);
+    tokio::time::timeout(deadline, command.query_async(sentinel))
+        .await
+        .map_err(|_| format!("SENTINEL {subcommand} timed out"))?
+        .map_err(|e| e.to_string())
+}
+
 /// Errors after which the node must find the master again.
 fn means_find_master(e: &RedisError) -> bool {
     e.is_io_error()
@@ -490,43 +505,21 @@ impl Shared {
             .map_err(|e| e.to_string())?;
         // get-master-addr-by-name already names the promoted replica during a failover;
         // `SENTINEL master` only does after the switch.
-        let addr: Option<(String, u16)> = tokio::time::timeout(
-            deadline,
-            redis::cmd("SENTINEL")
-                .arg("get-master-addr-by-name")
-                .arg(name)
-                .query_async(&mut sentinel),
-        )
-        .await
-        .map_err(|_| "SENTINEL get-master-addr-by-name timed out".to_string())?
-        .map_err(|e| e.to_string())?;
+        let addr: Option<(String, u16)> =
+            sentinel_query(&mut sentinel, "get-master-addr-by-name", name, deadline).await?;
         let (ip, mport) = addr.ok_or_else(|| format!("no master named {name:?}"))?;
-        let master: HashMap<String, String> = tokio::time::timeout(
-            deadline,
-            redis::cmd("SENTINEL")
-                .arg("master")
-                .arg(name)
-                .query_async(&mut sentinel),
-        )
-        .await
-        .ok()
-        .and_then(Result::ok)
-        .unwrap_or_default();
+        let master: HashMap<String, String> =
+            sentinel_query(&mut sentinel, "master", name, deadline)
+                .await
+                .unwrap_or_default();
         let epoch = master
             .get("config-epoch")
             .and_then(|e| e.parse().ok())
             .unwrap_or(0);
-        let described: Vec<HashMap<String, String>> = tokio::time::timeout(
-            deadline,
-            redis::cmd("SENTINEL")
-                .arg("replicas")
-                .arg(name)
-                .query_async(&mut sentinel),
-        )
-        .await
-        .ok()
-        .and_then(Result::ok)
-        .unwrap_or_default();
+        let described: Vec<HashMap<String, String>> =
+            sentinel_query(&mut sentinel, "replicas", name, deadline)
+                .await
+                .unwrap_or_default();
         let known_replicas = described.len();
         let replicas = described
             .iter()
