@@ -118,19 +118,52 @@ struct SentinelView {
     known_replicas: usize,
 }
 
-/// One connection to one server.
+/// Connections to one server: a master gets `optimisation_max_active` of them (at most
+/// [`MAX_POOL`]), used in turn; a replica one.
 struct Link {
     host: String,
     port: u16,
-    conn: MultiplexedConnection,
+    conns: Vec<MultiplexedConnection>,
+    next: AtomicUsize,
     /// Connected replicas the server reported (masters only).
     replicas: usize,
 }
 
+/// Most multiplexed connections kept to one master; each already pipelines many requests.
+const MAX_POOL: usize = 32;
+
 impl Link {
+    fn new(host: String, port: u16, conns: Vec<MultiplexedConnection>, replicas: usize) -> Self {
+        Self {
+            host,
+            port,
+            conns,
+            next: AtomicUsize::new(0),
+            replicas,
+        }
+    }
+
     fn addr(&self) -> String {
         format!("{}:{}", self.host, self.port)
     }
+
+    /// The next connection in turn.
+    fn conn(&self) -> MultiplexedConnection {
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.conns.len();
+        self.conns[i].clone()
+    }
+}
+
+/// The server's `run_id`, to tell that two connections (through HAProxy) reach one server.
+async fn run_id(conn: &mut MultiplexedConnection, deadline: Duration) -> Option<String> {
+    let info: String =
+        tokio::time::timeout(deadline, redis::cmd("INFO").arg("server").query_async(conn))
+            .await
+            .ok()?
+            .ok()?;
+    info.lines()
+        .find_map(|l| l.strip_prefix("run_id:"))
+        .map(|id| id.trim().to_owned())
 }
 
 struct Shared {
@@ -139,6 +172,7 @@ struct Shared {
     sentinel_settings: RedisConnectionInfo,
     tls: bool,
     timeout: Duration,
+    pool_size: usize,
     min_replicas_ack: Option<usize>,
     master: ArcSwapOption<Link>,
     replicas: ArcSwap<Vec<Arc<Link>>>,
@@ -209,6 +243,7 @@ impl RedisStore {
             sentinel_settings,
             tls: config.use_ssl,
             timeout: Duration::from_secs(config.timeout),
+            pool_size: (config.optimisation_max_active as usize).clamp(1, MAX_POOL),
             min_replicas_ack: usize::try_from(config.min_replicas_ack).ok(),
             master: ArcSwapOption::empty(),
             replicas: ArcSwap::from_pointee(Vec::new()),
@@ -400,12 +435,8 @@ impl Shared {
                     return Err(format!("{host}:{port} is a {role}, not the master"));
                 }
                 self.check_not_lonely(replicas)?;
-                self.install(Link {
-                    host: host.clone(),
-                    port: *port,
-                    conn,
-                    replicas,
-                });
+                self.install_master(host.clone(), *port, conn, replicas)
+                    .await;
                 Ok(())
             }
             Topology::Sentinel {
@@ -554,23 +585,13 @@ impl Shared {
             .into_iter()
             .zip(view.replicas)
             .filter_map(|(conn, (host, port))| {
-                Some(Arc::new(Link {
-                    host,
-                    port,
-                    conn: conn.ok()?,
-                    replicas: 0,
-                }))
+                Some(Arc::new(Link::new(host, port, vec![conn.ok()?], 0)))
             })
             .collect();
         self.replica_high_water
             .fetch_max(view.known_replicas.max(replicas), Ordering::AcqRel);
         self.replicas.store(Arc::new(links));
-        self.install(Link {
-            host: mhost,
-            port: mport,
-            conn,
-            replicas,
-        });
+        self.install_master(mhost, mport, conn, replicas).await;
     }
 
     /// Refuses, for a while, a master with no replicas when replicas were seen before:
@@ -592,8 +613,33 @@ impl Shared {
         Ok(())
     }
 
-    fn install(&self, link: Link) {
-        tracing::info!(master = %link.addr(), replicas = link.replicas, "redis master in use");
+    /// Opens the rest of the master's pool and puts it in use. A connection that reaches
+    /// another server (HAProxy may route it elsewhere during a failover) is dropped.
+    async fn install_master(
+        &self,
+        host: String,
+        port: u16,
+        mut first: MultiplexedConnection,
+        replicas: usize,
+    ) {
+        let deadline = self.discovery_timeout();
+        let mut conns = Vec::with_capacity(self.pool_size);
+        if self.pool_size > 1
+            && let Some(id) = run_id(&mut first, deadline).await
+        {
+            let opened = futures_util::future::join_all(
+                (1..self.pool_size).map(|_| self.open(&host, port, &self.settings)),
+            )
+            .await;
+            for mut conn in opened.into_iter().flatten() {
+                if run_id(&mut conn, deadline).await.as_ref() == Some(&id) {
+                    conns.push(conn);
+                }
+            }
+        }
+        conns.insert(0, first);
+        let link = Link::new(host, port, conns, replicas);
+        tracing::info!(master = %link.addr(), replicas = link.replicas, connections = link.conns.len(), "redis master in use");
         self.master.store(Some(Arc::new(link)));
         self.healthy.store(true, Ordering::Release);
         self.master_changed
@@ -607,7 +653,7 @@ impl Shared {
     }
 
     async fn read(&self, link: &Link, key: &str) -> Result<Option<String>, RedisError> {
-        let mut conn = link.conn.clone();
+        let mut conn = link.conn();
         match tokio::time::timeout(
             READ_TIMEOUT,
             redis::cmd("GET").arg(key).query_async(&mut conn),
@@ -649,7 +695,7 @@ impl Shared {
         if acks > 0 {
             pipe.cmd("WAIT").arg(acks).arg(wait_ms);
         }
-        let mut conn = link.conn.clone();
+        let mut conn = link.conn();
         let reply =
             tokio::time::timeout(self.timeout * 2, pipe.query_async::<Vec<Value>>(&mut conn)).await;
         let values = match reply {
@@ -695,7 +741,7 @@ impl Shared {
             "origin": self.node_id,
         })
         .to_string();
-        let mut conn = link.conn.clone();
+        let mut conn = link.conn();
         let sent = tokio::time::timeout(
             READ_TIMEOUT,
             redis::cmd("PUBLISH")
@@ -717,7 +763,7 @@ impl Shared {
         let link = self
             .healthy_master()
             .ok_or_else(|| StoreError::Unavailable(self.unavailable_reason()))?;
-        let mut conn = link.conn.clone();
+        let mut conn = link.conn();
         match tokio::time::timeout(READ_TIMEOUT, invocation.invoke_async::<T>(&mut conn)).await {
             Ok(Ok(value)) => Ok(value),
             Ok(Err(e)) => {
@@ -767,7 +813,7 @@ async fn maintain(shared: Arc<Shared>) {
         let Some(link) = shared.healthy_master() else {
             continue;
         };
-        let mut conn = link.conn.clone();
+        let mut conn = link.conn();
         match tokio::time::timeout(READ_TIMEOUT, shared.role(&mut conn)).await {
             Ok(Ok((role, replicas))) if role == "master" => {
                 shared
@@ -946,7 +992,7 @@ impl SessionStore for RedisStore {
             .shared
             .healthy_master()
             .ok_or_else(|| StoreError::Unavailable(self.shared.unavailable_reason()))?;
-        let mut conn = link.conn.clone();
+        let mut conn = link.conn();
         let mut cursor = 0u64;
         let mut keys = Vec::new();
         loop {
@@ -982,7 +1028,7 @@ impl SessionStore for RedisStore {
         let master = shared.healthy_master();
         let reachable = match &master {
             Some(link) => {
-                let mut conn = link.conn.clone();
+                let mut conn = link.conn();
                 matches!(
                     tokio::time::timeout(
                         READ_TIMEOUT,
@@ -1089,7 +1135,7 @@ impl SessionStore for RedisStore {
             .healthy_master()
             .ok_or_else(|| StoreError::Unavailable(self.shared.unavailable_reason()))?;
         let key = format!("{QUOTA_PREFIX}{counter}");
-        let mut conn = link.conn.clone();
+        let mut conn = link.conn();
         let mut pipe = redis::pipe();
         pipe.cmd("GET").arg(&key).cmd("TTL").arg(&key);
         let (used, ttl): (Option<i64>, i64) =
