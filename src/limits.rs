@@ -44,9 +44,11 @@ pub struct Policy {
     pub quota: Option<Quota>,
 }
 
-/// What a store reports after counting one request.
+/// What a store reports after counting requests.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Usage {
+    /// Requests admitted by this call (0 when a limit refused them; at most what was asked).
+    pub granted: u32,
     pub rate_exceeded: bool,
     /// Requests left in the current burst.
     pub rate_remaining: u64,
@@ -172,14 +174,16 @@ impl LocalCounters {
         self.counters.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Counts one request at `now` and reports the outcome.
-    pub fn consume(&self, policy: &Policy, now: f64) -> Usage {
+    /// Admits up to `want` requests at `now`, as many as both limits allow, and reports the
+    /// outcome; `granted` is 0 when a limit refuses even one.
+    pub fn consume(&self, policy: &Policy, now: f64, want: u32) -> Usage {
         let mut map = self.lock();
         let c = match map.get_mut(policy.counter.as_str()) {
             Some(c) => c,
             None => map.entry(policy.counter.clone()).or_default(),
         };
         let mut usage = Usage {
+            granted: 0,
             rate_exceeded: false,
             rate_remaining: 0,
             rate_reset: 0.0,
@@ -187,20 +191,18 @@ impl LocalCounters {
             quota_remaining: -1,
             quota_renews: 0,
         };
-        let mut new_tat = None;
+        let mut grant = i64::from(want.max(1));
+        let tat = c.tat.max(now);
         if let Some(rate) = policy.rate {
             let t = rate.interval();
-            let tat = c.tat.max(now);
-            let next = tat + t;
-            if next - now > rate.per + 1e-9 {
+            // Slots free within the burst; the epsilon absorbs float error (0.8 / 0.2 is 4).
+            let free = ((rate.per - (tat - now)) / t + 1e-6).floor() as i64;
+            if free < 1 {
                 usage.rate_exceeded = true;
                 usage.rate_reset = tat + t - rate.per - now;
                 return usage;
             }
-            // The epsilon absorbs float error: 0.8 / 0.2 must count as 4.
-            usage.rate_remaining = ((rate.per - (next - now)) / t + 1e-6).floor() as u64;
-            usage.rate_reset = next - now;
-            new_tat = Some(next);
+            grant = grant.min(free);
         }
         if let Some(quota) = policy.quota {
             if c.quota_renews_at > 0.0 && now >= c.quota_renews_at {
@@ -210,20 +212,24 @@ impl LocalCounters {
             if c.quota_renews_at == 0.0 && quota.renewal > 0 {
                 c.quota_renews_at = now + quota.renewal as f64;
             }
-            if c.quota_used >= quota.max {
+            usage.quota_renews = c.quota_renews_at.ceil() as i64;
+            let left = quota.max - c.quota_used;
+            if left < 1 {
                 usage.quota_exceeded = true;
                 usage.quota_remaining = 0;
-            } else {
-                c.quota_used += 1;
-                usage.quota_remaining = quota.max - c.quota_used;
+                return usage;
             }
-            usage.quota_renews = c.quota_renews_at.ceil() as i64;
+            grant = grant.min(left);
+            c.quota_used += grant;
+            usage.quota_remaining = quota.max - c.quota_used;
         }
-        if !usage.quota_exceeded
-            && let Some(tat) = new_tat
-        {
-            c.tat = tat;
+        if let Some(rate) = policy.rate {
+            let t = rate.interval();
+            c.tat = tat + grant as f64 * t;
+            usage.rate_remaining = ((rate.per - (c.tat - now)) / t + 1e-6).floor().max(0.0) as u64;
+            usage.rate_reset = c.tat - now;
         }
+        usage.granted = grant as u32;
         usage
     }
 
@@ -278,12 +284,35 @@ impl LocalCounters {
     }
 }
 
+/// How long admissions leased from the store may be used before they are given back.
+const LEASE_LIFETIME: std::time::Duration = std::time::Duration::from_millis(250);
+/// Most admissions leased at once.
+const MAX_LEASE: u32 = 64;
+
+/// Admissions a node obtained from the store in one round trip and has not used yet.
+struct Lease {
+    left: u32,
+    renewal: i64,
+    quota: bool,
+    expires: std::time::Instant,
+    /// The store's figures when the lease was granted, for the headers.
+    usage: Usage,
+}
+
 /// Applies limits for a node: asks the store (exact, shared), and while the store is
 /// unreachable counts locally and remembers what to add to the shared quota later.
+///
+/// Where the limits are large, one round trip leases several admissions (at most 1% of the
+/// rate per second and 1% of the remaining quota, up to [`MAX_LEASE`]), used locally for up
+/// to [`LEASE_LIFETIME`]; what is not used is given back to the quota. Leases are granted
+/// atomically by the store, so the limits are never exceeded; small limits (a rate under 200
+/// per second, a quota with under 200 left) are counted request by request.
 pub struct Limiter {
     store: Arc<dyn SessionStore>,
     local: LocalCounters,
-    /// Quota requests admitted while the store was away: counter → (count, renewal).
+    leases: Mutex<HashMap<String, Lease>>,
+    /// Quota requests admitted while the store was away, or leased and unused:
+    /// counter → (count, renewal). Negative counts give admissions back.
     pending: Mutex<HashMap<String, (i64, i64)>>,
 }
 
@@ -292,52 +321,170 @@ impl Limiter {
         Self {
             store,
             local: LocalCounters::default(),
+            leases: Mutex::new(HashMap::new()),
             pending: Mutex::new(HashMap::new()),
         }
     }
 
+    fn add_pending(&self, counter: &str, count: i64, renewal: i64) {
+        let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+        match pending.get_mut(counter) {
+            Some(entry) => entry.0 += count,
+            None => {
+                pending.insert(counter.to_owned(), (count, renewal));
+            }
+        }
+    }
+
+    /// Takes one admission from a live lease, if there is one.
+    fn take_leased(&self, policy: &Policy) -> Option<Usage> {
+        let mut leases = self.leases.lock().unwrap_or_else(|p| p.into_inner());
+        let lease = leases.get_mut(policy.counter.as_str())?;
+        if lease.left == 0 || lease.expires <= std::time::Instant::now() {
+            return None;
+        }
+        lease.left -= 1;
+        let mut usage = lease.usage;
+        usage.granted = 1;
+        usage.rate_remaining = usage.rate_remaining.saturating_add(u64::from(lease.left));
+        if usage.quota_remaining >= 0 {
+            usage.quota_remaining += i64::from(lease.left);
+        }
+        Some(usage)
+    }
+
+    /// How many admissions to ask for: 1 unless the limits are large.
+    fn lease_size(policy: &Policy, last_remaining: Option<i64>) -> u32 {
+        let mut size = MAX_LEASE as f64;
+        if let Some(rate) = policy.rate {
+            size = size.min(rate.limit / rate.per * 0.01);
+        }
+        if policy.quota.is_some() {
+            size = size.min(last_remaining.unwrap_or(0) as f64 * 0.01);
+        }
+        size.max(1.0) as u32
+    }
+
     /// Counts one request under `policy`.
     pub async fn admit(&self, policy: &Policy) -> Usage {
-        match self.store.consume(policy).await {
+        if let Some(usage) = self.take_leased(policy) {
+            return usage;
+        }
+        let last_remaining = self
+            .leases
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(policy.counter.as_str())
+            .map(|l| l.usage.quota_remaining);
+        let want = Self::lease_size(policy, last_remaining);
+        match self.store.consume(policy, want).await {
             Ok(usage) => {
                 self.local.observe(policy, &usage);
-                usage
+                let lease = Lease {
+                    left: usage.granted.saturating_sub(1),
+                    renewal: policy.quota.map_or(0, |q| q.renewal),
+                    quota: policy.quota.is_some(),
+                    expires: std::time::Instant::now() + LEASE_LIFETIME,
+                    usage,
+                };
+                let mut leases = self.leases.lock().unwrap_or_else(|p| p.into_inner());
+                let replaced = leases.insert(policy.counter.clone(), lease);
+                match replaced {
+                    // The store has no quota left but this node still holds some it leased:
+                    // those admissions are its to use.
+                    Some(mut old) if usage.quota_exceeded && old.quota && old.left > 0 => {
+                        old.left -= 1;
+                        let mut admitted = old.usage;
+                        admitted.granted = 1;
+                        admitted.quota_remaining = i64::from(old.left);
+                        leases.insert(policy.counter.clone(), old);
+                        admitted
+                    }
+                    // Concurrent requests each took a lease: keep the admissions together.
+                    // Leased rate slots are only good for the lease's lifetime.
+                    Some(old)
+                        if old.left > 0
+                            && (policy.rate.is_none()
+                                || old.expires > std::time::Instant::now()) =>
+                    {
+                        if let Some(lease) = leases.get_mut(policy.counter.as_str()) {
+                            lease.left += old.left;
+                        }
+                        Usage {
+                            granted: usage.granted.min(1),
+                            ..usage
+                        }
+                    }
+                    Some(old) => {
+                        drop(leases);
+                        self.give_back(&policy.counter, &old);
+                        Usage {
+                            granted: usage.granted.min(1),
+                            ..usage
+                        }
+                    }
+                    None => Usage {
+                        granted: usage.granted.min(1),
+                        ..usage
+                    },
+                }
             }
             Err(e) => {
                 tracing::debug!("limits counted locally: {e}");
-                let usage = self.local.consume(policy, now_secs());
-                if let (Some(quota), false) =
-                    (policy.quota, usage.quota_exceeded || usage.rate_exceeded)
-                {
-                    let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
-                    pending
-                        .entry(policy.counter.clone())
-                        .or_insert((0, quota.renewal))
-                        .0 += 1;
+                let usage = self.local.consume(policy, now_secs(), 1);
+                if let (Some(quota), 1) = (policy.quota, usage.granted) {
+                    self.add_pending(&policy.counter, 1, quota.renewal);
                 }
                 usage
             }
         }
     }
 
-    /// Adds locally counted quota usage to the store; what fails stays pending.
+    /// Unused quota admissions of a lease go back to the store with the next flush.
+    fn give_back(&self, counter: &str, lease: &Lease) {
+        if lease.quota && lease.left > 0 {
+            self.add_pending(counter, -i64::from(lease.left), lease.renewal);
+        }
+    }
+
+    /// Ends expired leases (giving back what they did not use), then adds locally counted
+    /// quota usage to the store; what fails stays pending.
     pub async fn flush(&self) -> Result<(), StoreError> {
+        let now = std::time::Instant::now();
+        let expired: Vec<(String, Lease)> = {
+            let mut leases = self.leases.lock().unwrap_or_else(|p| p.into_inner());
+            let keys: Vec<String> = leases
+                .iter()
+                .filter(|(_, l)| {
+                    l.expires + LEASE_LIFETIME * 40 <= now || (l.left > 0 && l.expires <= now)
+                })
+                .map(|(k, _)| k.clone())
+                .collect();
+            keys.into_iter()
+                .filter_map(|k| leases.remove(&k).map(|l| (k, l)))
+                .collect()
+        };
+        for (counter, lease) in &expired {
+            self.give_back(counter, lease);
+        }
         let batch: Vec<(String, (i64, i64))> = {
             let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
             pending.drain().collect()
         };
         let mut first_error = None;
         for (counter, (count, renewal)) in batch {
+            if count == 0 {
+                continue;
+            }
             if let Err(e) = self.store.add_quota_usage(&counter, count, renewal).await {
-                let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
-                pending.entry(counter).or_insert((0, renewal)).0 += count;
+                self.add_pending(&counter, count, renewal);
                 first_error.get_or_insert(e);
             }
         }
         first_error.map_or(Ok(()), Err)
     }
 
-    /// Flushes pending usage every `every` until the limiter is dropped.
+    /// Flushes every `every` until the limiter is dropped.
     pub fn spawn_flusher(self: &Arc<Self>, every: std::time::Duration) {
         let weak = Arc::downgrade(self);
         tokio::spawn(async move {
@@ -346,13 +493,8 @@ impl Limiter {
                 let Some(limiter) = weak.upgrade() else {
                     return;
                 };
-                let has_pending = !limiter
-                    .pending
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .is_empty();
-                if has_pending && limiter.flush().await.is_ok() {
-                    tracing::info!("quota usage counted during the outage added to the store");
+                if let Err(e) = limiter.flush().await {
+                    tracing::debug!("quota usage not yet added to the store: {e}");
                 }
             }
         });
@@ -376,12 +518,15 @@ mod tests {
         let c = LocalCounters::default();
         let p = policy(Some((10.0, 1.0)), None);
         let admitted = (0..15)
-            .filter(|_| !c.consume(&p, 100.0).rate_exceeded)
+            .filter(|_| !c.consume(&p, 100.0, 1).rate_exceeded)
             .count();
         assert_eq!(admitted, 10, "a full burst of `rate` at once");
-        assert!(c.consume(&p, 100.05).rate_exceeded);
-        assert!(!c.consume(&p, 100.1).rate_exceeded, "one more per interval");
-        let u = c.consume(&p, 102.0);
+        assert!(c.consume(&p, 100.05, 1).rate_exceeded);
+        assert!(
+            !c.consume(&p, 100.1, 1).rate_exceeded,
+            "one more per interval"
+        );
+        let u = c.consume(&p, 102.0, 1);
         assert_eq!(u.rate_remaining, 9, "refilled after `per`");
     }
 
@@ -390,22 +535,52 @@ mod tests {
         let c = LocalCounters::default();
         let p = policy(None, Some((3, 60)));
         let remaining: Vec<i64> = (0..4)
-            .map(|_| c.consume(&p, 10.0).quota_remaining)
+            .map(|_| c.consume(&p, 10.0, 1).quota_remaining)
             .collect();
         assert_eq!(remaining, vec![2, 1, 0, 0]);
-        assert!(c.consume(&p, 10.0).quota_exceeded);
-        assert_eq!(c.consume(&p, 10.0).quota_renews, 70);
-        assert!(!c.consume(&p, 71.0).quota_exceeded, "renewed");
+        assert!(c.consume(&p, 10.0, 1).quota_exceeded);
+        assert_eq!(c.consume(&p, 10.0, 1).quota_renews, 70);
+        assert!(!c.consume(&p, 71.0, 1).quota_exceeded, "renewed");
         c.reset_quota("k");
         assert_eq!(c.quota_used("k", 72.0).unwrap().0, 0);
+    }
+
+    #[test]
+    fn grants_as_many_as_both_limits_allow() {
+        let c = LocalCounters::default();
+        let p = policy(Some((10.0, 1.0)), Some((4, 60)));
+        let u = c.consume(&p, 5.0, 8);
+        assert_eq!(u.granted, 4, "the quota bounds the grant");
+        assert_eq!(u.quota_remaining, 0);
+        assert_eq!(u.rate_remaining, 6);
+        assert_eq!(c.consume(&p, 5.0, 8).granted, 0);
+        let p = policy(Some((10.0, 1.0)), None);
+        let c = LocalCounters::default();
+        assert_eq!(
+            c.consume(&p, 5.0, 64).granted,
+            10,
+            "the burst bounds the grant"
+        );
+    }
+
+    #[test]
+    fn lease_sizes() {
+        let big = policy(Some((1e9, 1.0)), Some((1_000_000_000, 3600)));
+        assert_eq!(Limiter::lease_size(&big, None), 1, "first ask for one");
+        assert_eq!(Limiter::lease_size(&big, Some(1_000_000)), MAX_LEASE);
+        let small = policy(Some((100.0, 1.0)), None);
+        assert_eq!(Limiter::lease_size(&small, None), 1);
+        let quota = policy(None, Some((1000, 60)));
+        assert_eq!(Limiter::lease_size(&quota, Some(150)), 1);
+        assert_eq!(Limiter::lease_size(&quota, Some(900)), 9);
     }
 
     #[test]
     fn a_rate_refusal_consumes_no_quota() {
         let c = LocalCounters::default();
         let p = policy(Some((1.0, 10.0)), Some((5, 60)));
-        assert!(!c.consume(&p, 1.0).rate_exceeded);
-        assert!(c.consume(&p, 1.0).rate_exceeded);
+        assert!(!c.consume(&p, 1.0, 1).rate_exceeded);
+        assert!(c.consume(&p, 1.0, 1).rate_exceeded);
         assert_eq!(c.quota_used("k", 1.0).unwrap().0, 1);
     }
 }

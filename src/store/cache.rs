@@ -137,8 +137,8 @@ impl SessionStore for CachedStore {
         self.inner.health().await
     }
 
-    async fn consume(&self, policy: &Policy) -> Result<Usage, StoreError> {
-        self.inner.consume(policy).await
+    async fn consume(&self, policy: &Policy, want: u32) -> Result<Usage, StoreError> {
+        self.inner.consume(policy, want).await
     }
 
     async fn add_quota_usage(
@@ -196,8 +196,8 @@ mod tests {
         async fn health(&self) -> StoreHealth {
             self.inner.health().await
         }
-        async fn consume(&self, p: &Policy) -> Result<Usage, StoreError> {
-            self.inner.consume(p).await
+        async fn consume(&self, p: &Policy, n: u32) -> Result<Usage, StoreError> {
+            self.inner.consume(p, n).await
         }
         async fn add_quota_usage(&self, c: &str, n: i64, r: i64) -> Result<(), StoreError> {
             self.inner.add_quota_usage(c, n, r).await

@@ -103,8 +103,8 @@ impl SessionStore for MemoryStore {
         }
     }
 
-    async fn consume(&self, policy: &Policy) -> Result<Usage, StoreError> {
-        Ok(self.counters.consume(policy, now_secs()))
+    async fn consume(&self, policy: &Policy, want: u32) -> Result<Usage, StoreError> {
+        Ok(self.counters.consume(policy, now_secs(), want))
     }
 
     async fn add_quota_usage(

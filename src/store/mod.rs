@@ -64,9 +64,9 @@ pub trait SessionStore: Send + Sync + 'static {
     /// Checks the store now and reports its state.
     async fn health(&self) -> StoreHealth;
 
-    /// Counts one request against `policy`'s rate and quota counters, atomically for every
-    /// node sharing the store.
-    async fn consume(&self, policy: &Policy) -> Result<Usage, StoreError>;
+    /// Admits up to `want` requests against `policy`'s rate and quota counters (as many as
+    /// both allow, atomically for every node sharing the store) and reports the outcome.
+    async fn consume(&self, policy: &Policy, want: u32) -> Result<Usage, StoreError>;
     /// Adds `count` requests to a quota counter, starting a `renewal`-second period if none
     /// is running (usage counted by a node while the store was unreachable).
     async fn add_quota_usage(

@@ -38,41 +38,46 @@ pub const QUOTA_PREFIX: &str = "quota-";
 /// tollgate's GCRA state (Tyk's `rate-limit-` keys hold a different structure).
 pub const RATE_PREFIX: &str = "tollgate-rate-";
 
-/// One round trip per request: GCRA on KEYS[1] (µs, Redis clock), then the quota counter on
-/// KEYS[2]; a request refused by either changes neither.
-/// ARGV: interval µs (0: no rate), per µs, quota max (<= 0: none), renewal s.
+/// One round trip: admits up to ARGV[5] requests, as many as GCRA on KEYS[1] (µs, Redis's
+/// clock) and the quota counter on KEYS[2] both allow; a refusal changes neither.
+/// ARGV: interval µs (0: no rate), per µs, quota max (<= 0: none), renewal s, wanted.
+/// Returns {rate ok, rate left, rate reset µs, quota ok, quota left, quota ttl, now, granted}.
 const CONSUME_SCRIPT: &str = r#"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local interval, per = tonumber(ARGV[1]), tonumber(ARGV[2])
 local qmax, renewal = tonumber(ARGV[3]), tonumber(ARGV[4])
-local rate_ok, rate_left, rate_reset, new_tat = 1, 0, 0, nil
+local grant = tonumber(ARGV[5])
+local tat = now
 if interval > 0 then
-  local tat = tonumber(redis.call('GET', KEYS[1]) or '0')
+  tat = tonumber(redis.call('GET', KEYS[1]) or '0')
   if tat < now then tat = now end
-  new_tat = tat + interval
-  if new_tat - now > per then
-    return {0, 0, tat + interval - per - now, 1, -1, 0, now}
+  local free = math.floor((per - (tat - now)) / interval)
+  if free < 1 then
+    return {0, 0, tat + interval - per - now, 1, -1, 0, now, 0}
   end
+  if free < grant then grant = free end
+end
+local quota_left, quota_ttl = -1, 0
+if qmax > 0 then
+  local used = tonumber(redis.call('GET', KEYS[2]) or '0')
+  if qmax - used < 1 then
+    return {1, 0, 0, 0, 0, redis.call('TTL', KEYS[2]), now, 0}
+  end
+  if qmax - used < grant then grant = qmax - used end
+  used = redis.call('INCRBY', KEYS[2], grant)
+  if used == grant and renewal > 0 then redis.call('EXPIRE', KEYS[2], renewal) end
+  quota_left = qmax - used
+  quota_ttl = redis.call('TTL', KEYS[2])
+end
+local rate_left, rate_reset = 0, 0
+if interval > 0 then
+  local new_tat = tat + grant * interval
+  redis.call('SET', KEYS[1], string.format('%.0f', new_tat), 'PX', math.floor((new_tat - now) / 1000) + 1)
   rate_left = math.floor((per - (new_tat - now)) / interval)
   rate_reset = new_tat - now
 end
-local quota_ok, quota_left, quota_ttl = 1, -1, 0
-if qmax > 0 then
-  local used = tonumber(redis.call('GET', KEYS[2]) or '0')
-  if used >= qmax then
-    quota_ok, quota_left = 0, 0
-  else
-    used = redis.call('INCR', KEYS[2])
-    if used == 1 and renewal > 0 then redis.call('EXPIRE', KEYS[2], renewal) end
-    quota_left = qmax - used
-  end
-  quota_ttl = redis.call('TTL', KEYS[2])
-end
-if quota_ok == 1 and new_tat then
-  redis.call('SET', KEYS[1], string.format('%.0f', new_tat), 'PX', math.floor((new_tat - now) / 1000) + 1)
-end
-return {rate_ok, rate_left, rate_reset, quota_ok, quota_left, quota_ttl, now}
+return {1, rate_left, rate_reset, 1, quota_left, quota_ttl, now, grant}
 "#;
 
 /// Adds usage counted elsewhere: ARGV count, renewal s.
@@ -1064,7 +1069,7 @@ impl SessionStore for RedisStore {
             details,
         }
     }
-    async fn consume(&self, policy: &Policy) -> Result<Usage, StoreError> {
+    async fn consume(&self, policy: &Policy, want: u32) -> Result<Usage, StoreError> {
         let (interval, per) = policy
             .rate
             .map(|r| {
@@ -1084,7 +1089,8 @@ impl SessionStore for RedisStore {
             .arg(interval)
             .arg(per)
             .arg(max)
-            .arg(renewal);
+            .arg(renewal)
+            .arg(want.max(1));
         let reply: Vec<i64> = self.shared.run_script(invocation).await?;
         let [
             rate_ok,
@@ -1094,6 +1100,7 @@ impl SessionStore for RedisStore {
             quota_left,
             quota_ttl,
             now,
+            granted,
         ] = reply[..]
         else {
             return Err(StoreError::Unavailable(format!(
@@ -1102,6 +1109,7 @@ impl SessionStore for RedisStore {
         };
         let now_secs = now / 1_000_000;
         Ok(Usage {
+            granted: granted.clamp(0, i64::from(u32::MAX)) as u32,
             rate_exceeded: rate_ok == 0,
             rate_remaining: rate_left.max(0) as u64,
             rate_reset: rate_reset as f64 / 1e6,
