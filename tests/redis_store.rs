@@ -362,3 +362,52 @@ async fn seed_layout_survives_a_frozen_master_in_both_modes() {
         );
     }
 }
+
+#[tokio::test]
+async fn a_write_to_a_demoted_master_is_never_acknowledged() {
+    let redis = RedisServer::start().await;
+    let other = RedisServer::start().await;
+    let up = upstream().await;
+    let gw = node(&up.url(""), direct(redis.port)).await;
+    gw.add_key("before", seed_key()).await;
+
+    // The server the gateway holds a connection to becomes a read-only replica, as a
+    // demoted master does behind HAProxy.
+    support::redis::cmd(
+        redis.port,
+        &["REPLICAOF", "127.0.0.1", &other.port.to_string()],
+    )
+    .await
+    .unwrap();
+    let r = gw.admin("POST", "/tyk/keys/after", Some(seed_key())).await;
+    assert_eq!(r.status, 503, "{}", r.text());
+    let hello = gw
+        .client
+        .request("GET", &gw.url("/hello"), &[], None)
+        .await
+        .json();
+    let last_error = hello["details"]["redis"]["last_error"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(
+        last_error.to_lowercase().contains("readonly")
+            || last_error.contains("slave")
+            || last_error.contains("replica"),
+        "{hello}"
+    );
+    assert!(
+        other
+            .get(&format!("apikey-{}", gw.gateway.hasher.storage_id("after")))
+            .await
+            .is_none()
+    );
+    assert_eq!(
+        gw.client
+            .request("GET", &gw.url("/ready"), &[], None)
+            .await
+            .status,
+        503,
+        "no master reachable"
+    );
+}
