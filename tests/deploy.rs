@@ -104,6 +104,17 @@ fn compose_files_validate() {
     );
 }
 
+/// Asserts that a command succeeded and returns what it printed.
+fn succeeded(what: &str, out: std::process::Output) -> String {
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{what}: {stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
 /// A native stack in a temp dir, stopped on drop.
 struct Stack {
     dir: tempfile::TempDir,
@@ -135,13 +146,19 @@ impl Stack {
             .env("TOLLGATE_BIN", env!("CARGO_BIN_EXE_tollgate"))
             .output()
             .unwrap();
-        assert!(
-            out.status.success(),
-            "ha-stack up: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
+        succeeded("ha-stack up", out);
         stack
+    }
+
+    /// `ha-stack status`: one line per process, with the role of each Redis.
+    fn status(&self) -> String {
+        let out = Command::new(deploy().join("local/ha-stack"))
+            .arg("status")
+            .arg("--dir")
+            .arg(self.dir.path())
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
     fn run(&self, script: &str, args: &[&str]) -> String {
@@ -152,13 +169,7 @@ impl Stack {
             .env("DOWN_AFTER_MS", "2000")
             .output()
             .unwrap();
-        assert!(
-            out.status.success(),
-            "{script}: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        succeeded(script, out)
     }
 }
 
@@ -197,29 +208,16 @@ async fn native_stack_round_trip(sentinel: bool) {
         let (status, body) = seed_curl(&client, stack.gateway).await;
         assert_eq!(status, 200, "at {:?}: {body}", start.elapsed());
         if !promoted {
-            let status = Command::new(deploy().join("local/ha-stack"))
-                .arg("status")
-                .arg("--dir")
-                .arg(stack.dir.path())
-                .output()
-                .unwrap();
-            let status = String::from_utf8_lossy(&status.stdout).into_owned();
-            promoted = status.lines().any(|l| {
+            promoted = stack.status().lines().any(|l| {
                 (l.starts_with("redis-b") || l.starts_with("redis-c")) && l.ends_with("master")
             });
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let status = Command::new(deploy().join("local/ha-stack"))
-        .arg("status")
-        .arg("--dir")
-        .arg(stack.dir.path())
-        .output()
-        .unwrap();
     assert!(
         promoted,
         "Sentinel promoted redis-b or redis-c: {}",
-        String::from_utf8_lossy(&status.stdout)
+        stack.status()
     );
 }
 
