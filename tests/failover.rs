@@ -12,7 +12,7 @@ use tollgate::drill::{self, DrillConfig, DrillReport};
 use support::redis::{SeedLayout, text};
 use support::{SECRET, TestGateway, gateway, sample_api, upstream};
 
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq)]
 enum Mode {
     HaProxy,
     Sentinel,
@@ -139,6 +139,9 @@ async fn scenario(modes: &[Mode], disruption: Disruption) {
     disrupt
         .await
         .expect("the drill reached the disruption point");
+    let churn = modes
+        .contains(&Mode::HaProxy)
+        .then(|| fresh_connections(&layout, &up.url(""), disruption));
     match disruption {
         Disruption::Freeze => layout.redis[master].freeze(30),
         Disruption::KillAndRestart => {
@@ -152,6 +155,70 @@ async fn scenario(modes: &[Mode], disruption: Disruption) {
         check(&format!("{mode:?}/{disruption:?}"), &report);
         check_new_master(&layout, old_port, gw).await;
     }
+    if let Some(churn) = churn {
+        let (attempts, acknowledged) = churn.await.unwrap();
+        let new_port = layout.sentinel_master_port().await.unwrap();
+        let new_master = layout.redis.iter().find(|r| r.port == new_port).unwrap();
+        let mut lost = Vec::new();
+        for id in &acknowledged {
+            if new_master.get(&format!("apikey-{id}")).await.is_none() {
+                lost.push(id.clone());
+            }
+        }
+        eprintln!(
+            "{disruption:?}: fresh HAProxy connections around the old master's return: {attempts} writes, {} acknowledged, {} lost",
+            acknowledged.len(),
+            lost.len()
+        );
+        assert!(
+            lost.is_empty(),
+            "acknowledged through a fresh connection and lost: {lost:?}"
+        );
+    }
+}
+
+/// While the old master comes back (still calling itself master until Sentinel demotes it,
+/// so HAProxy routes new connections to it too), a fresh gateway node every 500 ms connects
+/// through HAProxy and writes a key. Returns the writes tried and the ids acknowledged.
+fn fresh_connections(
+    layout: &SeedLayout,
+    target: &str,
+    disruption: Disruption,
+) -> tokio::task::JoinHandle<(usize, Vec<String>)> {
+    let config = storage(layout, Mode::HaProxy);
+    let target = target.to_owned();
+    let returns_after = match disruption {
+        Disruption::Freeze => 30,
+        Disruption::KillAndRestart => 20,
+    };
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_secs(returns_after - 2)).await;
+        let until = Instant::now() + Duration::from_secs(16);
+        let mut acknowledged = Vec::new();
+        let mut attempts = 0;
+        while Instant::now() < until {
+            let node = gateway()
+                .api(sample_api(&target))
+                .config(config.clone())
+                .start()
+                .await;
+            let name = format!("fresh-{attempts}");
+            attempts += 1;
+            let r = node
+                .admin(
+                    "POST",
+                    &format!("/tyk/keys/{name}"),
+                    Some(support::seed_key()),
+                )
+                .await;
+            if r.status == 200 {
+                acknowledged.push(node.gateway.hasher.storage_id(&name).into_owned());
+            }
+            drop(node);
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        (attempts, acknowledged)
+    })
 }
 
 #[tokio::test]

@@ -87,6 +87,11 @@ if used == tonumber(ARGV[1]) and tonumber(ARGV[2]) > 0 then redis.call('EXPIRE',
 return used
 "#;
 
+/// The most replicas any node has seen its master report, kept in Redis itself so that a node
+/// that has never seen the replicas (a fresh process, a new connection through HAProxy that
+/// lands on a returning old master) still knows they exist and waits for one.
+pub const REPLICAS_SEEN_KEY: &str = "tollgate-replicas-seen";
+
 /// Tyk's cluster notification channel.
 pub const NOTIFICATION_CHANNEL: &str = "tyk.cluster.notifications";
 
@@ -439,6 +444,7 @@ impl Shared {
                 if role != "master" {
                     return Err(format!("{host}:{port} is a {role}, not the master"));
                 }
+                self.learn_replicas_seen(&mut conn, replicas).await;
                 self.check_not_lonely(replicas)?;
                 self.install_master(host.clone(), *port, conn, replicas)
                     .await;
@@ -597,6 +603,37 @@ impl Shared {
             .fetch_max(view.known_replicas.max(replicas), Ordering::AcqRel);
         self.replicas.store(Arc::new(links));
         self.install_master(mhost, mport, conn, replicas).await;
+    }
+
+    /// Folds the layout's recorded replica count into this node's, and records a higher one.
+    async fn learn_replicas_seen(&self, conn: &mut MultiplexedConnection, replicas: usize) {
+        let deadline = self.discovery_timeout();
+        let recorded: Option<usize> = tokio::time::timeout(
+            deadline,
+            redis::cmd("GET")
+                .arg(REPLICAS_SEEN_KEY)
+                .query_async::<Option<usize>>(conn),
+        )
+        .await
+        .ok()
+        .and_then(Result::ok)
+        .flatten();
+        let seen = recorded.unwrap_or(0).max(replicas);
+        let known = self
+            .replica_high_water
+            .fetch_max(seen, Ordering::AcqRel)
+            .max(seen);
+        if replicas > 0 && recorded.is_none_or(|r| r < known) {
+            // Best effort: a read-only server refuses it, and the next probe tries again.
+            let _ = tokio::time::timeout(
+                deadline,
+                redis::cmd("SET")
+                    .arg(REPLICAS_SEEN_KEY)
+                    .arg(known)
+                    .query_async::<()>(conn),
+            )
+            .await;
+        }
     }
 
     /// Refuses, for a while, a master with no replicas when replicas were seen before:
@@ -821,9 +858,9 @@ async fn maintain(shared: Arc<Shared>) {
         let mut conn = link.conn();
         match tokio::time::timeout(READ_TIMEOUT, shared.role(&mut conn)).await {
             Ok(Ok((role, replicas))) if role == "master" => {
-                shared
-                    .replica_high_water
-                    .fetch_max(replicas, Ordering::AcqRel);
+                if replicas > shared.replica_high_water.load(Ordering::Acquire) {
+                    shared.learn_replicas_seen(&mut conn, replicas).await;
+                }
             }
             Ok(Ok((role, _))) => shared.lose_master(format!("{} is now a {role}", link.addr())),
             Ok(Err(e)) => shared.lose_master(format!("{}: {e}", link.addr())),
