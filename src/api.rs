@@ -117,6 +117,8 @@ fn invalid(field: &str, reason: impl Into<String>) -> DefinitionError {
 pub struct Target {
     pub scheme: Scheme,
     pub authority: Authority,
+    /// The `Host` header sent upstream, built once.
+    pub host: http::HeaderValue,
     /// Path prefix of `target_url` without a trailing slash (`""` for the root).
     pub base_path: String,
 }
@@ -249,8 +251,11 @@ fn parse_target(url: &str) -> Result<Target, DefinitionError> {
         .authority()
         .cloned()
         .ok_or_else(|| invalid("proxy.target_url", format!("{url:?} has no host")))?;
+    let host = http::HeaderValue::from_str(authority.as_str())
+        .map_err(|_| invalid("proxy.target_url", format!("{url:?} has no usable host")))?;
     Ok(Target {
         scheme,
+        host,
         authority,
         base_path: uri.path().trim_end_matches('/').to_owned(),
     })

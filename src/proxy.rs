@@ -93,10 +93,8 @@ impl UpstreamClient {
         strip_hop_by_hop(headers);
         append_forwarded_for(headers, peer);
         headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
-        if !spec.definition.proxy.preserve_host_header
-            && let Ok(host) = HeaderValue::from_str(target.authority.as_str())
-        {
-            headers.insert(header::HOST, host);
+        if !spec.definition.proxy.preserve_host_header {
+            headers.insert(header::HOST, target.host.clone());
         }
 
         let sent = self.client.request(req);

@@ -128,15 +128,15 @@ impl Gateway {
         let policy = caller
             .as_ref()
             .and_then(|c| limits::policy_for(&spec, &c.session, &c.key_id));
-        let usage = match &policy {
+        let limited = match policy {
             Some(policy) => {
-                let usage = self.limiter.admit(policy).await;
+                let usage = self.limiter.admit(&policy).await;
                 if let Err(e) = usage.verdict() {
                     let mut response = error_response(e.status(), &e.to_string());
-                    usage.write_headers(policy, response.headers_mut(), limits::now_secs());
+                    usage.write_headers(&policy, response.headers_mut(), limits::now_secs());
                     return response;
                 }
-                Some(usage)
+                Some((policy, usage))
             }
             None => None,
         };
@@ -144,7 +144,7 @@ impl Gateway {
         match upstream.forward(&spec, req, peer).await {
             Ok(response) => {
                 let mut response = response.map(Either::Left);
-                if let (Some(policy), Some(usage)) = (&policy, usage) {
+                if let Some((policy, usage)) = &limited {
                     usage.write_headers(policy, response.headers_mut(), limits::now_secs());
                 }
                 response
