@@ -336,12 +336,15 @@ impl Limiter {
         }
     }
 
-    /// Takes one admission from a live lease, if there is one.
-    fn take_leased(&self, policy: &Policy) -> Option<Usage> {
+    /// Takes one admission from a live lease; otherwise says what the last lease left of the
+    /// quota (the hint for the next lease's size). One lock either way.
+    fn take_leased(&self, policy: &Policy) -> Result<Usage, Option<i64>> {
         let mut leases = self.leases.lock().unwrap_or_else(|p| p.into_inner());
-        let lease = leases.get_mut(policy.counter.as_str())?;
+        let Some(lease) = leases.get_mut(policy.counter.as_str()) else {
+            return Err(None);
+        };
         if lease.left == 0 || lease.expires <= std::time::Instant::now() {
-            return None;
+            return Err(Some(lease.usage.quota_remaining));
         }
         lease.left -= 1;
         let mut usage = lease.usage;
@@ -350,7 +353,7 @@ impl Limiter {
         if usage.quota_remaining >= 0 {
             usage.quota_remaining += i64::from(lease.left);
         }
-        Some(usage)
+        Ok(usage)
     }
 
     /// How many admissions to ask for: 1 unless the limits are large.
@@ -367,15 +370,10 @@ impl Limiter {
 
     /// Counts one request under `policy`.
     pub async fn admit(&self, policy: &Policy) -> Usage {
-        if let Some(usage) = self.take_leased(policy) {
-            return usage;
-        }
-        let last_remaining = self
-            .leases
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(policy.counter.as_str())
-            .map(|l| l.usage.quota_remaining);
+        let last_remaining = match self.take_leased(policy) {
+            Ok(usage) => return usage,
+            Err(hint) => hint,
+        };
         let want = Self::lease_size(policy, last_remaining);
         match self.store.consume(policy, want).await {
             Ok(usage) => {
