@@ -245,3 +245,63 @@ async fn killed_master_with_native_sentinel() {
 async fn two_nodes_at_once() {
     scenario(&[Mode::HaProxy, Mode::Sentinel], Disruption::Freeze).await;
 }
+
+/// The `tollgate drill` command itself, against a running layout: a short run that freezes
+/// the master found through a sentinel, prints one line and writes JSON.
+#[tokio::test]
+async fn drill_command_against_a_running_layout() {
+    let layout = SeedLayout::builder().down_after(2000).start().await;
+    let up = upstream().await;
+    let gw = gateway()
+        .api(sample_api(&up.url("")))
+        .config(storage(&layout, Mode::Sentinel))
+        .start()
+        .await;
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("drill.json");
+    let sentinel = format!("127.0.0.1:{}", layout.sentinels[0].port);
+    let gateway_url = format!("http://{}", gw.addr());
+    let json_arg = json.display().to_string();
+    let args = [
+        "drill",
+        "--gateway",
+        &gateway_url,
+        "--secret",
+        SECRET,
+        "--sentinel",
+        &sentinel,
+        "--duration",
+        "8",
+        "--freeze-secs",
+        "5",
+        "--rate",
+        "100",
+        "--keys",
+        "20",
+        "--json",
+        &json_arg,
+    ];
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_tollgate"))
+        .args(args)
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.starts_with("drill: sent "), "{stdout}");
+    let report: Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    assert!(report["sent"].as_u64().unwrap() > 500, "{report}");
+    assert_eq!(report["warm_non_2xx"], json!({}), "{report}");
+    assert_eq!(report["lost_keys"], json!([]), "{report}");
+
+    let bad = std::process::Command::new(env!("CARGO_BIN_EXE_tollgate"))
+        .args(["drill", "--secret", "s", "--sentinel", "nocolon"])
+        .output()
+        .unwrap();
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("--sentinel"));
+}
