@@ -361,6 +361,24 @@ async fn seed_layout_survives_a_frozen_master_in_both_modes() {
             "{name} is on the new master"
         );
     }
+
+    // The nodes resubscribed on the new master: a delete through one is honoured by another
+    // that holds the key in its cache, within a second.
+    assert_eq!(
+        fresh
+            .get_with_key("/tyk-api-test/get", Some("known"))
+            .await
+            .status,
+        200
+    );
+    assert_eq!(
+        via_sentinel
+            .admin("DELETE", "/tyk/keys/known", None)
+            .await
+            .status,
+        200
+    );
+    eventually_status(&fresh, "known", 403, Duration::from_secs(1)).await;
 }
 
 #[tokio::test]
