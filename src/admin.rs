@@ -16,6 +16,7 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use crate::api::{self, ApiSpec};
+use crate::limits;
 use crate::server::{Body, Gateway, json_response};
 use crate::session::{SessionState, unix_now};
 use crate::store::StoreError;
@@ -274,8 +275,10 @@ async fn live_quota(gw: &Gateway, key_id: &str, session: &mut SessionState) {
     }
     for (api_id, access) in session.access_rights.iter_mut() {
         if let Some(limit) = access.limit.as_mut().filter(|l| l.quota_max > 0)
-            && let Ok(Some((used, renews))) =
-                gw.sessions.quota_used(&format!("{api_id}-{key_id}")).await
+            && let Ok(Some((used, renews))) = gw
+                .sessions
+                .quota_used(&limits::api_counter(api_id, key_id))
+                .await
         {
             limit.quota_remaining = (limit.quota_max - used).max(0);
             limit.quota_renews = renews;
@@ -363,7 +366,7 @@ async fn store_key(
             session
                 .access_rights
                 .keys()
-                .map(|api_id| format!("{api_id}-{id}")),
+                .map(|api_id| limits::api_counter(api_id, &id)),
         );
         for counter in counters {
             if let Err(e) = gw.sessions.reset_quota(&counter).await {

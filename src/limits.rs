@@ -78,6 +78,11 @@ impl LimitError {
     }
 }
 
+/// The counter of a per-API limit (`access_rights[api].limit`): Tyk's `<api_id>-<key>` scope.
+pub fn api_counter(api_id: &str, key_id: &str) -> String {
+    format!("{api_id}-{key_id}")
+}
+
 /// The limits for `session` calling `spec`, or `None` when none apply. Per-API limits in
 /// `access_rights[api].limit` override the key's own and are counted separately.
 pub fn policy_for(spec: &ApiSpec, session: &SessionState, key_id: &str) -> Option<Policy> {
@@ -91,7 +96,7 @@ pub fn policy_for(spec: &ApiSpec, session: &SessionState, key_id: &str) -> Optio
             l.per,
             l.quota_max,
             l.quota_renewal_rate,
-            format!("{}-{key_id}", spec.api_id()),
+            api_counter(spec.api_id(), key_id),
         ),
         None => (
             session.rate,
@@ -162,6 +167,23 @@ struct Counters {
     quota_renews_at: f64,
 }
 
+impl Counters {
+    fn quota_period_over(&self, now: f64) -> bool {
+        self.quota_renews_at > 0.0 && now >= self.quota_renews_at
+    }
+
+    /// Ends a finished quota period and starts one (of `renewal` seconds) if none runs.
+    fn current_quota_period(&mut self, now: f64, renewal: i64) {
+        if self.quota_period_over(now) {
+            self.quota_used = 0;
+            self.quota_renews_at = 0.0;
+        }
+        if self.quota_renews_at == 0.0 && renewal > 0 {
+            self.quota_renews_at = now + renewal as f64;
+        }
+    }
+}
+
 /// In-process counters with the same rules as the Redis script: the memory store's counting
 /// and the fallback while Redis is away.
 #[derive(Default)]
@@ -205,13 +227,7 @@ impl LocalCounters {
             grant = grant.min(free);
         }
         if let Some(quota) = policy.quota {
-            if c.quota_renews_at > 0.0 && now >= c.quota_renews_at {
-                c.quota_used = 0;
-                c.quota_renews_at = 0.0;
-            }
-            if c.quota_renews_at == 0.0 && quota.renewal > 0 {
-                c.quota_renews_at = now + quota.renewal as f64;
-            }
+            c.current_quota_period(now, quota.renewal);
             usage.quota_renews = c.quota_renews_at.ceil() as i64;
             let left = quota.max - c.quota_used;
             if left < 1 {
@@ -256,7 +272,7 @@ impl LocalCounters {
     pub fn quota_used(&self, counter: &str, now: f64) -> Option<(i64, i64)> {
         let map = self.lock();
         let c = map.get(counter)?;
-        if c.quota_renews_at > 0.0 && now >= c.quota_renews_at {
+        if c.quota_period_over(now) {
             return None;
         }
         Some((c.quota_used, c.quota_renews_at.ceil() as i64))
@@ -266,13 +282,7 @@ impl LocalCounters {
     pub fn add_quota(&self, counter: &str, count: i64, renewal: i64, now: f64) {
         let mut map = self.lock();
         let c = map.entry(counter.to_owned()).or_default();
-        if c.quota_renews_at > 0.0 && now >= c.quota_renews_at {
-            c.quota_used = 0;
-            c.quota_renews_at = 0.0;
-        }
-        if c.quota_renews_at == 0.0 && renewal > 0 {
-            c.quota_renews_at = now + renewal as f64;
-        }
+        c.current_quota_period(now, renewal);
         c.quota_used += count;
     }
 

@@ -737,22 +737,11 @@ impl Shared {
         if acks > 0 {
             pipe.cmd("WAIT").arg(acks).arg(wait_ms);
         }
-        let mut conn = link.conn();
-        let reply =
-            tokio::time::timeout(self.timeout * 2, pipe.query_async::<Vec<Value>>(&mut conn)).await;
-        let values = match reply {
-            Ok(Ok(values)) => values,
-            Ok(Err(e)) => {
-                if means_find_master(&e) {
-                    self.lose_master(format!("write on {}: {e}", link.addr()));
-                }
-                return Err(StoreError::Unavailable(e.to_string()));
-            }
-            Err(_) => {
-                self.lose_master(format!("write on {} timed out", link.addr()));
-                return Err(StoreError::Unavailable("write timed out".into()));
-            }
-        };
+        let values: Vec<Value> = self
+            .call(&link, "write", self.timeout * 2, |mut conn| async move {
+                pipe.query_async(&mut conn).await
+            })
+            .await?;
         if acks > 0 {
             let confirmed = match values.last() {
                 Some(Value::Int(n)) => *n as usize,
@@ -805,18 +794,36 @@ impl Shared {
         let link = self
             .healthy_master()
             .ok_or_else(|| StoreError::Unavailable(self.unavailable_reason()))?;
-        let mut conn = link.conn();
-        match tokio::time::timeout(READ_TIMEOUT, invocation.invoke_async::<T>(&mut conn)).await {
+        self.call(&link, "limits", READ_TIMEOUT, |mut conn| async move {
+            invocation.invoke_async(&mut conn).await
+        })
+        .await
+    }
+
+    /// Runs `command` on one of `link`'s connections within `deadline`. A timeout, or an
+    /// error that means the master is gone, drops the master so that it is found again.
+    async fn call<T, F, Fut>(
+        &self,
+        link: &Link,
+        what: &str,
+        deadline: Duration,
+        command: F,
+    ) -> Result<T, StoreError>
+    where
+        F: FnOnce(MultiplexedConnection) -> Fut,
+        Fut: std::future::Future<Output = redis::RedisResult<T>>,
+    {
+        match tokio::time::timeout(deadline, command(link.conn())).await {
             Ok(Ok(value)) => Ok(value),
             Ok(Err(e)) => {
                 if means_find_master(&e) {
-                    self.lose_master(format!("limits on {}: {e}", link.addr()));
+                    self.lose_master(format!("{what} on {}: {e}", link.addr()));
                 }
                 Err(StoreError::Unavailable(e.to_string()))
             }
             Err(_) => {
-                self.lose_master(format!("limits on {} timed out", link.addr()));
-                Err(StoreError::Unavailable("limits script timed out".into()))
+                self.lose_master(format!("{what} on {} timed out", link.addr()));
+                Err(StoreError::Unavailable(format!("{what} timed out")))
             }
         }
     }
