@@ -14,6 +14,7 @@ bootstrap() {
     sentinel_cli "$i" SENTINEL SET mymaster failover-timeout 30000 >/dev/null
   done
   echo "sentinels monitor mymaster at $MASTER_HOST:$MASTER_PORT"
+  wait_sentinels_ready
   local deadline=$((SECONDS + 60)) answer=""
   while :; do
     answer=$(curl -s -o /dev/stderr -w '%{http_code}' -X POST "$GATEWAY_URL/tyk/keys/testkey" \
@@ -28,6 +29,27 @@ bootstrap() {
   done
   echo "created testkey; try:"
   echo "  curl $GATEWAY_URL/tyk-api-test/get -H 'authorization: testkey'"
+}
+
+# A failover needs every sentinel to know both replicas (from the master's INFO) and its two
+# peers (from hello messages every 2 s); freezing the master before that leaves no quorum or
+# no replica to promote, and a failed election waits 2 x failover-timeout before retrying.
+wait_sentinels_ready() {
+  local deadline=$((SECONDS + 60)) i state
+  for i in 1 2 3; do
+    while :; do
+      state=$(sentinel_cli "$i" SENTINEL MASTER mymaster 2>/dev/null | paste - - | tr -d '\r') || true
+      if grep -qx $'num-slaves\t2' <<<"$state" && grep -qx $'num-other-sentinels\t2' <<<"$state"; then
+        break
+      fi
+      if [ $SECONDS -ge $deadline ]; then
+        echo "bootstrap: sentinel-$i does not see 2 replicas and 2 peers after 60 s" >&2
+        return 1
+      fi
+      sleep 0.5
+    done
+  done
+  echo "sentinels see 2 replicas and each other"
 }
 
 # Freezes one instance for 30 s, as the seed's failover.sh does.
