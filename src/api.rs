@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use http::header::HeaderName;
-use http::uri::{Authority, Scheme};
+use http::uri::Scheme;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
@@ -115,8 +115,9 @@ fn invalid(field: &str, reason: impl Into<String>) -> DefinitionError {
 /// The upstream an API proxies to, parsed once at load time.
 #[derive(Debug, Clone)]
 pub struct Target {
-    pub scheme: Scheme,
-    pub authority: Authority,
+    /// `host:port` as `target_url` names it (port 80 when absent); also the key of the
+    /// upstream connection pool.
+    pub address: Arc<str>,
     /// The `Host` header sent upstream, built once.
     pub host: http::HeaderValue,
     /// Path prefix of `target_url` without a trailing slash (`""` for the root).
@@ -253,10 +254,10 @@ fn parse_target(url: &str) -> Result<Target, DefinitionError> {
         .ok_or_else(|| invalid("proxy.target_url", format!("{url:?} has no host")))?;
     let host = http::HeaderValue::from_str(authority.as_str())
         .map_err(|_| invalid("proxy.target_url", format!("{url:?} has no usable host")))?;
+    let port = authority.port_u16().unwrap_or(80);
     Ok(Target {
-        scheme,
+        address: format!("{}:{port}", authority.host()).into(),
         host,
-        authority,
         base_path: uri.path().trim_end_matches('/').to_owned(),
     })
 }
@@ -482,6 +483,15 @@ mod tests {
             spec("/t/", "http://u", false).upstream_path("/t/get"),
             "/t/get"
         );
+    }
+
+    #[test]
+    fn target_address_defaults_the_port() {
+        let address = |url: &str| spec("/t/", url, true).target.address;
+        assert_eq!(&*address("http://upstream/x"), "upstream:80");
+        assert_eq!(&*address("http://10.0.0.1:8000"), "10.0.0.1:8000");
+        assert_eq!(&*address("http://[::1]:8000/"), "[::1]:8000");
+        assert_eq!(&*address("http://[::1]"), "[::1]:80");
     }
 
     #[test]

@@ -26,14 +26,29 @@ use crate::api::{ApiTable, LoadError};
 use crate::auth::{self, KeyHasher};
 use crate::config::GatewayConfig;
 use crate::limits::{self, Limiter};
-use crate::proxy::UpstreamClient;
+use crate::proxy::{UpstreamBody, UpstreamClient};
 use crate::store::SessionStore;
 
 /// Every response body: a streamed upstream body or a small buffered one.
-pub type Body = Either<Incoming, Full<Bytes>>;
+pub type Body = Either<UpstreamBody, Full<Bytes>>;
 
 /// Largest request head (request line + headers) accepted; larger gets 431.
 pub const MAX_HEAD_BYTES: usize = 16 * 1024;
+
+/// The client end of a connection, its address rendered once for `X-Forwarded-For`.
+#[derive(Clone, Debug)]
+pub struct Peer {
+    pub addr: SocketAddr,
+    pub ip: HeaderValue,
+}
+
+impl Peer {
+    pub fn new(addr: SocketAddr) -> Self {
+        let ip = HeaderValue::try_from(addr.ip().to_string())
+            .expect("an IP address is a valid header value");
+        Self { addr, ip }
+    }
+}
 
 /// The state one gateway node shares across connections.
 pub struct Gateway {
@@ -109,7 +124,7 @@ impl Gateway {
     pub async fn handle(
         self: Arc<Self>,
         req: Request<Incoming>,
-        peer: SocketAddr,
+        peer: Peer,
         upstream: UpstreamClient,
     ) -> Response<Body> {
         if admin::owns(&self.config, req.uri().path()) {
@@ -141,7 +156,7 @@ impl Gateway {
             None => None,
         };
         let req = Request::from_parts(parts, body);
-        match upstream.forward(&spec, req, peer).await {
+        match upstream.forward(&spec, req, &peer).await {
             Ok(response) => {
                 let mut response = response.map(Either::Left);
                 if let Some((policy, usage)) = &limited {
@@ -192,7 +207,7 @@ where
 /// `handler` (panics become a 500), then lets open connections finish.
 pub async fn serve<H, F>(listener: TcpListener, handler: H, shutdown: impl Future<Output = ()>)
 where
-    H: Fn(Request<Incoming>, SocketAddr) -> F + Clone + Send + Sync + 'static,
+    H: Fn(Request<Incoming>, Peer) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Response<Body>> + Send + 'static,
 {
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
@@ -217,9 +232,10 @@ where
         };
         let _ = stream.set_nodelay(true);
         let handler = handler.clone();
+        let client = Peer::new(peer);
         let service = service_fn(move |req| {
             // Boxed so that an idle connection does not carry room for a whole request future.
-            let response = Box::pin(guarded(handler(req, peer)));
+            let response = Box::pin(guarded(handler(req, client.clone())));
             async move { Ok::<_, Infallible>(response.await) }
         });
         let conn = graceful.watch(http.serve_connection(TokioIo::new(stream), service));

@@ -14,7 +14,7 @@ use hyper::body::Incoming;
 use serde_json::{Map, Value, json};
 use tokio::net::TcpListener;
 
-use crate::server::{Body, error_response, json_response};
+use crate::server::{Body, Peer, error_response, json_response};
 
 /// Longest `/delay/{secs}` honoured, as in httpbin.
 const MAX_DELAY_SECS: f64 = 10.0;
@@ -27,7 +27,8 @@ pub async fn serve(listener: TcpListener, shutdown: impl std::future::Future<Out
 }
 
 /// Answers one request the way httpbin would.
-pub async fn handle(req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+pub async fn handle(req: Request<Incoming>, peer: Peer) -> Response<Body> {
+    let peer = peer.addr;
     let path = req.uri().path().to_owned();
     let method = req.method().clone();
     let mut segments = path.trim_start_matches('/').splitn(2, '/');

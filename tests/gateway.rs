@@ -249,3 +249,77 @@ async fn bad_input_gets_4xx_and_others_are_still_served() {
         200
     );
 }
+
+/// A bare HTTP/1.1 upstream that counts the connections it accepts and answers every request
+/// on them with a small 200; with `close_after_each`, it closes the connection after each
+/// answer without saying so (as an upstream's keep-alive timeout does).
+async fn counting_upstream(
+    close_after_each: bool,
+) -> (
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = std::sync::Arc::new(AtomicUsize::new(0));
+    let count = accepted.clone();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            count.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 4096];
+                loop {
+                    let Ok(n) = stream.read(&mut buf).await else {
+                        return;
+                    };
+                    if n == 0 {
+                        return;
+                    }
+                    head.extend_from_slice(&buf[..n]);
+                    while let Some(end) = head.windows(4).position(|w| w == b"\r\n\r\n") {
+                        head.drain(..end + 4);
+                        let answer = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: keep-alive\r\n\r\nok";
+                        if stream.write_all(answer).await.is_err() || close_after_each {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    (addr, accepted)
+}
+
+#[tokio::test]
+async fn upstream_connections_are_kept_alive_and_reused() {
+    use std::sync::atomic::Ordering;
+    let (addr, accepted) = counting_upstream(false).await;
+    let mut api = sample_api(&format!("http://{addr}"));
+    api["use_keyless"] = json!(true);
+    let gw = gateway().api(api).start().await;
+    for _ in 0..50 {
+        let r = gw.get_with_key("/tyk-api-test/x", None).await;
+        assert_eq!((r.status, r.text().as_str()), (200, "ok"));
+    }
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        1,
+        "one upstream connection, reused"
+    );
+}
+
+#[tokio::test]
+async fn an_upstream_closing_idle_connections_costs_no_request() {
+    use std::sync::atomic::Ordering;
+    let (addr, accepted) = counting_upstream(true).await;
+    let mut api = sample_api(&format!("http://{addr}"));
+    api["use_keyless"] = json!(true);
+    let gw = gateway().api(api).start().await;
+    for i in 0..30 {
+        let r = gw.get_with_key("/tyk-api-test/x", None).await;
+        assert_eq!(r.status, 200, "request {i}: {}", r.text());
+    }
+    assert_eq!(accepted.load(Ordering::SeqCst), 30);
+}
