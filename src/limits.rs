@@ -144,9 +144,13 @@ impl Usage {
             ),
             (None, None) => return,
         };
-        headers.insert(LIMIT.clone(), HeaderValue::from(limit));
-        headers.insert(REMAINING.clone(), HeaderValue::from(remaining));
-        headers.insert(RESET.clone(), HeaderValue::from(reset));
+        // One exact-size allocation per value (`HeaderValue::from(i64)` makes two).
+        let mut digits = itoa::Buffer::new();
+        for (name, value) in [(&LIMIT, limit), (&REMAINING, remaining), (&RESET, reset)] {
+            let value = HeaderValue::from_bytes(digits.format(value).as_bytes())
+                .expect("digits are a valid header value");
+            headers.insert(name.clone(), value);
+        }
     }
 }
 
