@@ -3,8 +3,7 @@
 //! Owns the field names and types that Tyk stores under `apikey-<hash>`. Fields tollgate does
 //! not model are carried in `extra` so that rewriting a record never drops them.
 
-use std::collections::BTreeMap;
-
+use indexmap::IndexMap;
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::{Map, Value};
 
@@ -29,8 +28,9 @@ pub struct SessionState {
     pub quota_remaining: i64,
     #[serde(default, deserialize_with = "null_default")]
     pub quota_renewal_rate: i64,
-    #[serde(default, deserialize_with = "null_default")]
-    pub access_rights: BTreeMap<String, AccessDefinition>,
+    /// In the record's own order; sized to its entries, as a cache holds many records.
+    #[serde(default, deserialize_with = "compact_map")]
+    pub access_rights: IndexMap<String, AccessDefinition>,
     #[serde(default, deserialize_with = "null_default")]
     pub org_id: String,
     #[serde(default, deserialize_with = "null_default")]
@@ -106,6 +106,17 @@ where
     Ok(Option::<T>::deserialize(deserializer)?.unwrap_or_default())
 }
 
+/// `null_default` for maps, without the spare room that growing while parsing leaves.
+fn compact_map<'de, D, V>(deserializer: D) -> Result<IndexMap<String, V>, D::Error>
+where
+    D: Deserializer<'de>,
+    V: Deserialize<'de>,
+{
+    let mut map: IndexMap<String, V> = null_default(deserializer)?;
+    map.shrink_to_fit();
+    Ok(map)
+}
+
 /// Current Unix time in seconds.
 pub fn unix_now() -> i64 {
     std::time::SystemTime::now()
@@ -134,6 +145,15 @@ mod tests {
             serde_json::json!([])
         );
         assert_eq!(back["meta_data"]["a"], 1);
+    }
+
+    #[test]
+    fn access_rights_keep_the_record_order() {
+        let raw = r#"{"access_rights":{"b":{"api_id":"b"},"a":{"api_id":"a"}}}"#;
+        let s: SessionState = serde_json::from_str(raw).unwrap();
+        assert_eq!(s.access_to("a").unwrap().api_id, "a");
+        let back = serde_json::to_string(&s).unwrap();
+        assert!(back.find(r#""b":"#) < back.find(r#""a":"#), "{back}");
     }
 
     #[test]
