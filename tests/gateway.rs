@@ -323,3 +323,36 @@ async fn an_upstream_closing_idle_connections_costs_no_request() {
     }
     assert_eq!(accepted.load(Ordering::SeqCst), 30);
 }
+
+#[tokio::test]
+async fn a_response_abandoned_half_read_does_not_spoil_the_next_one() {
+    let up = upstream().await;
+    let gw = gateway().api(sample_api(&up.url(""))).start().await;
+    gw.add_key("testkey", seed_key()).await;
+
+    // The client reads 64 KiB of a 10 MiB response and hangs up: the upstream connection is
+    // mid-body and must not serve another request.
+    let mut client = TcpStream::connect(gw.addr()).await.unwrap();
+    client
+        .write_all(
+            b"GET /tyk-api-test/bytes/10485760 HTTP/1.1\r\nHost: gw\r\nauthorization: testkey\r\n\r\n",
+        )
+        .await
+        .unwrap();
+    let mut seen = vec![0u8; 64 * 1024];
+    client.read_exact(&mut seen).await.unwrap();
+    assert!(seen.starts_with(b"HTTP/1.1 200"));
+    drop(client);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+
+    for _ in 0..5 {
+        let r = gw
+            .get_with_key("/tyk-api-test/bytes/1000", Some("testkey"))
+            .await;
+        assert_eq!(r.status, 200);
+        assert_eq!(r.body.len(), 1000);
+        let r = gw.get_with_key("/tyk-api-test/get", Some("testkey")).await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert!(r.json()["url"].as_str().unwrap().ends_with("/get"));
+    }
+}
