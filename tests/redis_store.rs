@@ -429,3 +429,37 @@ async fn a_write_to_a_demoted_master_is_never_acknowledged() {
         "no master reachable"
     );
 }
+
+#[tokio::test]
+async fn revalidating_an_unchanged_record_reuses_the_cached_one() {
+    let redis = RedisServer::start().await;
+    let mut config = direct(redis.port);
+    // Every read revalidates with Redis.
+    config["local_session_cache"] = json!({"cached_session_timeout": 0});
+    let config = tollgate::config::GatewayConfig::from_value(config, |_| None)
+        .unwrap()
+        .config;
+    let store = tollgate::store::open(&config).await.unwrap();
+    let session: tollgate::session::SessionState = serde_json::from_value(seed_key()).unwrap();
+    store.set("k1", &session, None).await.unwrap();
+
+    let first = store.get("k1").await.unwrap().unwrap();
+    let again = store.get("k1").await.unwrap().unwrap();
+    assert!(
+        std::sync::Arc::ptr_eq(&first, &again),
+        "an unchanged record is not decoded again"
+    );
+
+    // A change made behind the node's back (no notification) is read at revalidation.
+    let mut changed = seed_key();
+    changed["alias"] = json!("changed in redis");
+    support::redis::cmd(redis.port, &["SET", "apikey-k1", &changed.to_string()])
+        .await
+        .unwrap();
+    let read = store.get("k1").await.unwrap().unwrap();
+    assert_eq!(read.alias, "changed in redis");
+    support::redis::cmd(redis.port, &["DEL", "apikey-k1"])
+        .await
+        .unwrap();
+    assert!(store.get("k1").await.unwrap().is_none());
+}

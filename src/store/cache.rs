@@ -11,24 +11,28 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 
-use super::{SessionStore, StoreError, StoreHealth};
+use super::{Lookup, RecordDigest, SessionStore, StoreError, StoreHealth};
 use crate::config::LocalSessionCache;
 use crate::limits::{Policy, Usage};
 use crate::session::SessionState;
 
-#[derive(Clone)]
+/// One cached record. Revalidating an unchanged record only moves `fetched` and `epoch`,
+/// in place: no decode and no new cache entry.
 struct Cached {
     session: Arc<SessionState>,
-    fetched: Instant,
-    epoch: u64,
+    digest: Option<RecordDigest>,
+    /// Milliseconds after the cache's `started` when the store last confirmed the record.
+    fetched: AtomicU64,
+    epoch: AtomicU64,
 }
 
 /// Bounded cache of sessions by storage id.
 pub struct SessionCache {
-    entries: moka::sync::Cache<String, Cached>,
+    entries: moka::sync::Cache<String, Arc<Cached>>,
     fresh_for: Duration,
     stale_for: Duration,
     epoch: AtomicU64,
+    started: Instant,
 }
 
 impl SessionCache {
@@ -43,7 +47,32 @@ impl SessionCache {
             fresh_for,
             stale_for,
             epoch: AtomicU64::new(0),
+            started: Instant::now(),
         }
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+
+    fn age(&self, entry: &Cached) -> Duration {
+        Duration::from_millis(
+            self.now_ms()
+                .saturating_sub(entry.fetched.load(Ordering::Acquire)),
+        )
+    }
+
+    fn is_fresh(&self, entry: &Cached) -> bool {
+        self.age(entry) < self.fresh_for
+            && entry.epoch.load(Ordering::Acquire) == self.epoch.load(Ordering::Acquire)
+    }
+
+    /// The store confirmed `entry` as it is.
+    fn confirm(&self, entry: &Cached) {
+        entry.fetched.store(self.now_ms(), Ordering::Release);
+        entry
+            .epoch
+            .store(self.epoch.load(Ordering::Acquire), Ordering::Release);
     }
 
     /// Drops one entry (a key changed or was deleted somewhere).
@@ -57,14 +86,15 @@ impl SessionCache {
         self.epoch.fetch_add(1, Ordering::AcqRel);
     }
 
-    fn insert(&self, key_id: &str, session: Arc<SessionState>) {
+    fn insert(&self, key_id: &str, session: Arc<SessionState>, digest: Option<RecordDigest>) {
         self.entries.insert(
             key_id.to_owned(),
-            Cached {
+            Arc::new(Cached {
                 session,
-                fetched: Instant::now(),
-                epoch: self.epoch.load(Ordering::Acquire),
-            },
+                digest,
+                fetched: AtomicU64::new(self.now_ms()),
+                epoch: AtomicU64::new(self.epoch.load(Ordering::Acquire)),
+            }),
         );
     }
 }
@@ -85,26 +115,35 @@ impl CachedStore {
 #[async_trait]
 impl SessionStore for CachedStore {
     async fn get(&self, key_id: &str) -> Result<Option<Arc<SessionState>>, StoreError> {
-        let cached = self.cache.entries.get(key_id);
+        let cache = &self.cache;
+        let cached = cache.entries.get(key_id);
         if let Some(c) = &cached
-            && c.fetched.elapsed() < self.cache.fresh_for
-            && c.epoch == self.cache.epoch.load(Ordering::Acquire)
+            && cache.is_fresh(c)
         {
             return Ok(Some(c.session.clone()));
         }
-        match self.inner.get(key_id).await {
-            Ok(Some(session)) => {
-                self.cache.insert(key_id, session.clone());
+        let known = cached.as_ref().and_then(|c| c.digest);
+        match self.inner.lookup(key_id, known).await {
+            Ok(Lookup::Found { session, digest }) => {
+                cache.insert(key_id, session.clone(), digest);
                 Ok(Some(session))
             }
-            Ok(None) => {
-                self.cache.invalidate(key_id);
+            Ok(Lookup::Unchanged) => match cached {
+                Some(c) => {
+                    cache.confirm(&c);
+                    Ok(Some(c.session.clone()))
+                }
+                // Only answered to a digest this node holds; treat it as a fresh read.
+                None => self.inner.get(key_id).await,
+            },
+            Ok(Lookup::Missing) => {
+                cache.invalidate(key_id);
                 Ok(None)
             }
             Err(StoreError::Unavailable(reason)) => match cached {
-                Some(c) if c.fetched.elapsed() < self.cache.stale_for => {
+                Some(c) if cache.age(&c) < cache.stale_for => {
                     tracing::debug!("key store unavailable ({reason}); serving a cached session");
-                    Ok(Some(c.session))
+                    Ok(Some(c.session.clone()))
                 }
                 _ => Err(StoreError::Unavailable(reason)),
             },

@@ -50,6 +50,23 @@ pub struct StoreHealth {
 pub trait SessionStore: Send + Sync + 'static {
     /// The record stored under `key_id`, or `None` when there is none.
     async fn get(&self, key_id: &str) -> Result<Option<Arc<SessionState>>, StoreError>;
+    /// Reads a record unless it is still the one whose digest is `known`: a cache revalidating
+    /// an entry then skips decoding it again (a full Tyk record costs more to decode than a
+    /// whole proxied request). Stores without a stored form always decode.
+    async fn lookup(
+        &self,
+        key_id: &str,
+        known: Option<RecordDigest>,
+    ) -> Result<Lookup, StoreError> {
+        let _ = known;
+        Ok(match self.get(key_id).await? {
+            Some(session) => Lookup::Found {
+                session,
+                digest: None,
+            },
+            None => Lookup::Missing,
+        })
+    }
     /// Stores `session` under `key_id`; `ttl` of `None` keeps it until deleted.
     async fn set(
         &self,
@@ -80,6 +97,21 @@ pub trait SessionStore: Send + Sync + 'static {
     async fn quota_used(&self, counter: &str) -> Result<Option<(i64, i64)>, StoreError>;
     /// Starts a quota afresh.
     async fn reset_quota(&self, counter: &str) -> Result<(), StoreError>;
+}
+
+/// A fingerprint of a record as stored (128-bit murmur3 of its JSON).
+pub type RecordDigest = u128;
+
+/// What [`SessionStore::lookup`] found.
+pub enum Lookup {
+    Missing,
+    /// The stored record still has the digest the caller already holds.
+    Unchanged,
+    Found {
+        session: Arc<SessionState>,
+        /// `None` where the store keeps no stored form to fingerprint.
+        digest: Option<RecordDigest>,
+    },
 }
 
 /// Opens the store `config.storage` names.

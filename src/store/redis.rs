@@ -26,7 +26,7 @@ use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
 
 use super::cache::SessionCache;
-use super::{SessionStore, StoreError, StoreHealth};
+use super::{Lookup, RecordDigest, SessionStore, StoreError, StoreHealth};
 use crate::config::StorageConfig;
 use crate::limits::{Policy, Usage};
 use crate::session::SessionState;
@@ -985,12 +985,34 @@ fn decode(key_id: &str, json: &str) -> Result<Arc<SessionState>, StoreError> {
 #[async_trait]
 impl SessionStore for RedisStore {
     async fn get(&self, key_id: &str) -> Result<Option<Arc<SessionState>>, StoreError> {
+        Ok(match self.lookup(key_id, None).await? {
+            Lookup::Found { session, .. } => Some(session),
+            Lookup::Missing | Lookup::Unchanged => None,
+        })
+    }
+
+    async fn lookup(
+        &self,
+        key_id: &str,
+        known: Option<RecordDigest>,
+    ) -> Result<Lookup, StoreError> {
         let shared = &self.shared;
         let key = record_key(key_id);
+        let found = |json: String| {
+            let digest = murmur3::murmur3_x64_128(&mut json.as_bytes(), 0)
+                .expect("reading from a slice cannot fail");
+            if known == Some(digest) {
+                return Ok(Lookup::Unchanged);
+            }
+            Ok(Lookup::Found {
+                session: decode(key_id, &json)?,
+                digest: Some(digest),
+            })
+        };
         if let Some(link) = shared.healthy_master() {
             match shared.read(&link, &key).await {
-                Ok(Some(json)) => return decode(key_id, &json).map(Some),
-                Ok(None) => return Ok(None),
+                Ok(Some(json)) => return found(json),
+                Ok(None) => return Ok(Lookup::Missing),
                 Err(e) => {
                     if means_find_master(&e) {
                         shared.lose_master(format!("read on {}: {e}", link.addr()));
@@ -1001,8 +1023,8 @@ impl SessionStore for RedisStore {
             }
         }
         match shared.read_replica(&key).await {
-            Some(Ok(Some(json))) => decode(key_id, &json).map(Some),
-            Some(Ok(None)) => Ok(None),
+            Some(Ok(Some(json))) => found(json),
+            Some(Ok(None)) => Ok(Lookup::Missing),
             Some(Err(e)) => Err(StoreError::Unavailable(e.to_string())),
             None => Err(StoreError::Unavailable(shared.unavailable_reason())),
         }
