@@ -292,13 +292,18 @@ async fn counting_upstream(
     (addr, accepted)
 }
 
+/// A gateway with one keyless API in front of `upstream`.
+async fn keyless_gateway(upstream: std::net::SocketAddr) -> support::TestGateway {
+    let mut api = sample_api(&format!("http://{upstream}"));
+    api["use_keyless"] = json!(true);
+    gateway().api(api).start().await
+}
+
 #[tokio::test]
 async fn upstream_connections_are_kept_alive_and_reused() {
     use std::sync::atomic::Ordering;
     let (addr, accepted) = counting_upstream(false).await;
-    let mut api = sample_api(&format!("http://{addr}"));
-    api["use_keyless"] = json!(true);
-    let gw = gateway().api(api).start().await;
+    let gw = keyless_gateway(addr).await;
     for _ in 0..50 {
         let r = gw.get_with_key("/tyk-api-test/x", None).await;
         assert_eq!((r.status, r.text().as_str()), (200, "ok"));
@@ -314,9 +319,7 @@ async fn upstream_connections_are_kept_alive_and_reused() {
 async fn an_upstream_closing_idle_connections_costs_no_request() {
     use std::sync::atomic::Ordering;
     let (addr, accepted) = counting_upstream(true).await;
-    let mut api = sample_api(&format!("http://{addr}"));
-    api["use_keyless"] = json!(true);
-    let gw = gateway().api(api).start().await;
+    let gw = keyless_gateway(addr).await;
     for i in 0..30 {
         let r = gw.get_with_key("/tyk-api-test/x", None).await;
         assert_eq!(r.status, 200, "request {i}: {}", r.text());
