@@ -133,7 +133,8 @@ impl SessionStore for CachedStore {
                     cache.confirm(&c);
                     Ok(Some(c.session.clone()))
                 }
-                // Only answered to a digest this node holds; treat it as a fresh read.
+                // The store answers Unchanged only to a digest it was given, which came from
+                // `cached`; should one break that contract, read the record afresh.
                 None => self.inner.get(key_id).await,
             },
             Ok(Lookup::Missing) => {

@@ -56,9 +56,8 @@ pub trait SessionStore: Send + Sync + 'static {
     async fn lookup(
         &self,
         key_id: &str,
-        known: Option<RecordDigest>,
+        _known: Option<RecordDigest>,
     ) -> Result<Lookup, StoreError> {
-        let _ = known;
         Ok(match self.get(key_id).await? {
             Some(session) => Lookup::Found {
                 session,

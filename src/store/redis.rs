@@ -710,6 +710,28 @@ impl Shared {
         }
     }
 
+    /// The stored JSON of `key_id`: from the master, or from a replica while it is away.
+    async fn read_record(&self, key_id: &str) -> Result<Option<String>, StoreError> {
+        let key = record_key(key_id);
+        if let Some(link) = self.healthy_master() {
+            match self.read(&link, &key).await {
+                Ok(found) => return Ok(found),
+                Err(e) => {
+                    if means_find_master(&e) {
+                        self.lose_master(format!("read on {}: {e}", link.addr()));
+                    } else {
+                        return Err(StoreError::Unavailable(e.to_string()));
+                    }
+                }
+            }
+        }
+        match self.read_replica(&key).await {
+            Some(Ok(found)) => Ok(found),
+            Some(Err(e)) => Err(StoreError::Unavailable(e.to_string())),
+            None => Err(StoreError::Unavailable(self.unavailable_reason())),
+        }
+    }
+
     async fn read_replica(&self, key: &str) -> Option<Result<Option<String>, RedisError>> {
         let replicas = self.replicas.load();
         if replicas.is_empty() {
@@ -985,10 +1007,10 @@ fn decode(key_id: &str, json: &str) -> Result<Arc<SessionState>, StoreError> {
 #[async_trait]
 impl SessionStore for RedisStore {
     async fn get(&self, key_id: &str) -> Result<Option<Arc<SessionState>>, StoreError> {
-        Ok(match self.lookup(key_id, None).await? {
-            Lookup::Found { session, .. } => Some(session),
-            Lookup::Missing | Lookup::Unchanged => None,
-        })
+        match self.shared.read_record(key_id).await? {
+            Some(json) => decode(key_id, &json).map(Some),
+            None => Ok(None),
+        }
     }
 
     async fn lookup(
@@ -996,38 +1018,18 @@ impl SessionStore for RedisStore {
         key_id: &str,
         known: Option<RecordDigest>,
     ) -> Result<Lookup, StoreError> {
-        let shared = &self.shared;
-        let key = record_key(key_id);
-        let found = |json: String| {
-            let digest = murmur3::murmur3_x64_128(&mut json.as_bytes(), 0)
-                .expect("reading from a slice cannot fail");
-            if known == Some(digest) {
-                return Ok(Lookup::Unchanged);
-            }
-            Ok(Lookup::Found {
-                session: decode(key_id, &json)?,
-                digest: Some(digest),
-            })
+        let Some(json) = self.shared.read_record(key_id).await? else {
+            return Ok(Lookup::Missing);
         };
-        if let Some(link) = shared.healthy_master() {
-            match shared.read(&link, &key).await {
-                Ok(Some(json)) => return found(json),
-                Ok(None) => return Ok(Lookup::Missing),
-                Err(e) => {
-                    if means_find_master(&e) {
-                        shared.lose_master(format!("read on {}: {e}", link.addr()));
-                    } else {
-                        return Err(StoreError::Unavailable(e.to_string()));
-                    }
-                }
-            }
+        let digest = murmur3::murmur3_x64_128(&mut json.as_bytes(), 0)
+            .expect("reading from a slice cannot fail");
+        if known == Some(digest) {
+            return Ok(Lookup::Unchanged);
         }
-        match shared.read_replica(&key).await {
-            Some(Ok(Some(json))) => found(json),
-            Some(Ok(None)) => Ok(Lookup::Missing),
-            Some(Err(e)) => Err(StoreError::Unavailable(e.to_string())),
-            None => Err(StoreError::Unavailable(shared.unavailable_reason())),
-        }
+        Ok(Lookup::Found {
+            session: decode(key_id, &json)?,
+            digest: Some(digest),
+        })
     }
 
     async fn set(
