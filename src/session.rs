@@ -144,8 +144,9 @@ impl<'de> Deserialize<'de> for Key<'de> {
 }
 
 /// `Deserialize` for a record: the named fields are read straight into the struct (`null`
-/// as the default) and any other field into `extra` as raw JSON. Serde's `flatten` would
-/// buffer the whole object and decode it twice: 6.1 µs for a 1.2 KB Tyk session, measured.
+/// as the default) and any other field into `extra` as raw JSON. Serde's `flatten` buffered
+/// the whole object and decoded it twice: for a 1.2 KB Tyk record, 63,400 instead of 48,100
+/// instructions (callgrind), and 7.4 KB instead of 1.7 KB in memory with `Value` trees.
 macro_rules! deserialize_record {
     ($record:ident { $($field:ident),* $(,)? } $(then $finish:path)?) => {
         impl<'de> Deserialize<'de> for $record {
