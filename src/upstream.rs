@@ -101,7 +101,10 @@ async fn echo(
             .unwrap_or("/")
     );
     let mut out = Map::new();
-    out.insert("args".into(), args(req.uri().query()));
+    out.insert(
+        "args".into(),
+        url_encoded(req.uri().query().unwrap_or_default().as_bytes()),
+    );
     out.insert("headers".into(), headers(&req));
     out.insert("origin".into(), Value::String(peer.ip().to_string()));
     out.insert("url".into(), Value::String(url));
@@ -109,25 +112,33 @@ async fn echo(
         out.insert("method".into(), Value::String(req.method().to_string()));
     }
     if with_body {
+        let form_encoded = req.headers().get(header::CONTENT_TYPE).is_some_and(|t| {
+            t.as_bytes()
+                .starts_with(b"application/x-www-form-urlencoded")
+        });
         let body = match req.into_body().collect().await {
             Ok(collected) => collected.to_bytes(),
             Err(_) => return error_response(StatusCode::BAD_REQUEST, "body could not be read"),
         };
         let json = serde_json::from_slice::<Value>(&body).unwrap_or(Value::Null);
-        out.insert(
-            "data".into(),
-            Value::String(String::from_utf8_lossy(&body).into_owned()),
-        );
+        // As httpbin: a form body is parsed into `form` and leaves `data` empty.
+        let (data, form) = if form_encoded {
+            (String::new(), url_encoded(&body))
+        } else {
+            (String::from_utf8_lossy(&body).into_owned(), json!({}))
+        };
+        out.insert("data".into(), Value::String(data));
         out.insert("files".into(), json!({}));
-        out.insert("form".into(), json!({}));
+        out.insert("form".into(), form);
         out.insert("json".into(), json);
     }
     json_response(StatusCode::OK, &Value::Object(out))
 }
 
-fn args(query: Option<&str>) -> Value {
+/// A query string or form body as httpbin shows it: a repeated name becomes a list.
+fn url_encoded(text: &[u8]) -> Value {
     let mut map = Map::new();
-    for (k, v) in form_urlencoded::parse(query.unwrap_or_default().as_bytes()) {
+    for (k, v) in form_urlencoded::parse(text) {
         let v = Value::String(v.into_owned());
         match map.get_mut(k.as_ref()) {
             Some(Value::Array(list)) => list.push(v),

@@ -190,6 +190,26 @@ async fn upstream_statuses_and_bytes_pass_through() {
         .await;
     assert_eq!(r.status, 200);
     assert_eq!(r.body.len(), 100_000);
+
+    // A form body comes back parsed, as httpbin answers it.
+    let body = http_body_util::Full::new(Bytes::from_static(b"a=1&b=2&b=3"))
+        .map_err(|never| match never {})
+        .boxed();
+    let r = gw
+        .client
+        .send(
+            "POST",
+            &gw.url("/tyk-api-test/post"),
+            &[
+                ("authorization", "testkey"),
+                ("content-type", "application/x-www-form-urlencoded"),
+            ],
+            body,
+        )
+        .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["form"], json!({"a": "1", "b": ["2", "3"]}));
+    assert_eq!(r.json()["data"], "");
 }
 
 /// Sends raw bytes and returns the status line of the answer ("" when the connection closed).
