@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use arc_swap::{ArcSwap, ArcSwapOption};
 use async_trait::async_trait;
 use futures_util::StreamExt;
+use futures_util::stream::FuturesUnordered;
 use redis::aio::MultiplexedConnection;
 use redis::{
     AsyncConnectionConfig, ConnectionAddr, IntoConnectionInfo, RedisConnectionInfo, RedisError,
@@ -120,7 +121,6 @@ enum Topology {
 
 /// What one sentinel says about the monitored master.
 struct SentinelView {
-    epoch: u64,
     master: (String, u16),
     /// Replicas not flagged down or disconnected.
     replicas: Vec<(String, u16)>,
@@ -460,44 +460,49 @@ impl Shared {
     /// Asks the sentinels every [`RETRY_PAUSE`] and probes each address they name with ROLE,
     /// in parallel: the first confirmed master wins. During a failover the sentinels may
     /// disagree and the old master may hang; re-asking while a probe is pending means the
-    /// promoted replica is picked up as soon as one sentinel names it.
+    /// promoted replica is picked up as soon as one sentinel names it. Each answer is used as
+    /// it arrives: a slow or unreachable sentinel does not hold up the others.
     async fn discover_via_sentinels(
         &self,
         sentinels: &[(String, u16)],
         name: &str,
     ) -> Result<(), String> {
         let give_up = tokio::time::Instant::now() + self.discovery_timeout() * 3;
-        let mut probes = futures_util::stream::FuturesUnordered::new();
+        let ask = |index: usize| {
+            let (host, port) = &sentinels[index];
+            async move { (index, self.ask_sentinel(host, *port, name).await) }
+        };
+        let mut asks: FuturesUnordered<_> = (0..sentinels.len()).map(ask).collect();
+        let mut asking = vec![true; sentinels.len()];
+        let mut probes = FuturesUnordered::new();
         let mut probing: Vec<(String, u16)> = Vec::new();
         let mut errors = Vec::new();
+        let next_round = tokio::time::sleep(RETRY_PAUSE);
+        tokio::pin!(next_round);
         loop {
-            let answers = futures_util::future::join_all(
-                sentinels
-                    .iter()
-                    .map(|(host, port)| self.ask_sentinel(host, *port, name)),
-            )
-            .await;
-            let mut views = Vec::new();
-            for (answer, (host, port)) in answers.into_iter().zip(sentinels) {
-                match answer {
-                    Ok(view) => views.push(view),
-                    Err(e) => errors.push(format!("sentinel {host}:{port}: {e}")),
-                }
-            }
-            views.sort_by_key(|v| std::cmp::Reverse(v.epoch));
-            for view in views {
-                if !probing.contains(&view.master) {
-                    probing.push(view.master.clone());
-                    probes.push(async move {
-                        let confirmed = self.confirm_master(&view.master.0, view.master.1).await;
-                        (view, confirmed)
-                    });
-                }
-            }
-            if probes.is_empty() || tokio::time::Instant::now() > give_up {
-                return Err(errors.join("; "));
-            }
             tokio::select! {
+                Some((index, answer)) = asks.next() => {
+                    asking[index] = false;
+                    match answer {
+                        Ok(view) if !probing.contains(&view.master) => {
+                            probing.push(view.master.clone());
+                            probes.push(async move {
+                                let confirmed =
+                                    self.confirm_master(&view.master.0, view.master.1).await;
+                                (view, confirmed)
+                            });
+                        }
+                        Ok(_) => {}
+                        Err(e) => {
+                            let (host, port) = &sentinels[index];
+                            errors.push(format!("sentinel {host}:{port}: {e}"));
+                        }
+                    }
+                    // Every sentinel has answered and none named a master worth probing.
+                    if probes.is_empty() && !asking.contains(&true) {
+                        return Err(errors.join("; "));
+                    }
+                }
                 Some((view, confirmed)) = probes.next() => match confirmed {
                     Ok((conn, replicas)) => {
                         drop(probes);
@@ -509,7 +514,18 @@ impl Shared {
                         probing.retain(|m| *m != view.master);
                     }
                 },
-                () = tokio::time::sleep(RETRY_PAUSE) => {}
+                () = &mut next_round => {
+                    if tokio::time::Instant::now() > give_up {
+                        return Err(errors.join("; "));
+                    }
+                    for (index, busy) in asking.iter_mut().enumerate() {
+                        if !*busy {
+                            *busy = true;
+                            asks.push(ask(index));
+                        }
+                    }
+                    next_round.as_mut().reset(tokio::time::Instant::now() + RETRY_PAUSE);
+                }
             }
         }
     }
@@ -550,14 +566,6 @@ impl Shared {
         let addr: Option<(String, u16)> =
             sentinel_query(&mut sentinel, "get-master-addr-by-name", name, deadline).await?;
         let (ip, mport) = addr.ok_or_else(|| format!("no master named {name:?}"))?;
-        let master: HashMap<String, String> =
-            sentinel_query(&mut sentinel, "master", name, deadline)
-                .await
-                .unwrap_or_default();
-        let epoch = master
-            .get("config-epoch")
-            .and_then(|e| e.parse().ok())
-            .unwrap_or(0);
         let described: Vec<HashMap<String, String>> =
             sentinel_query(&mut sentinel, "replicas", name, deadline)
                 .await
@@ -572,7 +580,6 @@ impl Shared {
             .filter_map(|r| Some((r.get("ip")?.clone(), r.get("port")?.parse().ok()?)))
             .collect();
         Ok(SentinelView {
-            epoch,
             master: (ip, mport),
             replicas,
             known_replicas,
