@@ -254,19 +254,28 @@ async fn seed_layout_survives_a_frozen_master_in_both_modes() {
     let up = upstream().await;
     let via_haproxy = node(&up.url(""), direct(layout.haproxy.port)).await;
     let via_sentinel = node(&up.url(""), sentinel(&layout)).await;
-    let hello = via_sentinel
-        .client
-        .request("GET", &via_sentinel.url("/hello"), &[], None)
-        .await
-        .json();
-    assert_eq!(hello["details"]["redis"]["mode"], "sentinel");
-    assert_eq!(
-        hello["details"]["redis"]["replicas"]
+    // The node is ready once it has the master; its replica links follow right after.
+    let start = Instant::now();
+    loop {
+        let hello = via_sentinel
+            .client
+            .request("GET", &via_sentinel.url("/hello"), &[], None)
+            .await
+            .json();
+        assert_eq!(hello["details"]["redis"]["mode"], "sentinel");
+        let replicas = hello["details"]["redis"]["replicas"]
             .as_array()
             .unwrap()
-            .len(),
-        2
-    );
+            .len();
+        if replicas == 2 {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(2),
+            "replicas in /hello: {hello}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 
     via_sentinel.add_key("known", seed_key()).await;
     for gw in [&via_haproxy, &via_sentinel] {

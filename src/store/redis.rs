@@ -593,6 +593,12 @@ impl Shared {
         replicas: usize,
     ) {
         let (mhost, mport) = view.master;
+        self.replica_high_water
+            .fetch_max(view.known_replicas.max(replicas), Ordering::AcqRel);
+        self.install_master(mhost, mport, conn, replicas).await;
+        // Replica links only after the master is in use: right after a failover the sentinels
+        // list the old master as a healthy replica until it is flagged down again, and a
+        // frozen one holds its connection attempt for the whole `timeout`.
         let opened = futures_util::future::join_all(
             view.replicas
                 .iter()
@@ -606,10 +612,7 @@ impl Shared {
                 Some(Arc::new(Link::new(host, port, vec![conn.ok()?], 0)))
             })
             .collect();
-        self.replica_high_water
-            .fetch_max(view.known_replicas.max(replicas), Ordering::AcqRel);
         self.replicas.store(Arc::new(links));
-        self.install_master(mhost, mport, conn, replicas).await;
     }
 
     /// Folds the layout's recorded replica count into this node's, and records a higher one.
