@@ -8,6 +8,7 @@ pub mod admin;
 pub mod api;
 pub mod auth;
 pub mod config;
+pub mod connection;
 pub mod drill;
 pub mod limits;
 pub mod proxy;

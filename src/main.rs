@@ -15,6 +15,16 @@ use tollgate::server::{Gateway, serve_gateway};
 use tollgate::session::SessionState;
 use tollgate::store;
 
+// jemalloc keeps each size class on its own pages and, from a background thread, returns
+// pages left unused for about a second: the buffers of a connection that parks (see
+// `tollgate::connection`) go back to the system instead of staying resident between live
+// objects, as they do with glibc's allocator.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+#[unsafe(export_name = "_rjem_malloc_conf")]
+static ALLOCATOR_CONF: &[u8; 60] = b"background_thread:true,dirty_decay_ms:1000,muzzy_decay_ms:0\0";
+
 #[derive(Parser)]
 #[command(version, about = "A Tyk-compatible API gateway")]
 struct Cli {

@@ -18,13 +18,14 @@ use http::{HeaderValue, Request, Response, StatusCode, header};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::TokioTimer;
 use tokio::net::TcpListener;
 
 use crate::admin;
 use crate::api::{ApiTable, LoadError};
 use crate::auth::{self, KeyHasher};
 use crate::config::GatewayConfig;
+use crate::connection;
 use crate::limits::{self, Limiter};
 use crate::proxy::{UpstreamBody, UpstreamClient};
 use crate::store::SessionStore;
@@ -207,18 +208,21 @@ where
 /// `handler` (panics become a 500), then lets open connections finish.
 pub async fn serve<H, F>(listener: TcpListener, handler: H, shutdown: impl Future<Output = ()>)
 where
-    H: Fn(Request<Incoming>, Peer) -> F + Clone + Send + Sync + 'static,
+    H: Fn(Request<Incoming>, Peer) -> F + Clone + Send + Sync + Unpin + 'static,
     F: Future<Output = Response<Body>> + Send + 'static,
 {
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
+        // A head that has begun must be complete within this (an idle connection's wait
+        // for its next request is bounded by `connection::KEEP_ALIVE_TIMEOUT`).
         .header_read_timeout(Duration::from_secs(30))
         .max_buf_size(MAX_HEAD_BYTES)
         .keep_alive(true)
         // Head and body copied into one buffer for one write(2): 1.5% fewer instructions per
         // proxied request than queueing the body beside the head for writev(2).
         .writev(false);
+    let http = Arc::new(http);
+    let (closing, closing_seen) = tokio::sync::watch::channel(false);
     tokio::pin!(shutdown);
     loop {
         let (stream, peer) = tokio::select! {
@@ -238,18 +242,19 @@ where
         let client = Peer::new(peer);
         let service = service_fn(move |req| {
             // Boxed so that an idle connection does not carry room for a whole request future.
-            let response = Box::pin(guarded(handler(req, client.clone())));
-            async move { Ok::<_, Infallible>(response.await) }
+            Box::pin(guarded(handler(req, client.clone()))).map(Ok::<_, Infallible>)
         });
-        let conn = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(%peer, "connection ended: {e}");
-            }
-        });
+        tokio::spawn(connection::run(
+            stream,
+            http.clone(),
+            service,
+            closing_seen.clone(),
+        ));
     }
     drop(listener);
-    if tokio::time::timeout(Duration::from_secs(30), graceful.shutdown())
+    drop(closing_seen);
+    let _ = closing.send(true);
+    if tokio::time::timeout(Duration::from_secs(30), closing.closed())
         .await
         .is_err()
     {

@@ -1,0 +1,513 @@
+//! One client connection from accept to close: served by hyper while requests come, parked
+//! while it is idle.
+//!
+//! hyper keeps an 8 KiB read buffer, an 8 KiB write buffer and its connection state for as
+//! long as a connection lives: about 12 KiB resident for every idle keep-alive connection.
+//! A connection that has been quiet for a whole [`PARK_AFTER`] period is *parked* instead:
+//! hyper is shown end-of-stream at a point where it is waiting for the next request, so it
+//! ends the connection cleanly without closing the socket, and hands the socket back. The
+//! task then holds only the socket until it turns readable (a fresh hyper connection takes
+//! over) or [`KEEP_ALIVE_TIMEOUT`] passes (it is closed). A new connection starts parked, so
+//! one that never sends anything costs no buffers either. nginx frees the buffers of idle
+//! keep-alive connections the same way.
+
+use std::future::poll_fn;
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::sync::atomic::AtomicU32;
+use std::sync::atomic::Ordering::{AcqRel, Relaxed, Release};
+use std::task::{Context, Poll, Wake, Waker, ready};
+use std::time::Duration;
+
+use futures_util::task::AtomicWaker;
+use http::{Request, Response};
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper::server::conn::http1;
+use hyper::service::Service;
+use hyper_util::rt::TokioIo;
+use pin_project_lite::pin_project;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+
+/// An idle keep-alive connection (or a new one that sends nothing) is closed after this long.
+pub const KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A connection idle for one whole period of this length is parked, so it parks 1-2 periods
+/// after its last response. Short enough that idle connections cost little, long enough that
+/// a client sending its next request right away never pays for a new hyper connection.
+pub const PARK_AFTER: Duration = Duration::from_secs(1);
+
+/// What the connection task needs to know of hyper's progress to tell that it is idle,
+/// observed through the socket and the service rather than hyper's internals.
+#[derive(Default)]
+struct Activity {
+    /// Requests handed to the service so far (wrapping).
+    requests: AtomicU32,
+    /// Requests whose response hyper has not finished with.
+    open: AtomicU32,
+    /// Bytes were read since the last request began or ended: a request head may be
+    /// arriving.
+    unparsed: AtomicBool,
+    /// The socket refused a write: hyper still holds response bytes.
+    write_blocked: AtomicBool,
+    /// Set by the task: the next read that would wait reports end-of-stream instead.
+    park: AtomicBool,
+}
+
+impl Activity {
+    fn is_idle(&self) -> bool {
+        self.open.load(Relaxed) == 0
+            && !self.unparsed.load(Relaxed)
+            && !self.write_blocked.load(Relaxed)
+    }
+}
+
+/// Serves one accepted connection until it closes or `shutdown` turns true.
+pub async fn run<S, B>(
+    mut stream: TcpStream,
+    http: Arc<http1::Builder>,
+    service: S,
+    mut shutdown: watch::Receiver<bool>,
+) where
+    S: Service<Request<Incoming>, Response = Response<B>> + Clone + Unpin,
+    S::Future: Unpin,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    B: Body + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let activity = Arc::new(Activity::default());
+    loop {
+        // Parked: nothing but the socket is held.
+        if *shutdown.borrow() {
+            return;
+        }
+        let mut first = [0; 1];
+        tokio::select! {
+            biased;
+            _ = shutdown.changed() => return,
+            // A peek, not `readable()`: tokio takes a new socket as readable until a read
+            // says otherwise. No bytes (the client closed), an error or the timeout: close.
+            peeked = tokio::time::timeout(KEEP_ALIVE_TIMEOUT, stream.peek(&mut first)) => {
+                if !matches!(peeked, Ok(Ok(1))) {
+                    return;
+                }
+            }
+        }
+        activity.park.store(false, Relaxed);
+        let io = TokioIo::new(WatchedStream {
+            stream,
+            activity: activity.clone(),
+        });
+        let tracked = TrackedService {
+            inner: service.clone(),
+            activity: activity.clone(),
+        };
+        // Boxed so that a parked connection's task does not keep room for hyper's state.
+        let mut conn = Box::new(http.serve_connection(io, tracked));
+        let ended = serve_until_idle(&mut conn, &activity, &mut shutdown).await;
+        let parts = conn.into_parts();
+        let mut io = parts.io.into_inner();
+        match ended {
+            Ok(()) if activity.park.load(Relaxed) && parts.read_buf.is_empty() => {
+                stream = io.stream;
+            }
+            Ok(()) => {
+                // hyper ended the connection (the client closed it, asked for close, or
+                // shutdown): finish it as hyper would have.
+                let _ = io.shutdown().await;
+                return;
+            }
+            Err(e) => {
+                tracing::debug!("connection ended: {e}");
+                return;
+            }
+        }
+    }
+}
+
+/// Drives hyper until the connection ends, parking it once idle for a whole period and
+/// starting a graceful close when `shutdown` turns true.
+async fn serve_until_idle<S, B>(
+    conn: &mut http1::Connection<TokioIo<WatchedStream>, TrackedService<S>>,
+    activity: &Activity,
+    shutdown: &mut watch::Receiver<bool>,
+) -> hyper::Result<()>
+where
+    S: Service<Request<Incoming>, Response = Response<B>> + Unpin,
+    S::Future: Unpin,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    B: Body + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + PARK_AFTER, PARK_AFTER);
+    // The request count at the last tick that found the connection idle.
+    let mut quiet_at: Option<u32> = None;
+    let mut draining = false;
+    // Created once per active spell: each call registers with the shared channel.
+    let signal = shutdown.changed();
+    tokio::pin!(signal);
+    let side = Arc::new(SideWake::default());
+    let side_waker = Waker::from(side.clone());
+    poll_fn(|cx| {
+        side.task.register(cx.waker());
+        if side.fired.swap(false, AcqRel) {
+            let mut side_cx = Context::from_waker(&side_waker);
+            if !draining && signal.as_mut().poll(&mut side_cx).is_ready() {
+                draining = true;
+                Pin::new(&mut *conn).graceful_shutdown();
+            }
+            while tick.poll_tick(&mut side_cx).is_ready() {
+                let requests = activity.requests.load(Relaxed);
+                let idle = activity.is_idle();
+                if idle && quiet_at == Some(requests) {
+                    activity.park.store(true, Relaxed);
+                }
+                quiet_at = idle.then_some(requests);
+            }
+        }
+        conn.poll_without_shutdown(cx)
+    })
+    .await
+}
+
+/// The waker given to the park tick and the shutdown signal: it records that one of them
+/// fired, so the task polls those two only then instead of on each of the several wake-ups
+/// of every request (polling the tick alone cost 1.8% of a proxied request's instructions).
+struct SideWake {
+    fired: AtomicBool,
+    task: AtomicWaker,
+}
+
+impl Default for SideWake {
+    fn default() -> Self {
+        // Fired at first, so that the first poll registers both.
+        Self {
+            fired: AtomicBool::new(true),
+            task: AtomicWaker::new(),
+        }
+    }
+}
+
+impl Wake for SideWake {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.fired.store(true, Release);
+        self.task.wake();
+    }
+}
+
+/// The socket as hyper sees it, reporting reads and refused writes to [`Activity`].
+struct WatchedStream {
+    stream: TcpStream,
+    activity: Arc<Activity>,
+}
+
+impl AsyncRead for WatchedStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        match Pin::new(&mut this.stream).poll_read(cx, buf) {
+            Poll::Ready(Ok(())) if buf.filled().len() > before => {
+                this.activity.unparsed.store(true, Relaxed);
+                this.activity.park.store(false, Relaxed);
+                Poll::Ready(Ok(()))
+            }
+            // hyper waits for a request that has not begun: end-of-stream ends its connection
+            // cleanly, and the socket comes back through `into_parts`.
+            Poll::Pending if this.activity.park.load(Relaxed) => Poll::Ready(Ok(())),
+            other => other,
+        }
+    }
+}
+
+impl AsyncWrite for WatchedStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.stream).poll_write(cx, buf);
+        this.activity
+            .write_blocked
+            .store(polled.is_pending(), Relaxed);
+        polled
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.stream).poll_write_vectored(cx, bufs);
+        this.activity
+            .write_blocked
+            .store(polled.is_pending(), Relaxed);
+        polled
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
+    }
+}
+
+/// The service as hyper sees it: counts requests and keeps a [`RequestOpen`] in each
+/// response body until hyper drops it.
+#[derive(Clone)]
+struct TrackedService<S> {
+    inner: S,
+    activity: Arc<Activity>,
+}
+
+impl<S, B> Service<Request<Incoming>> for TrackedService<S>
+where
+    S: Service<Request<Incoming>, Response = Response<B>>,
+    S::Future: Unpin,
+{
+    type Response = Response<Tracked<B>>;
+    type Error = S::Error;
+    type Future = TrackedFuture<S::Future>;
+
+    fn call(&self, req: Request<Incoming>) -> Self::Future {
+        let activity = &self.activity;
+        activity
+            .requests
+            .store(activity.requests.load(Relaxed).wrapping_add(1), Relaxed);
+        activity
+            .open
+            .store(activity.open.load(Relaxed) + 1, Relaxed);
+        activity.unparsed.store(false, Relaxed);
+        TrackedFuture {
+            inner: self.inner.call(req),
+            open: Some(RequestOpen(self.activity.clone())),
+        }
+    }
+}
+
+struct TrackedFuture<F> {
+    inner: F,
+    open: Option<RequestOpen>,
+}
+
+impl<F, B, E> Future for TrackedFuture<F>
+where
+    F: Future<Output = Result<Response<B>, E>> + Unpin,
+{
+    type Output = Result<Response<Tracked<B>>, E>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let response = ready!(Pin::new(&mut self.inner).poll(cx))?;
+        let open = self.open.take();
+        Poll::Ready(Ok(response.map(|body| Tracked { body, _open: open })))
+    }
+}
+
+/// Marks a request open until dropped; the request ending means hyper consumed its bytes.
+struct RequestOpen(Arc<Activity>);
+
+impl Drop for RequestOpen {
+    fn drop(&mut self) {
+        let activity = &self.0;
+        activity
+            .open
+            .store(activity.open.load(Relaxed) - 1, Relaxed);
+        activity.unparsed.store(false, Relaxed);
+    }
+}
+
+pin_project! {
+    /// A response body that keeps its request open until hyper is done with it.
+    pub struct Tracked<B> {
+        #[pin]
+        body: B,
+        _open: Option<RequestOpen>,
+    }
+}
+
+impl<B: Body> Body for Tracked<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        self.project().body.poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::convert::Infallible;
+    use std::sync::atomic::AtomicUsize;
+
+    use bytes::Bytes;
+    use http_body_util::Full;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    const REQUEST: &[u8] = b"GET /x HTTP/1.1\r\nHost: t\r\n\r\n";
+
+    /// A service answering "ok" after `delay`, counting the hyper connections made with it
+    /// (`run` clones it for each one).
+    #[derive(Clone)]
+    struct Counted {
+        delay: Duration,
+        connections: Arc<AtomicUsize>,
+    }
+
+    impl Service<Request<Incoming>> for Counted {
+        type Response = Response<Full<Bytes>>;
+        type Error = Infallible;
+        type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
+
+        fn call(&self, _req: Request<Incoming>) -> Self::Future {
+            let delay = self.delay;
+            Box::pin(async move {
+                tokio::time::sleep(delay).await;
+                Ok(Response::new(Full::new(Bytes::from_static(b"ok"))))
+            })
+        }
+    }
+
+    struct Server {
+        addr: std::net::SocketAddr,
+        connections: Arc<AtomicUsize>,
+        closing: watch::Sender<bool>,
+    }
+
+    async fn server(delay: Duration) -> Server {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let connections = Arc::new(AtomicUsize::new(0));
+        let (closing, seen) = watch::channel(false);
+        let http = Arc::new(http1::Builder::new());
+        let counter = connections.clone();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let service = Counted {
+                    delay,
+                    connections: counter.clone(),
+                };
+                let service = CountClones(service);
+                tokio::spawn(run(stream, http.clone(), service, seen.clone()));
+            }
+        });
+        Server {
+            addr,
+            connections,
+            closing,
+        }
+    }
+
+    /// Counts clones: `run` clones the service once per hyper connection.
+    struct CountClones(Counted);
+
+    impl Clone for CountClones {
+        fn clone(&self) -> Self {
+            self.0.connections.fetch_add(1, Relaxed);
+            Self(self.0.clone())
+        }
+    }
+
+    impl Service<Request<Incoming>> for CountClones {
+        type Response = Response<Full<Bytes>>;
+        type Error = Infallible;
+        type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
+
+        fn call(&self, req: Request<Incoming>) -> Self::Future {
+            self.0.call(req)
+        }
+    }
+
+    async fn answer(stream: &mut TcpStream) -> String {
+        let mut buf = vec![0u8; 1024];
+        let n = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut buf))
+            .await
+            .expect("an answer within 10 s")
+            .unwrap();
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    }
+
+    const PAST_PARKING: Duration = Duration::from_millis(2 * 1000 + 500);
+
+    #[tokio::test]
+    async fn an_idle_connection_parks_and_serves_its_next_request() {
+        let server = server(Duration::ZERO).await;
+        let mut client = TcpStream::connect(server.addr).await.unwrap();
+        // A new connection holds no hyper state until it sends something.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(server.connections.load(Relaxed), 0);
+        for _ in 0..3 {
+            client.write_all(REQUEST).await.unwrap();
+            assert!(answer(&mut client).await.starts_with("HTTP/1.1 200"));
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+        assert_eq!(server.connections.load(Relaxed), 1, "busy: not parked");
+        tokio::time::sleep(PAST_PARKING).await;
+        client.write_all(REQUEST).await.unwrap();
+        assert!(answer(&mut client).await.starts_with("HTTP/1.1 200"));
+        assert_eq!(server.connections.load(Relaxed), 2, "parked, then resumed");
+    }
+
+    #[tokio::test]
+    async fn a_slow_request_or_a_head_arriving_slowly_is_not_parked() {
+        let slow = server(PAST_PARKING).await;
+        let mut client = TcpStream::connect(slow.addr).await.unwrap();
+        client.write_all(REQUEST).await.unwrap();
+        assert!(answer(&mut client).await.starts_with("HTTP/1.1 200"));
+
+        let quick = server(Duration::ZERO).await;
+        let mut client = TcpStream::connect(quick.addr).await.unwrap();
+        client.write_all(&REQUEST[..10]).await.unwrap();
+        tokio::time::sleep(PAST_PARKING).await;
+        client.write_all(&REQUEST[10..]).await.unwrap();
+        assert!(answer(&mut client).await.starts_with("HTTP/1.1 200"));
+        assert_eq!(quick.connections.load(Relaxed), 1);
+    }
+
+    #[tokio::test]
+    async fn shutdown_closes_parked_connections_and_lets_busy_ones_finish() {
+        let server = server(Duration::from_millis(500)).await;
+        let mut parked = TcpStream::connect(server.addr).await.unwrap();
+        let mut busy = TcpStream::connect(server.addr).await.unwrap();
+        busy.write_all(REQUEST).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        server.closing.send(true).unwrap();
+        let answer = answer(&mut busy).await;
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        let mut rest = Vec::new();
+        let n = tokio::time::timeout(Duration::from_secs(5), parked.read_to_end(&mut rest))
+            .await
+            .expect("closed within 5 s")
+            .unwrap();
+        assert_eq!(n, 0);
+    }
+}
