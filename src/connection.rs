@@ -3,7 +3,7 @@
 //!
 //! hyper keeps an 8 KiB read buffer, an 8 KiB write buffer and its connection state for as
 //! long as a connection lives: about 12 KiB resident for every idle keep-alive connection.
-//! A connection that has been quiet for a whole [`PARK_AFTER`] period is *parked* instead:
+//! A connection that has been quiet at two [`TICK`]s in a row is *parked* instead:
 //! hyper is shown end-of-stream at a point where it is waiting for the next request, so it
 //! ends the connection cleanly without closing the socket, and hands the socket back. The
 //! task then holds only the socket until it turns readable (a fresh hyper connection takes
@@ -35,10 +35,16 @@ use tokio::sync::watch;
 /// An idle keep-alive connection (or a new one that sends nothing) is closed after this long.
 pub const KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// A connection idle for one whole period of this length is parked, so it parks 1-2 periods
-/// after its last response. Short enough that idle connections cost little, long enough that
-/// a client sending its next request right away never pays for a new hyper connection.
-pub const PARK_AFTER: Duration = Duration::from_secs(1);
+/// The period of a connection's tick. A connection idle at two ticks in a row, with no
+/// request in between, is parked: 1-2 s after its last response. Short enough that idle
+/// connections cost little, long enough that a client sending its next request right away
+/// never pays for a new hyper connection.
+pub const TICK: Duration = Duration::from_secs(1);
+
+/// Ticks a request head may take from its first bytes: 30 s, against slow-drip clients. The
+/// connection is then closed without an answer, as hyper's own header timeout does; this one
+/// costs no timer per request.
+const HEAD_TICKS: u32 = 30;
 
 /// What the connection task needs to know of hyper's progress to tell that it is idle,
 /// observed through the socket and the service rather than hyper's internals.
@@ -58,6 +64,10 @@ struct Activity {
 }
 
 impl Activity {
+    fn is_reading_head(&self) -> bool {
+        self.open.load(Relaxed) == 0 && self.unparsed.load(Relaxed)
+    }
+
     fn is_idle(&self) -> bool {
         self.open.load(Relaxed) == 0
             && !self.unparsed.load(Relaxed)
@@ -107,7 +117,10 @@ pub async fn run<S, B>(
         };
         // Boxed so that a parked connection's task does not keep room for hyper's state.
         let mut conn = Box::new(http.serve_connection(io, tracked));
-        let ended = serve_until_idle(&mut conn, &activity, &mut shutdown).await;
+        let Some(ended) = serve_until_idle(&mut conn, &activity, &mut shutdown).await else {
+            tracing::debug!("request head not complete within 30 s; closing");
+            return;
+        };
         let parts = conn.into_parts();
         let mut io = parts.io.into_inner();
         match ended {
@@ -128,13 +141,13 @@ pub async fn run<S, B>(
     }
 }
 
-/// Drives hyper until the connection ends, parking it once idle for a whole period and
-/// starting a graceful close when `shutdown` turns true.
+/// Drives hyper until the connection ends, parking it once idle and starting a graceful close
+/// when `shutdown` turns true. `None`: a request head took too long.
 async fn serve_until_idle<S, B>(
     conn: &mut http1::Connection<TokioIo<WatchedStream>, TrackedService<S>>,
     activity: &Activity,
     shutdown: &mut watch::Receiver<bool>,
-) -> hyper::Result<()>
+) -> Option<hyper::Result<()>>
 where
     S: Service<Request<Incoming>, Response = Response<B>> + Unpin,
     S::Future: Unpin,
@@ -142,9 +155,8 @@ where
     B: Body + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + PARK_AFTER, PARK_AFTER);
-    // The request count at the last tick that found the connection idle.
-    let mut quiet_at: Option<u32> = None;
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + TICK, TICK);
+    let mut seen = Ticks::default();
     let mut draining = false;
     // Created once per active spell: each call registers with the shared channel.
     let signal = shutdown.changed();
@@ -160,17 +172,43 @@ where
                 Pin::new(&mut *conn).graceful_shutdown();
             }
             while tick.poll_tick(&mut side_cx).is_ready() {
-                let requests = activity.requests.load(Relaxed);
-                let idle = activity.is_idle();
-                if idle && quiet_at == Some(requests) {
+                seen.observe(activity);
+                if seen.head >= HEAD_TICKS {
+                    return Poll::Ready(None);
+                }
+                if seen.quiet >= 2 {
                     activity.park.store(true, Relaxed);
                 }
-                quiet_at = idle.then_some(requests);
             }
         }
-        conn.poll_without_shutdown(cx)
+        conn.poll_without_shutdown(cx).map(Some)
     })
     .await
+}
+
+/// What a connection's ticks have seen: runs of ticks with no new request in between.
+#[derive(Default)]
+struct Ticks {
+    requests: u32,
+    /// Ticks in a row that found the connection idle.
+    quiet: u32,
+    /// Ticks in a row that found a request head begun and not complete.
+    head: u32,
+}
+
+impl Ticks {
+    fn observe(&mut self, activity: &Activity) {
+        let requests = activity.requests.load(Relaxed);
+        let same = requests == self.requests;
+        self.requests = requests;
+        let run = |count: u32, now: bool| match (now, same) {
+            (false, _) => 0,
+            (true, true) => count + 1,
+            (true, false) => 1,
+        };
+        self.quiet = run(self.quiet, activity.is_idle());
+        self.head = run(self.head, activity.is_reading_head());
+    }
 }
 
 /// The waker given to the park tick and the shutdown signal: it records that one of them
@@ -491,6 +529,35 @@ mod tests {
         client.write_all(&REQUEST[10..]).await.unwrap();
         assert!(answer(&mut client).await.starts_with("HTTP/1.1 200"));
         assert_eq!(quick.connections.load(Relaxed), 1);
+    }
+
+    /// Reads until the server closes; how long that took.
+    async fn closed_after(mut client: TcpStream) -> Duration {
+        let started = tokio::time::Instant::now();
+        let mut rest = Vec::new();
+        tokio::time::timeout(Duration::from_secs(120), client.read_to_end(&mut rest))
+            .await
+            .expect("closed within 120 s")
+            .unwrap();
+        assert!(rest.is_empty(), "no answer: {rest:?}");
+        started.elapsed()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_silent_connection_or_a_stalled_head_is_closed_after_30_s() {
+        let server = server(Duration::ZERO).await;
+        let silent = TcpStream::connect(server.addr).await.unwrap();
+        let waited = closed_after(silent).await;
+        assert!(
+            waited >= KEEP_ALIVE_TIMEOUT && waited < KEEP_ALIVE_TIMEOUT + TICK,
+            "{waited:?}"
+        );
+
+        let mut stalled = TcpStream::connect(server.addr).await.unwrap();
+        stalled.write_all(&REQUEST[..10]).await.unwrap();
+        let waited = closed_after(stalled).await;
+        let head = TICK * HEAD_TICKS;
+        assert!(waited >= head - TICK && waited <= head + TICK, "{waited:?}");
     }
 
     #[tokio::test]

@@ -18,7 +18,6 @@ use http::{HeaderValue, Request, Response, StatusCode, header};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::rt::TokioTimer;
 use tokio::net::TcpListener;
 
 use crate::admin;
@@ -212,10 +211,10 @@ where
     F: Future<Output = Response<Body>> + Send + 'static,
 {
     let mut http = hyper::server::conn::http1::Builder::new();
-    http.timer(TokioTimer::new())
-        // A head that has begun must be complete within this (an idle connection's wait
-        // for its next request is bounded by `connection::KEEP_ALIVE_TIMEOUT`).
-        .header_read_timeout(Duration::from_secs(30))
+    // No timer and no `header_read_timeout` (hyper's default is 30 s): `connection` bounds
+    // both the wait for a request and the time a head takes, without hyper's boxed timer per
+    // request (4.1% of a proxied request's instructions).
+    http.header_read_timeout(None)
         .max_buf_size(MAX_HEAD_BYTES)
         .keep_alive(true)
         // Head and body copied into one buffer for one write(2): 1.5% fewer instructions per
