@@ -309,9 +309,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     // none, and most responses only `Connection: keep-alive`.
     let mut present = 0u8;
     for name in headers.keys() {
-        if let Some(i) = HOP_BY_HOP.iter().position(|h| h == name) {
-            present |= 1 << i;
-        }
+        present |= hop_by_hop_bit(name);
     }
     if present == 0 {
         return;
@@ -320,6 +318,11 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
         // HOP_BY_HOP[0] is `Connection`: the other names it lists go too (rarely any).
         let mut listed = Vec::new();
         for value in headers.get_all(header::CONNECTION) {
+            // What nearly every peer sends: names no other header.
+            let whole = value.as_bytes();
+            if whole.eq_ignore_ascii_case(b"keep-alive") || whole.eq_ignore_ascii_case(b"close") {
+                continue;
+            }
             for token in value.to_str().unwrap_or_default().split(',') {
                 let token = token.trim();
                 let known = token.is_empty()
@@ -340,6 +343,22 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
         if present & (1 << i) != 0 {
             headers.remove(name);
         }
+    }
+}
+
+/// `1 << i` if `name` is `HOP_BY_HOP[i]`, else 0; a match on the name's text, cheaper than
+/// comparing it with each `HeaderName` in turn (a custom name like `keep-alive` compares bytes).
+fn hop_by_hop_bit(name: &HeaderName) -> u8 {
+    match name.as_str() {
+        "connection" => 1,
+        "keep-alive" => 1 << 1,
+        "proxy-authenticate" => 1 << 2,
+        "proxy-authorization" => 1 << 3,
+        "te" => 1 << 4,
+        "trailer" => 1 << 5,
+        "transfer-encoding" => 1 << 6,
+        "upgrade" => 1 << 7,
+        _ => 0,
     }
 }
 
@@ -365,6 +384,15 @@ fn append_forwarded_for(headers: &mut HeaderMap, peer: &Peer) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hop_by_hop_bits_follow_the_list() {
+        for (i, name) in HOP_BY_HOP.iter().enumerate() {
+            assert_eq!(hop_by_hop_bit(name), 1 << i, "{name}");
+        }
+        assert_eq!(hop_by_hop_bit(&header::CONTENT_LENGTH), 0);
+        assert_eq!(hop_by_hop_bit(&HeaderName::from_static("x-te")), 0);
+    }
 
     #[test]
     fn hop_by_hop_and_connection_named_headers_go() {
