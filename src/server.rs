@@ -128,7 +128,8 @@ impl Gateway {
         upstream: UpstreamClient,
     ) -> Response<Body> {
         if admin::owns(&self.config, req.uri().path()) {
-            return admin::handle(&self, req).await;
+            // Boxed: the admin future is large and rare; inline it would widen every request's.
+            return Box::pin(admin::handle(&self, req)).await;
         }
         let apis = self.apis.load();
         let Some(spec) = apis.route(req.uri().path()).cloned() else {
