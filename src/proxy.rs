@@ -129,7 +129,9 @@ impl UpstreamClient {
             headers.insert(header::HOST, target.host.clone());
         }
 
-        let sent = self.send(&target.address, req);
+        // Pinned in place and awaited by reference: awaiting it by value in two branches gave
+        // each branch its own copy, doubling the size of every request's future.
+        let sent = std::pin::pin!(self.send(&target.address, req));
         let (mut response, sender) = if self.timeout.is_zero() {
             sent.await
         } else {
@@ -167,6 +169,15 @@ impl UpstreamClient {
                 },
             }
         }
+        // Boxed: a new connection is the rare path, and its futures would otherwise widen
+        // every request's.
+        Box::pin(Self::send_on_new_connection(address, req)).await
+    }
+
+    async fn send_on_new_connection(
+        address: &str,
+        req: Request<Incoming>,
+    ) -> Result<(Response<Incoming>, SendRequest<Incoming>), ProxyError> {
         let mut sender = connect(address).await?;
         match sender.send_request(req).await {
             Ok(response) => Ok((response, sender)),
