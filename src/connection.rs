@@ -32,7 +32,8 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 
-/// An idle keep-alive connection (or a new one that sends nothing) is closed after this long.
+/// A parked connection (a new one, or a keep-alive one 1-2 s after its last response) is closed
+/// after waiting this long for a request.
 pub const KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The period of a connection's tick. A connection idle at two ticks in a row, with no
