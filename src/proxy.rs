@@ -77,7 +77,9 @@ pub struct UpstreamClient {
 
 #[derive(Default)]
 struct IdlePool {
-    by_address: HashMap<Arc<str>, Vec<IdleConnection>>,
+    /// foldhash rather than SipHash: looked up twice per request, by addresses that come
+    /// from API definitions, not from clients (SipHash was 1.7% of a proxied request).
+    by_address: HashMap<Arc<str>, Vec<IdleConnection>, foldhash::fast::RandomState>,
     /// Sweeps so far; an idle connection remembers the count it was parked at.
     sweeps: u64,
 }
