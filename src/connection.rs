@@ -48,7 +48,9 @@ pub const TICK: Duration = Duration::from_secs(1);
 const HEAD_TICKS: u32 = 30;
 
 /// What the connection task needs to know of hyper's progress to tell that it is idle,
-/// observed through the socket and the service rather than hyper's internals.
+/// observed through the socket and the service rather than hyper's internals. Only the
+/// connection's own task touches it (hyper, the service and the bodies all run inside it),
+/// so relaxed loads and stores are exact; atomics only make it `Send`.
 #[derive(Default)]
 struct Activity {
     /// Requests handed to the service so far (wrapping).
