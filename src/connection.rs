@@ -383,7 +383,7 @@ impl Drop for RequestOpen {
 
 pin_project! {
     /// A response body that keeps its request open until hyper is done with it.
-    pub struct Tracked<B> {
+    struct Tracked<B> {
         #[pin]
         body: B,
         _open: Option<RequestOpen>,
