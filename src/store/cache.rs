@@ -26,9 +26,12 @@ struct Cached {
     epoch: AtomicU64,
 }
 
-/// Bounded cache of sessions by storage id.
+/// Bounded cache of sessions by storage id. Entries older than `stale_for` are never served
+/// and give way to newer ones as the cache evicts (S3-FIFO): an expiry timer per entry would
+/// cost more on every request than the memory it frees. Keys are hashed with SipHash, as
+/// clients choose them.
 pub struct SessionCache {
-    entries: moka::sync::Cache<String, Arc<Cached>>,
+    entries: quick_cache::sync::Cache<String, Arc<Cached>>,
     fresh_for: Duration,
     stale_for: Duration,
     epoch: AtomicU64,
@@ -40,10 +43,9 @@ impl SessionCache {
         let fresh_for = Duration::from_secs(config.cached_session_timeout);
         let stale_for = Duration::from_secs(config.stale_if_error).max(fresh_for);
         Self {
-            entries: moka::sync::Cache::builder()
-                .max_capacity(config.max_entries)
-                .time_to_live(stale_for.max(Duration::from_secs(1)))
-                .build(),
+            entries: quick_cache::sync::Cache::new(
+                usize::try_from(config.max_entries).unwrap_or(usize::MAX),
+            ),
             fresh_for,
             stale_for,
             epoch: AtomicU64::new(0),
@@ -77,7 +79,7 @@ impl SessionCache {
 
     /// Drops one entry (a key changed or was deleted somewhere).
     pub fn invalidate(&self, key_id: &str) {
-        self.entries.invalidate(key_id);
+        self.entries.remove(key_id);
     }
 
     /// Marks every entry as needing revalidation, keeping them for stale-if-error (used when
