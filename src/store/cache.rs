@@ -16,14 +16,16 @@ use crate::config::LocalSessionCache;
 use crate::limits::{Policy, Usage};
 use crate::session::SessionState;
 
-/// One cached record. Revalidating an unchanged record only moves `fetched` and `epoch`,
-/// in place: no decode and no new cache entry.
+/// One cached record, held in the cache's own slot (not behind another pointer: at a
+/// million keys a lookup's cost is its cache-line misses). Revalidating an unchanged record
+/// only moves `fetched` and `epoch`, in place: no decode and no new cache entry.
+#[derive(Clone)]
 struct Cached {
     session: Arc<SessionState>,
     digest: Option<RecordDigest>,
     /// Milliseconds after the cache's `started` when the store last confirmed the record.
-    fetched: AtomicU64,
-    epoch: AtomicU64,
+    fetched: u64,
+    epoch: u64,
 }
 
 /// Bounded cache of sessions by storage id. Entries older than `stale_for` are never served
@@ -31,7 +33,7 @@ struct Cached {
 /// cost more on every request than the memory it frees. Keys are hashed with SipHash, as
 /// clients choose them.
 pub struct SessionCache {
-    entries: quick_cache::sync::Cache<String, Arc<Cached>>,
+    entries: quick_cache::sync::Cache<String, Cached>,
     fresh_for: Duration,
     stale_for: Duration,
     epoch: AtomicU64,
@@ -58,23 +60,25 @@ impl SessionCache {
     }
 
     fn age(&self, entry: &Cached) -> Duration {
-        Duration::from_millis(
-            self.now_ms()
-                .saturating_sub(entry.fetched.load(Ordering::Acquire)),
-        )
+        Duration::from_millis(self.now_ms().saturating_sub(entry.fetched))
     }
 
     fn is_fresh(&self, entry: &Cached) -> bool {
-        self.age(entry) < self.fresh_for
-            && entry.epoch.load(Ordering::Acquire) == self.epoch.load(Ordering::Acquire)
+        self.age(entry) < self.fresh_for && entry.epoch == self.epoch.load(Ordering::Acquire)
     }
 
-    /// The store confirmed `entry` as it is.
-    fn confirm(&self, entry: &Cached) {
-        entry.fetched.store(self.now_ms(), Ordering::Release);
-        entry
-            .epoch
-            .store(self.epoch.load(Ordering::Acquire), Ordering::Release);
+    /// The store confirmed that `key_id` still holds the record with `digest`. An entry
+    /// invalidated meanwhile stays gone, and one replaced by another record is left as is.
+    fn confirm(&self, key_id: &str, digest: Option<RecordDigest>) {
+        let (now, epoch) = (self.now_ms(), self.epoch.load(Ordering::Acquire));
+        // On a missing key `entry` hands back an insertion guard, dropped here unused.
+        let _ = self.entries.entry(key_id, Some(Duration::ZERO), |_, entry| {
+            if entry.digest == digest {
+                entry.fetched = now;
+                entry.epoch = epoch;
+            }
+            quick_cache::sync::EntryAction::Retain(())
+        });
     }
 
     /// Drops one entry (a key changed or was deleted somewhere).
@@ -91,12 +95,12 @@ impl SessionCache {
     fn insert(&self, key_id: &str, session: Arc<SessionState>, digest: Option<RecordDigest>) {
         self.entries.insert(
             key_id.to_owned(),
-            Arc::new(Cached {
+            Cached {
                 session,
                 digest,
-                fetched: AtomicU64::new(self.now_ms()),
-                epoch: AtomicU64::new(self.epoch.load(Ordering::Acquire)),
-            }),
+                fetched: self.now_ms(),
+                epoch: self.epoch.load(Ordering::Acquire),
+            },
         );
     }
 }
@@ -119,10 +123,8 @@ impl SessionStore for CachedStore {
     async fn get(&self, key_id: &str) -> Result<Option<Arc<SessionState>>, StoreError> {
         let cache = &self.cache;
         let cached = cache.entries.get(key_id);
-        if let Some(c) = &cached
-            && cache.is_fresh(c)
-        {
-            return Ok(Some(c.session.clone()));
+        if cached.as_ref().is_some_and(|c| cache.is_fresh(c)) {
+            return Ok(cached.map(|c| c.session));
         }
         let known = cached.as_ref().and_then(|c| c.digest);
         match self.inner.lookup(key_id, known).await {
@@ -132,8 +134,8 @@ impl SessionStore for CachedStore {
             }
             Ok(Lookup::Unchanged) => match cached {
                 Some(c) => {
-                    cache.confirm(&c);
-                    Ok(Some(c.session.clone()))
+                    cache.confirm(key_id, c.digest);
+                    Ok(Some(c.session))
                 }
                 // The store answers Unchanged only to a digest it was given, which came from
                 // `cached`; should one break that contract, read the record afresh.
@@ -286,6 +288,23 @@ mod tests {
         store.get("k").await.unwrap();
         flaky.down.store(true, Ordering::Relaxed);
         assert!(store.get("k").await.is_err(), "past the stale bound");
+    }
+
+    #[test]
+    fn confirming_never_revives_an_entry_nor_refreshes_another_record() {
+        let cache = SessionCache::new(&config(60, 120));
+        cache.confirm("gone", Some(1));
+        assert!(cache.entries.get("gone").is_none(), "not brought back");
+
+        cache.insert("k", Arc::new(SessionState::default()), Some(2));
+        cache.new_epoch();
+        cache.confirm("k", Some(1));
+        assert!(
+            !cache.is_fresh(&cache.entries.get("k").unwrap()),
+            "another record's confirmation"
+        );
+        cache.confirm("k", Some(2));
+        assert!(cache.is_fresh(&cache.entries.get("k").unwrap()));
     }
 
     #[tokio::test]
