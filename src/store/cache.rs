@@ -72,13 +72,15 @@ impl SessionCache {
     fn confirm(&self, key_id: &str, digest: Option<RecordDigest>) {
         let (now, epoch) = (self.now_ms(), self.epoch.load(Ordering::Acquire));
         // On a missing key `entry` hands back an insertion guard, dropped here unused.
-        let _ = self.entries.entry(key_id, Some(Duration::ZERO), |_, entry| {
-            if entry.digest == digest {
-                entry.fetched = now;
-                entry.epoch = epoch;
-            }
-            quick_cache::sync::EntryAction::Retain(())
-        });
+        let _ = self
+            .entries
+            .entry(key_id, Some(Duration::ZERO), |_, entry| {
+                if entry.digest == digest {
+                    entry.fetched = now;
+                    entry.epoch = epoch;
+                }
+                quick_cache::sync::EntryAction::Retain(())
+            });
     }
 
     /// Drops one entry (a key changed or was deleted somewhere).
