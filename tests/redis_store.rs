@@ -248,6 +248,55 @@ async fn writes_wait_for_the_required_replicas() {
     );
 }
 
+/// A key write waiting for a replica that never comes (`WAIT` for up to `timeout`) holds only
+/// its own connection: keyed requests, whose sessions are read on the request-path
+/// connection, are answered meanwhile.
+#[tokio::test]
+async fn a_write_waiting_for_replicas_never_holds_up_requests() {
+    let redis = RedisServer::start().await;
+    let up = upstream().await;
+    let mut config = direct(redis.port);
+    config["storage"]["min_replicas_ack"] = json!(1);
+    // Every request reads its session from Redis.
+    config["local_session_cache"] = json!({"disable_cached_session_state": true});
+    let gw = node(&up.url(""), config).await;
+    let id = gw.gateway.hasher.storage_id("reader");
+    let record = seed_key().to_string();
+    support::redis::cmd(redis.port, &["SET", &format!("apikey-{id}"), &record])
+        .await
+        .unwrap();
+
+    let write = async {
+        let r = gw.admin("POST", "/tyk/keys/lonely", Some(seed_key())).await;
+        (r, Instant::now())
+    };
+    let reads = async {
+        // Let the write reach its WAIT first.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let start = Instant::now();
+        for _ in 0..5 {
+            let r = gw.get_with_key("/tyk-api-test/get", Some("reader")).await;
+            assert_eq!(r.status, 200, "{}", r.text());
+        }
+        (start.elapsed(), Instant::now())
+    };
+    let ((written, write_done), (took, reads_done)) = tokio::join!(write, reads);
+    assert_eq!(
+        written.status,
+        503,
+        "no replica confirmed: {}",
+        written.text()
+    );
+    assert!(
+        reads_done < write_done,
+        "the reads ran while the write waited"
+    );
+    assert!(
+        took < Duration::from_millis(500),
+        "5 keyed requests took {took:?} behind a waiting write"
+    );
+}
+
 #[tokio::test]
 async fn seed_layout_survives_a_frozen_master_in_both_modes() {
     let layout = SeedLayout::builder().start().await;
