@@ -28,9 +28,9 @@ struct Cached {
     epoch: u64,
 }
 
-/// Bounded cache of sessions by storage id. Entries older than `stale_for` are never served
-/// and give way to newer ones as the cache evicts (S3-FIFO): an expiry timer per entry would
-/// cost more on every request than the memory it frees. Keys are hashed with SipHash, as
+/// Bounded cache of sessions by storage id. Entries older than `stale_for` are served only
+/// once the store confirms them, and give way to newer ones as the cache evicts (S3-FIFO):
+/// an expiry timer per entry would cost more on every request than the memory it frees. Keys are hashed with SipHash, as
 /// clients choose them.
 pub struct SessionCache {
     entries: quick_cache::sync::Cache<String, Cached>,

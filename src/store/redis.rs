@@ -135,8 +135,8 @@ struct Link {
     port: u16,
     /// Session reads and limit counters, which Redis answers at once. One connection for all
     /// of them, because the commands of concurrent requests then share each socket write
-    /// and read (measured: 16 connections in turn cost 23% more CPU per request at 0.33
-    /// reads per request).
+    /// and read (at a million keys, 0.33 reads per request: 0.401 CPU seconds per 10,000
+    /// requests against 0.505 with 16 connections in turn).
     request_path: MultiplexedConnection,
     /// Everything else in turn, the writes that `WAIT` for replicas among them: a command
     /// that blocks its connection never holds up a request.
