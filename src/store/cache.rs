@@ -5,6 +5,7 @@
 //! Invalidation comes from writes through this node and from cluster notifications (see
 //! `store::redis`); a new epoch marks every entry as needing revalidation without dropping it.
 
+use std::collections::hash_map::RandomState;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -33,7 +34,7 @@ struct Cached {
 /// an expiry timer per entry would cost more on every request than the memory it frees. Keys are hashed with SipHash, as
 /// clients choose them.
 pub struct SessionCache {
-    entries: quick_cache::sync::Cache<String, Cached>,
+    entries: quick_cache::sync::Cache<String, Cached, quick_cache::UnitWeighter, RandomState>,
     fresh_for: Duration,
     stale_for: Duration,
     epoch: AtomicU64,
@@ -45,8 +46,12 @@ impl SessionCache {
         let fresh_for = Duration::from_secs(config.cached_session_timeout);
         let stale_for = Duration::from_secs(config.stale_if_error).max(fresh_for);
         Self {
-            entries: quick_cache::sync::Cache::new(
+            entries: quick_cache::sync::Cache::with(
                 usize::try_from(config.max_entries).unwrap_or(usize::MAX),
+                config.max_entries,
+                quick_cache::UnitWeighter,
+                RandomState::new(),
+                quick_cache::sync::DefaultLifecycle::default(),
             ),
             fresh_for,
             stale_for,
