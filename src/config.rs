@@ -109,6 +109,10 @@ pub struct LocalSessionCache {
     pub stale_if_error: u64,
     /// tollgate: most sessions held in the cache.
     pub max_entries: u64,
+    /// tollgate: have Redis report every change of a session record (key tracking), so that
+    /// a cached session is used until it changes instead of being read again after
+    /// `cached_session_timeout`.
+    pub follow_changes: bool,
 }
 
 impl Default for LocalSessionCache {
@@ -118,6 +122,7 @@ impl Default for LocalSessionCache {
             cached_session_timeout: 10,
             stale_if_error: 120,
             max_entries: 100_000,
+            follow_changes: true,
         }
     }
 }

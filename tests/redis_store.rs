@@ -521,3 +521,82 @@ async fn revalidating_an_unchanged_record_reuses_the_cached_one() {
         .unwrap();
     assert!(store.get("k1").await.unwrap().is_none());
 }
+
+/// GET commands the Redis server has run so far (those of scripts included).
+async fn redis_gets(port: u16) -> u64 {
+    let info: String = redis::from_redis_value(
+        support::redis::cmd(port, &["INFO", "commandstats"])
+            .await
+            .unwrap(),
+    )
+    .unwrap();
+    info.lines()
+        .find_map(|l| l.strip_prefix("cmdstat_get:calls="))
+        .and_then(|rest| rest.split(',').next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test]
+async fn a_change_made_in_redis_itself_reaches_the_cache_at_once() {
+    let redis = RedisServer::start().await;
+    let up = upstream().await;
+    let mut config = direct(redis.port);
+    config["local_session_cache"] = json!({"cached_session_timeout": 3600});
+    let gw = node(&up.url(""), config).await;
+    let hash = gw.add_key("watched", seed_key()).await.json()["key_hash"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let record = format!("apikey-{hash}");
+    eventually_status(&gw, "watched", 200, Duration::from_secs(1)).await;
+
+    // Written by another program: no Tyk notification, only Redis's own report.
+    let mut inactive = seed_key();
+    inactive["is_inactive"] = json!(true);
+    support::redis::cmd(redis.port, &["SET", &record, &inactive.to_string()])
+        .await
+        .unwrap();
+    eventually_status(&gw, "watched", 403, Duration::from_secs(1)).await;
+    support::redis::cmd(redis.port, &["SET", &record, &seed_key().to_string()])
+        .await
+        .unwrap();
+    eventually_status(&gw, "watched", 200, Duration::from_secs(1)).await;
+    support::redis::cmd(redis.port, &["FLUSHALL"])
+        .await
+        .unwrap();
+    eventually_status(&gw, "watched", 403, Duration::from_secs(1)).await;
+}
+
+#[tokio::test]
+async fn a_followed_session_is_not_read_again_after_the_cache_timeout() {
+    let redis = RedisServer::start().await;
+    let up = upstream().await;
+    let mut config = direct(redis.port);
+    config["local_session_cache"] = json!({"cached_session_timeout": 1});
+    let followed = node(&up.url(""), config.clone()).await;
+    config["local_session_cache"]["follow_changes"] = json!(false);
+    let timed = node(&up.url(""), config).await;
+    // No limits: their script's GETs would count too.
+    let mut unlimited = seed_key();
+    unlimited["rate"] = json!(0);
+    unlimited["quota_max"] = json!(-1);
+    followed.add_key("watched", unlimited).await;
+
+    for gw in [&followed, &timed] {
+        eventually_status(gw, "watched", 200, Duration::from_secs(1)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let before = redis_gets(redis.port).await;
+    eventually_status(&followed, "watched", 200, Duration::ZERO).await;
+    assert_eq!(
+        redis_gets(redis.port).await,
+        before,
+        "still current: no read"
+    );
+    eventually_status(&timed, "watched", 200, Duration::ZERO).await;
+    assert_eq!(
+        redis_gets(redis.port).await,
+        before + 1,
+        "past cached_session_timeout without following: read again"
+    );
+}

@@ -2,12 +2,15 @@
 //! `cached_session_timeout`, and usable for `stale_if_error` more while the store is
 //! unreachable (stale-if-error), so a storage outage does not turn into auth failures.
 //!
-//! Invalidation comes from writes through this node and from cluster notifications (see
-//! `store::redis`); a new epoch marks every entry as needing revalidation without dropping it.
+//! Invalidation comes from writes through this node, from cluster notifications and, while
+//! the store follows changes as they happen (Redis key tracking, see `store::redis`), from the
+//! store itself: an entry read while changes were followed stays fresh until it is invalidated,
+//! with no revalidation after `cached_session_timeout`. A new epoch marks every entry as
+//! needing revalidation without dropping it.
 
 use std::collections::hash_map::RandomState;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -19,13 +22,16 @@ use crate::session::SessionState;
 
 /// One cached record, held in the cache's own slot (not behind another pointer: at a
 /// million keys a lookup's cost is its cache-line misses). Revalidating an unchanged record
-/// only moves `fetched` and `epoch`, in place: no decode and no new cache entry.
+/// only moves `fetched`, `fresh_until` and `epoch`, in place: no decode and no new cache entry.
 #[derive(Clone)]
 struct Cached {
     session: Arc<SessionState>,
     digest: Option<RecordDigest>,
     /// Milliseconds after the cache's `started` when the store last confirmed the record.
     fetched: u64,
+    /// Used without asking the store until then (`u64::MAX`: until invalidated, for a record
+    /// read while the store followed changes).
+    fresh_until: u64,
     epoch: u64,
 }
 
@@ -37,8 +43,25 @@ pub struct SessionCache {
     entries: quick_cache::sync::Cache<String, Cached, quick_cache::UnitWeighter, RandomState>,
     fresh_for: Duration,
     stale_for: Duration,
+    follow_changes: bool,
     epoch: AtomicU64,
+    /// Whether the store reports every change of a session record as it happens.
+    followed: AtomicBool,
+    /// The epoch of the latest stretch of followed changes, and when it ended (`u64::MAX`
+    /// while it lasts): its records were known current until then, which is what
+    /// stale-if-error counts from.
+    followed_epoch: AtomicU64,
+    followed_until: AtomicU64,
+    /// Counts invalidations, epochs and changes of `followed`: a read that saw it move may
+    /// have missed an invalidation of its own record, so it is not held as followed.
+    changes: AtomicU64,
     started: Instant,
+}
+
+/// What the cache knew when a store read began; see [`SessionCache::begin_read`].
+#[derive(Clone, Copy)]
+struct ReadStart {
+    changes: u64,
 }
 
 impl SessionCache {
@@ -55,60 +78,146 @@ impl SessionCache {
             ),
             fresh_for,
             stale_for,
+            follow_changes: config.follow_changes,
             epoch: AtomicU64::new(0),
+            followed: AtomicBool::new(false),
+            followed_epoch: AtomicU64::new(u64::MAX),
+            followed_until: AtomicU64::new(0),
+            changes: AtomicU64::new(0),
             started: Instant::now(),
         }
+    }
+
+    /// Whether the store should report changes as they happen (`follow_changes`).
+    pub fn follows_changes(&self) -> bool {
+        self.follow_changes
     }
 
     fn now_ms(&self) -> u64 {
         self.started.elapsed().as_millis() as u64
     }
 
+    /// How long ago the record was last known current.
     fn age(&self, entry: &Cached) -> Duration {
-        Duration::from_millis(self.now_ms().saturating_sub(entry.fetched))
+        let now = self.now_ms();
+        let known_at = if entry.fresh_until == u64::MAX
+            && entry.epoch == self.followed_epoch.load(Ordering::SeqCst)
+        {
+            self.followed_until.load(Ordering::SeqCst).min(now)
+        } else {
+            entry.fetched
+        };
+        Duration::from_millis(now.saturating_sub(known_at))
     }
 
     fn is_fresh(&self, entry: &Cached) -> bool {
-        self.age(entry) < self.fresh_for && entry.epoch == self.epoch.load(Ordering::Acquire)
+        self.now_ms() < entry.fresh_until && entry.epoch == self.epoch.load(Ordering::Acquire)
+    }
+
+    /// Taken before a store read, to tell afterwards whether its record can be held as
+    /// followed.
+    fn begin_read(&self) -> ReadStart {
+        ReadStart {
+            changes: self.changes.load(Ordering::SeqCst),
+        }
+    }
+
+    /// How long a record read since `start` stays fresh: until invalidated when changes were
+    /// followed all along (a `cached_session_timeout` of 0 still asks the store every time),
+    /// else `cached_session_timeout`.
+    fn fresh_until(&self, start: ReadStart, now: u64) -> u64 {
+        let followed = self.followed.load(Ordering::SeqCst)
+            && self.changes.load(Ordering::SeqCst) == start.changes;
+        if followed && !self.fresh_for.is_zero() {
+            u64::MAX
+        } else {
+            now.saturating_add(self.fresh_for.as_millis() as u64)
+        }
+    }
+
+    /// After storing a record read since `start`: if anything was invalidated meanwhile, the
+    /// invalidation may have been for this record and applied before it was stored, so it
+    /// goes. Storing first and checking after is what makes this sound: an invalidation
+    /// counted after this check removes the entry after it was stored.
+    fn settle(&self, key_id: &str, start: ReadStart) {
+        if self.changes.load(Ordering::SeqCst) != start.changes {
+            self.entries.remove(key_id);
+        }
     }
 
     /// The store confirmed that `key_id` still holds the record with `digest`. An entry
     /// invalidated meanwhile stays gone, and one replaced by another record is left as is.
-    fn confirm(&self, key_id: &str, digest: Option<RecordDigest>) {
-        let (now, epoch) = (self.now_ms(), self.epoch.load(Ordering::Acquire));
+    fn confirm(&self, key_id: &str, digest: Option<RecordDigest>, start: ReadStart) {
+        let now = self.now_ms();
+        let (fresh_until, epoch) = (
+            self.fresh_until(start, now),
+            self.epoch.load(Ordering::Acquire),
+        );
         // On a missing key `entry` hands back an insertion guard, dropped here unused.
         let _ = self
             .entries
             .entry(key_id, Some(Duration::ZERO), |_, entry| {
                 if entry.digest == digest {
                     entry.fetched = now;
+                    entry.fresh_until = fresh_until;
                     entry.epoch = epoch;
                 }
                 quick_cache::sync::EntryAction::Retain(())
             });
+        self.settle(key_id, start);
     }
 
     /// Drops one entry (a key changed or was deleted somewhere).
     pub fn invalidate(&self, key_id: &str) {
+        self.changes.fetch_add(1, Ordering::SeqCst);
         self.entries.remove(key_id);
     }
 
     /// Marks every entry as needing revalidation, keeping them for stale-if-error (used when
     /// notifications may have been missed, e.g. across a failover).
     pub fn new_epoch(&self) {
+        self.changes.fetch_add(1, Ordering::SeqCst);
         self.epoch.fetch_add(1, Ordering::AcqRel);
     }
 
-    fn insert(&self, key_id: &str, session: Arc<SessionState>, digest: Option<RecordDigest>) {
+    /// Whether the store reports every change as it happens from now on. Either way every
+    /// entry needs revalidation: one read while changes were followed may miss a change
+    /// made once they no longer are, and one read before may be out of date already.
+    pub fn set_followed(&self, followed: bool) {
+        if followed {
+            let epoch = self.epoch.fetch_add(1, Ordering::AcqRel) + 1;
+            self.followed_epoch.store(epoch, Ordering::SeqCst);
+            self.followed_until.store(u64::MAX, Ordering::SeqCst);
+            self.followed.store(true, Ordering::SeqCst);
+        } else {
+            if !self.followed.swap(false, Ordering::SeqCst) {
+                return;
+            }
+            self.followed_until.store(self.now_ms(), Ordering::SeqCst);
+            self.epoch.fetch_add(1, Ordering::AcqRel);
+        }
+        self.changes.fetch_add(1, Ordering::SeqCst);
+    }
+
+    fn insert(
+        &self,
+        key_id: &str,
+        session: Arc<SessionState>,
+        digest: Option<RecordDigest>,
+        start: ReadStart,
+    ) {
+        let now = self.now_ms();
         self.entries.insert(
             key_id.to_owned(),
             Cached {
                 session,
                 digest,
-                fetched: self.now_ms(),
+                fetched: now,
+                fresh_until: self.fresh_until(start, now),
                 epoch: self.epoch.load(Ordering::Acquire),
             },
         );
+        self.settle(key_id, start);
     }
 }
 
@@ -134,14 +243,15 @@ impl SessionStore for CachedStore {
             return Ok(cached.map(|c| c.session));
         }
         let known = cached.as_ref().and_then(|c| c.digest);
+        let start = cache.begin_read();
         match self.inner.lookup(key_id, known).await {
             Ok(Lookup::Found { session, digest }) => {
-                cache.insert(key_id, session.clone(), digest);
+                cache.insert(key_id, session.clone(), digest, start);
                 Ok(Some(session))
             }
             Ok(Lookup::Unchanged) => match cached {
                 Some(c) => {
-                    cache.confirm(key_id, c.digest);
+                    cache.confirm(key_id, c.digest, start);
                     Ok(Some(c.session))
                 }
                 // The store answers Unchanged only to a digest it was given, which came from
@@ -149,7 +259,9 @@ impl SessionStore for CachedStore {
                 None => self.inner.get(key_id).await,
             },
             Ok(Lookup::Missing) => {
-                cache.invalidate(key_id);
+                // Not counted as an invalidation: unknown keys are what a client can send at
+                // will, and counting them would keep concurrent reads from being cached.
+                cache.entries.remove(key_id);
                 Ok(None)
             }
             Err(StoreError::Unavailable(reason)) => match cached {
@@ -300,18 +412,105 @@ mod tests {
     #[test]
     fn confirming_never_revives_an_entry_nor_refreshes_another_record() {
         let cache = SessionCache::new(&config(60, 120));
-        cache.confirm("gone", Some(1));
+        cache.confirm("gone", Some(1), cache.begin_read());
         assert!(cache.entries.get("gone").is_none(), "not brought back");
 
-        cache.insert("k", Arc::new(SessionState::default()), Some(2));
+        cache.insert(
+            "k",
+            Arc::new(SessionState::default()),
+            Some(2),
+            cache.begin_read(),
+        );
         cache.new_epoch();
-        cache.confirm("k", Some(1));
+        cache.confirm("k", Some(1), cache.begin_read());
         assert!(
             !cache.is_fresh(&cache.entries.get("k").unwrap()),
             "another record's confirmation"
         );
-        cache.confirm("k", Some(2));
+        cache.confirm("k", Some(2), cache.begin_read());
         assert!(cache.is_fresh(&cache.entries.get("k").unwrap()));
+    }
+
+    fn fresh_until(cache: &SessionCache, key: &str) -> u64 {
+        cache.entries.get(key).unwrap().fresh_until
+    }
+
+    #[test]
+    fn a_record_read_while_changes_are_followed_stays_fresh_until_invalidated() {
+        let cache = SessionCache::new(&config(10, 120));
+        let session = Arc::new(SessionState::default());
+        cache.insert("timed", session.clone(), None, cache.begin_read());
+        assert!(fresh_until(&cache, "timed") <= cache.now_ms() + 10_000);
+
+        cache.set_followed(true);
+        assert!(
+            !cache.is_fresh(&cache.entries.get("timed").unwrap()),
+            "read before following"
+        );
+        cache.insert("followed", session.clone(), None, cache.begin_read());
+        assert_eq!(fresh_until(&cache, "followed"), u64::MAX);
+        cache.confirm("timed", None, cache.begin_read());
+        assert_eq!(
+            fresh_until(&cache, "timed"),
+            u64::MAX,
+            "confirmed while followed"
+        );
+
+        cache.set_followed(false);
+        assert!(
+            !cache.is_fresh(&cache.entries.get("followed").unwrap()),
+            "no longer followed"
+        );
+
+        let cache = SessionCache::new(&config(0, 120));
+        cache.set_followed(true);
+        cache.insert("k", session, None, cache.begin_read());
+        assert!(
+            !cache.is_fresh(&cache.entries.get("k").unwrap()),
+            "a timeout of 0 asks every time"
+        );
+    }
+
+    #[test]
+    fn stale_if_error_counts_from_when_changes_were_last_followed() {
+        let mut cache = SessionCache::new(&config(10, 120));
+        cache.started -= Duration::from_secs(3600);
+        cache.set_followed(true);
+        cache.insert(
+            "k",
+            Arc::new(SessionState::default()),
+            None,
+            cache.begin_read(),
+        );
+        // Read an hour ago and never asked again: followed changes vouch for it until now.
+        let mut entry = cache.entries.get("k").unwrap();
+        entry.fetched = 0;
+        cache.entries.insert("k".to_owned(), entry);
+        cache.set_followed(false);
+        let entry = cache.entries.get("k").unwrap();
+        assert!(!cache.is_fresh(&entry));
+        assert!(cache.age(&entry) < Duration::from_secs(1));
+
+        cache.set_followed(true);
+        assert!(
+            cache.age(&entry) >= Duration::from_secs(3600),
+            "from an earlier stretch"
+        );
+    }
+
+    #[test]
+    fn a_record_read_across_an_invalidation_is_not_kept() {
+        let cache = SessionCache::new(&config(10, 120));
+        cache.set_followed(true);
+        let start = cache.begin_read();
+        // The invalidation may have been for this record, applied before the read's answer.
+        cache.invalidate("k");
+        cache.insert("k", Arc::new(SessionState::default()), None, start);
+        assert!(cache.entries.get("k").is_none());
+
+        let start = cache.begin_read();
+        cache.insert("k", Arc::new(SessionState::default()), None, start);
+        assert_eq!(fresh_until(&cache, "k"), u64::MAX);
     }
 
     #[tokio::test]

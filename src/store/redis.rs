@@ -5,8 +5,8 @@
 //! itself: it asks the sentinels for the master, confirms it with `ROLE`, follows
 //! `+switch-master`, treats `READONLY`/`LOADING`/`MASTERDOWN`/connection errors as "find the
 //! master again", reads from replicas while the master is away, acknowledges a write only
-//! once `WAIT` confirms it on enough replicas, and relays Tyk's cluster notifications into the
-//! node's [`SessionCache`].
+//! once `WAIT` confirms it on enough replicas, and follows changes to session records (Tyk's
+//! cluster notifications and Redis key tracking) into the node's [`SessionCache`].
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -19,11 +19,11 @@ use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
 use redis::aio::MultiplexedConnection;
 use redis::{
-    AsyncConnectionConfig, ConnectionAddr, IntoConnectionInfo, RedisConnectionInfo, RedisError,
-    ServerErrorKind, Value,
+    AsyncConnectionConfig, ConnectionAddr, IntoConnectionInfo, ProtocolVersion, PushInfo, PushKind,
+    RedisConnectionInfo, RedisError, ServerErrorKind, Value,
 };
 use serde_json::json;
-use tokio::sync::{Notify, watch};
+use tokio::sync::{Notify, mpsc, watch};
 use tokio::task::JoinHandle;
 
 use super::cache::SessionCache;
@@ -294,7 +294,7 @@ impl RedisStore {
         let mut first = shared.master_changed.subscribe();
         let mut tasks = vec![
             tokio::spawn(maintain(shared.clone())),
-            tokio::spawn(relay_notifications(shared.clone())),
+            tokio::spawn(follow_changes(shared.clone())),
         ];
         if matches!(shared.topology, Topology::Sentinel { .. }) {
             tasks.push(tokio::spawn(follow_sentinels(shared.clone())));
@@ -364,6 +364,18 @@ impl Shared {
         port: u16,
         settings: &RedisConnectionInfo,
     ) -> Result<MultiplexedConnection, RedisError> {
+        self.open_with(host, port, settings, AsyncConnectionConfig::new())
+            .await
+    }
+
+    /// Opens a connection with `config` plus this store's TLS and deadlines.
+    async fn open_with(
+        &self,
+        host: &str,
+        port: u16,
+        settings: &RedisConnectionInfo,
+        config: AsyncConnectionConfig,
+    ) -> Result<MultiplexedConnection, RedisError> {
         let addr = if self.tls {
             ConnectionAddr::TcpTls {
                 host: host.to_owned(),
@@ -379,12 +391,51 @@ impl Shared {
             .set_redis_settings(settings.clone());
         let client = redis::Client::open(info)?;
         // Every call has its own, tighter deadline; this backstop only has to outlast `WAIT`.
-        let config = AsyncConnectionConfig::new()
+        let config = config
             .set_connection_timeout(Some(self.discovery_timeout()))
             .set_response_timeout(Some(self.timeout * 3));
         client
             .get_multiplexed_async_connection_with_config(&config)
             .await
+    }
+
+    /// Opens the connection that follows changes on `link`: a RESP3 connection subscribed to
+    /// Tyk's cluster notifications and, when `track` and the server allow, tracking every key
+    /// under [`KEY_PREFIX`] (`CLIENT TRACKING ON BCAST`), so that Redis reports each write to a
+    /// session record, whoever makes it. Both arrive on `pushes`. Returns the connection
+    /// (dropping it ends both) and whether keys are tracked.
+    async fn follow(
+        &self,
+        link: &Link,
+        pushes: mpsc::UnboundedSender<PushInfo>,
+        track: bool,
+    ) -> Result<(MultiplexedConnection, bool), String> {
+        let settings = self.settings.clone().set_protocol(ProtocolVersion::RESP3);
+        let config = AsyncConnectionConfig::new().set_push_sender(pushes);
+        let mut conn = self
+            .open_with(&link.host, link.port, &settings, config)
+            .await
+            .map_err(|e| e.to_string())?;
+        tokio::time::timeout(self.timeout, conn.subscribe(NOTIFICATION_CHANNEL))
+            .await
+            .map_err(|_| "SUBSCRIBE timed out".to_string())?
+            .map_err(|e| e.to_string())?;
+        if !track {
+            return Ok((conn, false));
+        }
+        let mut tracking = redis::cmd("CLIENT");
+        tracking.arg(&["TRACKING", "ON", "BCAST", "PREFIX", KEY_PREFIX]);
+        match tokio::time::timeout(self.timeout, tracking.query_async::<()>(&mut conn)).await {
+            Ok(Ok(())) => Ok((conn, true)),
+            Ok(Err(e)) => {
+                tracing::warn!(
+                    "redis {}: key tracking refused ({e}); cached sessions are revalidated after cached_session_timeout",
+                    link.addr()
+                );
+                Ok((conn, false))
+            }
+            Err(_) => Err("CLIENT TRACKING timed out".into()),
+        }
     }
 
     async fn open_pubsub(
@@ -413,6 +464,7 @@ impl Shared {
 
     /// Marks the master as lost and wakes the maintainer.
     fn lose_master(&self, why: String) {
+        self.stop_following();
         if self.healthy.swap(false, Ordering::AcqRel) {
             tracing::warn!("redis master lost: {why}");
             self.wake.notify_one();
@@ -424,8 +476,17 @@ impl Shared {
     /// progress, which may be waiting on the old, unresponsive master.
     fn master_switched(&self, why: String) {
         tracing::info!("{why}");
+        self.stop_following();
         self.healthy.store(false, Ordering::Release);
         self.wake.notify_one();
+    }
+
+    /// Changes followed on a master that is lost may no longer be all there are: writes can
+    /// already go to its successor.
+    fn stop_following(&self) {
+        if let Some(cache) = &self.cache {
+            cache.set_followed(false);
+        }
     }
 
     fn healthy_master(&self) -> Option<Arc<Link>> {
@@ -975,10 +1036,10 @@ async fn follow_sentinels(shared: Arc<Shared>) {
     }
 }
 
-/// Subscribes to Tyk's cluster notifications on the current master and invalidates cached
-/// sessions; resubscribes whenever the master changes. Anything published while not
-/// subscribed could be missed, so each (re)subscription starts a new cache epoch.
-async fn relay_notifications(shared: Arc<Shared>) {
+/// Follows changes on the current master (see [`Shared::follow`]) into the session cache, and
+/// starts again whenever the master changes or the connection drops. Anything written while
+/// not followed could be missed, so each new start begins a new cache epoch.
+async fn follow_changes(shared: Arc<Shared>) {
     let Some(cache) = shared.cache.clone() else {
         return;
     };
@@ -989,35 +1050,53 @@ async fn relay_notifications(shared: Arc<Shared>) {
             continue;
         };
         changed.borrow_and_update();
-        let pubsub = match shared
-            .open_pubsub(&link.host, link.port, &shared.settings)
-            .await
-        {
-            Ok(mut pubsub) => match pubsub.subscribe(NOTIFICATION_CHANNEL).await {
-                Ok(()) => pubsub,
-                Err(e) => {
-                    shared.record_error(format!("subscribe: {e}"));
-                    tokio::time::sleep(RETRY_PAUSE).await;
-                    continue;
-                }
-            },
+        let (tx, mut pushes) = mpsc::unbounded_channel();
+        let (_conn, tracking) = match shared.follow(&link, tx, cache.follows_changes()).await {
+            Ok(followed) => followed,
             Err(e) => {
-                shared.record_error(format!("subscribe: {e}"));
+                shared.record_error(format!("following changes on {}: {e}", link.addr()));
                 tokio::time::sleep(RETRY_PAUSE).await;
                 continue;
             }
         };
-        cache.new_epoch();
-        let mut messages = pubsub.into_on_message();
+        if tracking {
+            cache.set_followed(true);
+        } else {
+            cache.new_epoch();
+        }
         loop {
             tokio::select! {
-                msg = messages.next() => match msg {
-                    Some(msg) => apply_notification(&cache, &shared.node_id, msg.get_payload_bytes()),
-                    None => break,
+                push = pushes.recv() => match push {
+                    Some(push) if push.kind != PushKind::Disconnection => {
+                        apply_push(&cache, &shared.node_id, push);
+                    }
+                    _ => break,
                 },
                 _ = changed.changed() => break,
             }
         }
+        cache.set_followed(false);
+    }
+}
+
+/// One message from the following connection: a tracked key's invalidation (no keys: the
+/// database was flushed) or a cluster notification.
+fn apply_push(cache: &SessionCache, node_id: &str, push: PushInfo) {
+    match (push.kind, push.data.as_slice()) {
+        (PushKind::Invalidate, [Value::Array(keys)]) => {
+            for key in keys {
+                if let Value::BulkString(key) = key
+                    && let Some(id) = key.strip_prefix(KEY_PREFIX.as_bytes())
+                {
+                    cache.invalidate(&String::from_utf8_lossy(id));
+                }
+            }
+        }
+        (PushKind::Invalidate, _) => cache.new_epoch(),
+        (PushKind::Message, [_, Value::BulkString(payload)]) => {
+            apply_notification(cache, node_id, payload);
+        }
+        _ => {}
     }
 }
 
