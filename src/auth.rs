@@ -13,7 +13,7 @@ use http::request::Parts;
 use sha2::Digest;
 
 use crate::api::{ApiSpec, KeySource};
-use crate::session::{SessionState, unix_now};
+use crate::session::{KeyAccess, unix_now};
 use crate::store::{SessionStore, StoreError};
 
 /// Longest key accepted from a request.
@@ -206,11 +206,11 @@ fn cookie_value<'a>(header: &'a [u8], name: &[u8]) -> Option<&'a [u8]> {
     })
 }
 
-/// A request's key, by storage id, and its session.
+/// A request's key, by storage id, and what its session allows.
 #[derive(Debug)]
 pub struct Authenticated {
     pub key_id: String,
-    pub session: Arc<SessionState>,
+    pub access: Arc<KeyAccess>,
 }
 
 /// Authenticates a request for `spec`: `Ok(None)` for keyless APIs, the session otherwise.
@@ -224,8 +224,8 @@ pub async fn authenticate(
         return Ok(None);
     };
     let key_id = hasher.storage_id(extract_key(source, parts)?).into_owned();
-    let session = match sessions.get(&key_id).await {
-        Ok(Some(session)) => session,
+    let access = match sessions.access(&key_id).await {
+        Ok(Some(access)) => access,
         Ok(None) => return Err(AuthError::Disallowed),
         Err(StoreError::Unavailable(_) | StoreError::NotDurable(_)) => {
             return Err(AuthError::StoreUnavailable);
@@ -233,19 +233,19 @@ pub async fn authenticate(
         // A record we cannot read grants nothing.
         Err(StoreError::Corrupt { .. }) => return Err(AuthError::Disallowed),
     };
-    check_session(&session, spec.api_id(), unix_now())?;
-    Ok(Some(Authenticated { key_id, session }))
+    check_access(&access, spec.api_id(), unix_now())?;
+    Ok(Some(Authenticated { key_id, access }))
 }
 
 /// Tyk's order: inactive, expired, then access rights.
-pub fn check_session(session: &SessionState, api_id: &str, now: i64) -> Result<(), AuthError> {
-    if session.is_inactive {
+pub fn check_access(access: &KeyAccess, api_id: &str, now: i64) -> Result<(), AuthError> {
+    if access.is_inactive {
         return Err(AuthError::Inactive);
     }
-    if session.is_expired(now) {
+    if access.is_expired(now) {
         return Err(AuthError::Expired);
     }
-    if session.access_to(api_id).is_none() {
+    if access.access_to(api_id).is_none() {
         return Err(AuthError::Disallowed);
     }
     Ok(())
@@ -254,6 +254,7 @@ pub fn check_session(session: &SessionState, api_id: &str, now: i64) -> Result<(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::session::SessionState;
 
     fn parts(req: http::Request<()>) -> Parts {
         req.into_parts().0
@@ -326,13 +327,14 @@ mod tests {
 
     #[test]
     fn session_checks_in_tyk_order() {
+        let check = |s: &SessionState| check_access(&KeyAccess::from(s), "1", 10);
         let mut s = SessionState::default();
-        assert_eq!(check_session(&s, "1", 10), Err(AuthError::Disallowed));
+        assert_eq!(check(&s), Err(AuthError::Disallowed));
         s.access_rights.insert("1".into(), Default::default());
-        assert_eq!(check_session(&s, "1", 10), Ok(()));
+        assert_eq!(check(&s), Ok(()));
         s.expires = 5;
-        assert_eq!(check_session(&s, "1", 10), Err(AuthError::Expired));
+        assert_eq!(check(&s), Err(AuthError::Expired));
         s.is_inactive = true;
-        assert_eq!(check_session(&s, "1", 10), Err(AuthError::Inactive));
+        assert_eq!(check(&s), Err(AuthError::Inactive));
     }
 }

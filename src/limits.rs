@@ -12,7 +12,7 @@ use http::StatusCode;
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 
 use crate::api::ApiSpec;
-use crate::session::SessionState;
+use crate::session::{KeyAccess, Limits};
 use crate::store::{SessionStore, StoreError};
 
 /// `rate` requests per `per` seconds.
@@ -83,29 +83,23 @@ pub fn api_counter(api_id: &str, key_id: &str) -> String {
     format!("{api_id}-{key_id}")
 }
 
-/// The limits for `session` calling `spec`, or `None` when none apply. Per-API limits in
-/// `access_rights[api].limit` override the key's own and are counted separately.
-pub fn policy_for(spec: &ApiSpec, session: &SessionState, key_id: &str) -> Option<Policy> {
-    let api_limit = session
+/// The limits for a key with `access` calling `spec`, or `None` when none apply. Per-API
+/// limits in `access_rights[api].limit` override the key's own and are counted separately.
+pub fn policy_for(spec: &ApiSpec, access: &KeyAccess, key_id: &str) -> Option<Policy> {
+    let api_limit = access
         .access_to(spec.api_id())
-        .and_then(|a| a.limit.as_ref())
+        .and_then(|a| a.limit)
         .filter(|l| l.rate > 0.0 || l.quota_max > 0);
-    let (rate, per, quota_max, renewal, counter) = match api_limit {
-        Some(l) => (
-            l.rate,
-            l.per,
-            l.quota_max,
-            l.quota_renewal_rate,
-            api_counter(spec.api_id(), key_id),
-        ),
-        None => (
-            session.rate,
-            session.per,
-            session.quota_max,
-            session.quota_renewal_rate,
-            key_id.to_owned(),
-        ),
+    let (limits, counter) = match api_limit {
+        Some(l) => (l, api_counter(spec.api_id(), key_id)),
+        None => (access.limits, key_id.to_owned()),
     };
+    let Limits {
+        rate,
+        per,
+        quota_max,
+        quota_renewal_rate: renewal,
+    } = limits;
     let rate = (!spec.definition.disable_rate_limit && rate > 0.0 && per > 0.0)
         .then_some(Rate { limit: rate, per });
     let quota = (!spec.definition.disable_quota && quota_max > 0).then_some(Quota {

@@ -143,7 +143,7 @@ impl Gateway {
         };
         let policy = caller
             .as_ref()
-            .and_then(|c| limits::policy_for(&spec, &c.session, &c.key_id));
+            .and_then(|c| limits::policy_for(&spec, &c.access, &c.key_id));
         let limited = match policy {
             Some(policy) => {
                 let usage = self.limiter.admit(&policy).await;

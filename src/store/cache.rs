@@ -18,14 +18,14 @@ use async_trait::async_trait;
 use super::{Lookup, RecordDigest, SessionStore, StoreError, StoreHealth};
 use crate::config::LocalSessionCache;
 use crate::limits::{Policy, Usage};
-use crate::session::SessionState;
+use crate::session::{KeyAccess, SessionState};
 
 /// One cached record, held in the cache's own slot (not behind another pointer: at a
 /// million keys a lookup's cost is its cache-line misses). Revalidating an unchanged record
 /// only moves `fetched`, `fresh_until` and `epoch`, in place: no decode and no new cache entry.
 #[derive(Clone)]
 struct Cached {
-    session: Arc<SessionState>,
+    access: Arc<KeyAccess>,
     digest: Option<RecordDigest>,
     /// Milliseconds after the cache's `started` when the store last confirmed the record.
     fetched: u64,
@@ -136,12 +136,19 @@ impl SessionCache {
     }
 
     /// After storing a record read since `start`: if anything was invalidated meanwhile, the
-    /// invalidation may have been for this record and applied before it was stored, so it
-    /// goes. Storing first and checking after is what makes this sound: an invalidation
-    /// counted after this check removes the entry after it was stored.
+    /// invalidation may have been for this record and applied before it was stored, so the
+    /// entry is asked for again on its next use (and kept for stale-if-error, like any entry
+    /// that needs revalidation). Storing first and checking after is what makes this sound:
+    /// an invalidation counted after this check removes the entry after it was stored.
     fn settle(&self, key_id: &str, start: ReadStart) {
         if self.changes.load(Ordering::SeqCst) != start.changes {
-            self.entries.remove(key_id);
+            // On a missing key `entry` hands back an insertion guard, dropped here unused.
+            let _ = self
+                .entries
+                .entry(key_id, Some(Duration::ZERO), |_, entry| {
+                    entry.fresh_until = 0;
+                    quick_cache::sync::EntryAction::Retain(())
+                });
         }
     }
 
@@ -202,7 +209,7 @@ impl SessionCache {
     fn insert(
         &self,
         key_id: &str,
-        session: Arc<SessionState>,
+        access: Arc<KeyAccess>,
         digest: Option<RecordDigest>,
         start: ReadStart,
     ) {
@@ -210,7 +217,7 @@ impl SessionCache {
         self.entries.insert(
             key_id.to_owned(),
             Cached {
-                session,
+                access,
                 digest,
                 fetched: now,
                 fresh_until: self.fresh_until(start, now),
@@ -236,27 +243,33 @@ impl CachedStore {
 
 #[async_trait]
 impl SessionStore for CachedStore {
+    /// The whole record, from the store: the cache holds only what requests need.
     async fn get(&self, key_id: &str) -> Result<Option<Arc<SessionState>>, StoreError> {
+        self.inner.get(key_id).await
+    }
+
+    async fn access(&self, key_id: &str) -> Result<Option<Arc<KeyAccess>>, StoreError> {
         let cache = &self.cache;
         let cached = cache.entries.get(key_id);
         if cached.as_ref().is_some_and(|c| cache.is_fresh(c)) {
-            return Ok(cached.map(|c| c.session));
+            return Ok(cached.map(|c| c.access));
         }
         let known = cached.as_ref().and_then(|c| c.digest);
         let start = cache.begin_read();
         match self.inner.lookup(key_id, known).await {
             Ok(Lookup::Found { session, digest }) => {
-                cache.insert(key_id, session.clone(), digest, start);
-                Ok(Some(session))
+                let access = Arc::new(KeyAccess::from(&*session));
+                cache.insert(key_id, access.clone(), digest, start);
+                Ok(Some(access))
             }
             Ok(Lookup::Unchanged) => match cached {
                 Some(c) => {
                     cache.confirm(key_id, c.digest, start);
-                    Ok(Some(c.session))
+                    Ok(Some(c.access))
                 }
                 // The store answers Unchanged only to a digest it was given, which came from
                 // `cached`; should one break that contract, read the record afresh.
-                None => self.inner.get(key_id).await,
+                None => self.inner.access(key_id).await,
             },
             Ok(Lookup::Missing) => {
                 // Not counted as an invalidation: unknown keys are what a client can send at
@@ -267,7 +280,7 @@ impl SessionStore for CachedStore {
             Err(StoreError::Unavailable(reason)) => match cached {
                 Some(c) if cache.age(&c) < cache.stale_for => {
                     tracing::debug!("key store unavailable ({reason}); serving a cached session");
-                    Ok(Some(c.session.clone()))
+                    Ok(Some(c.access))
                 }
                 _ => Err(StoreError::Unavailable(reason)),
             },
@@ -373,6 +386,10 @@ mod tests {
         }
     }
 
+    fn some_access() -> Arc<KeyAccess> {
+        Arc::new(KeyAccess::from(&SessionState::default()))
+    }
+
     fn config(fresh: u64, stale: u64) -> LocalSessionCache {
         LocalSessionCache {
             cached_session_timeout: fresh,
@@ -390,23 +407,23 @@ mod tests {
             .set("k", &SessionState::default(), None)
             .await
             .unwrap();
-        store.get("k").await.unwrap();
+        store.access("k").await.unwrap();
         flaky.down.store(true, Ordering::Relaxed);
         assert!(
-            store.get("k").await.unwrap().is_some(),
+            store.access("k").await.unwrap().is_some(),
             "stale entry served"
         );
         assert!(matches!(
-            store.get("other").await,
+            store.access("other").await,
             Err(StoreError::Unavailable(_))
         ));
 
         let cache = Arc::new(SessionCache::new(&config(0, 0)));
         let store = CachedStore::new(flaky.clone(), cache);
         flaky.down.store(false, Ordering::Relaxed);
-        store.get("k").await.unwrap();
+        store.access("k").await.unwrap();
         flaky.down.store(true, Ordering::Relaxed);
-        assert!(store.get("k").await.is_err(), "past the stale bound");
+        assert!(store.access("k").await.is_err(), "past the stale bound");
     }
 
     #[test]
@@ -415,12 +432,7 @@ mod tests {
         cache.confirm("gone", Some(1), cache.begin_read());
         assert!(cache.entries.get("gone").is_none(), "not brought back");
 
-        cache.insert(
-            "k",
-            Arc::new(SessionState::default()),
-            Some(2),
-            cache.begin_read(),
-        );
+        cache.insert("k", some_access(), Some(2), cache.begin_read());
         cache.new_epoch();
         cache.confirm("k", Some(1), cache.begin_read());
         assert!(
@@ -438,7 +450,7 @@ mod tests {
     #[test]
     fn a_record_read_while_changes_are_followed_stays_fresh_until_invalidated() {
         let cache = SessionCache::new(&config(10, 120));
-        let session = Arc::new(SessionState::default());
+        let session = some_access();
         cache.insert("timed", session.clone(), None, cache.begin_read());
         assert!(fresh_until(&cache, "timed") <= cache.now_ms() + 10_000);
 
@@ -476,12 +488,7 @@ mod tests {
         let mut cache = SessionCache::new(&config(10, 120));
         cache.started -= Duration::from_secs(3600);
         cache.set_followed(true);
-        cache.insert(
-            "k",
-            Arc::new(SessionState::default()),
-            None,
-            cache.begin_read(),
-        );
+        cache.insert("k", some_access(), None, cache.begin_read());
         // Read an hour ago and never asked again: followed changes vouch for it until now.
         let mut entry = cache.entries.get("k").unwrap();
         entry.fetched = 0;
@@ -499,17 +506,20 @@ mod tests {
     }
 
     #[test]
-    fn a_record_read_across_an_invalidation_is_not_kept() {
+    fn a_record_read_across_an_invalidation_is_asked_for_again() {
         let cache = SessionCache::new(&config(10, 120));
         cache.set_followed(true);
         let start = cache.begin_read();
         // The invalidation may have been for this record, applied before the read's answer.
         cache.invalidate("k");
-        cache.insert("k", Arc::new(SessionState::default()), None, start);
-        assert!(cache.entries.get("k").is_none());
+        cache.insert("k", some_access(), None, start);
+        assert!(
+            !cache.is_fresh(&cache.entries.get("k").unwrap()),
+            "asked for again"
+        );
 
         let start = cache.begin_read();
-        cache.insert("k", Arc::new(SessionState::default()), None, start);
+        cache.insert("k", some_access(), None, start);
         assert_eq!(fresh_until(&cache, "k"), u64::MAX);
     }
 
@@ -522,15 +532,15 @@ mod tests {
             .set("k", &SessionState::default(), None)
             .await
             .unwrap();
-        store.get("k").await.unwrap();
+        store.access("k").await.unwrap();
         flaky.inner.delete("k").await.unwrap();
         assert!(
-            store.get("k").await.unwrap().is_some(),
+            store.access("k").await.unwrap().is_some(),
             "fresh cache answers"
         );
         cache.new_epoch();
         assert!(
-            store.get("k").await.unwrap().is_none(),
+            store.access("k").await.unwrap().is_none(),
             "revalidated after a new epoch"
         );
     }

@@ -9,10 +9,12 @@ use async_trait::async_trait;
 
 use super::{SessionStore, StoreError, StoreHealth};
 use crate::limits::{LocalCounters, Policy, Usage, now_secs};
-use crate::session::SessionState;
+use crate::session::{KeyAccess, SessionState};
 
 struct Entry {
     session: Arc<SessionState>,
+    /// Derived once per write, so that requests do not build it.
+    access: Arc<KeyAccess>,
     expires_at: Option<Instant>,
 }
 
@@ -58,6 +60,15 @@ impl SessionStore for MemoryStore {
             .map(|e| e.session.clone()))
     }
 
+    async fn access(&self, key_id: &str) -> Result<Option<Arc<KeyAccess>>, StoreError> {
+        let now = Instant::now();
+        Ok(self
+            .read()
+            .get(key_id)
+            .filter(|e| e.live(now))
+            .map(|e| e.access.clone()))
+    }
+
     async fn set(
         &self,
         key_id: &str,
@@ -66,6 +77,7 @@ impl SessionStore for MemoryStore {
     ) -> Result<(), StoreError> {
         let entry = Entry {
             session: Arc::new(session.clone()),
+            access: Arc::new(KeyAccess::from(session)),
             expires_at: ttl.map(|t| Instant::now() + t),
         };
         let sweep = self.writes.fetch_add(1, Ordering::Relaxed) % SWEEP_EVERY == SWEEP_EVERY - 1;

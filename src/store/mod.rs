@@ -15,7 +15,7 @@ use async_trait::async_trait;
 use serde::Serialize;
 
 use crate::limits::{Policy, Usage};
-use crate::session::SessionState;
+use crate::session::{KeyAccess, SessionState};
 
 pub use memory::MemoryStore;
 
@@ -50,6 +50,13 @@ pub struct StoreHealth {
 pub trait SessionStore: Send + Sync + 'static {
     /// The record stored under `key_id`, or `None` when there is none.
     async fn get(&self, key_id: &str) -> Result<Option<Arc<SessionState>>, StoreError>;
+    /// What the request path needs of the record under `key_id` (see [`KeyAccess`]).
+    async fn access(&self, key_id: &str) -> Result<Option<Arc<KeyAccess>>, StoreError> {
+        Ok(self
+            .get(key_id)
+            .await?
+            .map(|session| Arc::new(KeyAccess::from(&*session))))
+    }
     /// Reads a record unless it is still the one whose digest is `known`: a cache revalidating
     /// an entry then skips decoding it again (a full Tyk record costs more to decode than a
     /// whole proxied request). Stores without a stored form always decode.
