@@ -47,26 +47,22 @@ impl MemoryStore {
     fn write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<String, Entry>> {
         self.entries.write().unwrap_or_else(|p| p.into_inner())
     }
+
+    /// `pick` of the entry under `key_id`, unless there is none or it has expired.
+    fn live<T>(&self, key_id: &str, pick: impl FnOnce(&Entry) -> T) -> Option<T> {
+        let now = Instant::now();
+        self.read().get(key_id).filter(|e| e.live(now)).map(pick)
+    }
 }
 
 #[async_trait]
 impl SessionStore for MemoryStore {
     async fn get(&self, key_id: &str) -> Result<Option<Arc<SessionState>>, StoreError> {
-        let now = Instant::now();
-        Ok(self
-            .read()
-            .get(key_id)
-            .filter(|e| e.live(now))
-            .map(|e| e.session.clone()))
+        Ok(self.live(key_id, |e| e.session.clone()))
     }
 
     async fn access(&self, key_id: &str) -> Result<Option<Arc<KeyAccess>>, StoreError> {
-        let now = Instant::now();
-        Ok(self
-            .read()
-            .get(key_id)
-            .filter(|e| e.live(now))
-            .map(|e| e.access.clone()))
+        Ok(self.live(key_id, |e| e.access.clone()))
     }
 
     async fn set(
