@@ -421,6 +421,29 @@ async fn seed_layout_survives_a_frozen_master_in_both_modes() {
         );
     }
 
+    // Every node follows changes on the new master: one written there by another program
+    // (no Tyk notification) is honoured by all within a second, well inside the default
+    // 10 s `cached_session_timeout`.
+    for gw in [&via_haproxy, &via_sentinel, &fresh] {
+        eventually_status(gw, "after-sentinel", 200, Duration::from_secs(1)).await;
+    }
+    let id = via_sentinel
+        .gateway
+        .hasher
+        .storage_id("after-sentinel")
+        .into_owned();
+    let mut inactive = seed_key();
+    inactive["is_inactive"] = json!(true);
+    support::redis::cmd(
+        new_port,
+        &["SET", &format!("apikey-{id}"), &inactive.to_string()],
+    )
+    .await
+    .unwrap();
+    for gw in [&via_haproxy, &via_sentinel, &fresh] {
+        eventually_status(gw, "after-sentinel", 403, Duration::from_secs(1)).await;
+    }
+
     // The nodes resubscribed on the new master: a delete through one is honoured by another
     // that holds the key in its cache, within a second.
     assert_eq!(
