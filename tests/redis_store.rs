@@ -589,6 +589,34 @@ async fn a_change_made_in_redis_itself_reaches_the_cache_at_once() {
         .await
         .unwrap();
     eventually_status(&gw, "watched", 403, Duration::from_secs(1)).await;
+
+    // The node's following connection (its one RESP3 client) is closed: it comes back, and
+    // changes are followed again.
+    support::redis::cmd(redis.port, &["SET", &record, &seed_key().to_string()])
+        .await
+        .unwrap();
+    let clients: String = redis::from_redis_value(
+        support::redis::cmd(redis.port, &["CLIENT", "LIST"])
+            .await
+            .unwrap(),
+    )
+    .unwrap();
+    let follower = clients
+        .lines()
+        .find(|l| l.contains(" resp=3"))
+        .and_then(|l| l.strip_prefix("id="))
+        .and_then(|l| l.split(' ').next())
+        .expect("a RESP3 client")
+        .to_owned();
+    support::redis::cmd(redis.port, &["CLIENT", "KILL", "ID", &follower])
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    eventually_status(&gw, "watched", 200, Duration::from_secs(1)).await;
+    support::redis::cmd(redis.port, &["SET", &record, &inactive.to_string()])
+        .await
+        .unwrap();
+    eventually_status(&gw, "watched", 403, Duration::from_secs(1)).await;
 }
 
 #[tokio::test]

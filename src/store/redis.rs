@@ -1051,7 +1051,7 @@ async fn follow_changes(shared: Arc<Shared>) {
         };
         changed.borrow_and_update();
         let (tx, mut pushes) = mpsc::unbounded_channel();
-        let (_conn, tracking) = match shared.follow(&link, tx, cache.follows_changes()).await {
+        let (mut conn, tracking) = match shared.follow(&link, tx, cache.follows_changes()).await {
             Ok(followed) => followed,
             Err(e) => {
                 shared.record_error(format!("following changes on {}: {e}", link.addr()));
@@ -1064,6 +1064,9 @@ async fn follow_changes(shared: Arc<Shared>) {
         } else {
             cache.new_epoch();
         }
+        // A connection that dies without a word, or that a proxy closes as idle, would stop
+        // the invalidations unnoticed: a PING now and then proves it alive and keeps it busy.
+        let mut probe = tokio::time::interval(PROBE_EVERY);
         loop {
             tokio::select! {
                 push = pushes.recv() => match push {
@@ -1073,6 +1076,14 @@ async fn follow_changes(shared: Arc<Shared>) {
                     _ => break,
                 },
                 _ = changed.changed() => break,
+                _ = probe.tick() => {
+                    let ping = redis::cmd("PING");
+                    let answer = tokio::time::timeout(READ_TIMEOUT, ping.query_async::<Value>(&mut conn));
+                    if !matches!(answer.await, Ok(Ok(_))) {
+                        shared.record_error(format!("following changes on {}: no answer to PING", link.addr()));
+                        break;
+                    }
+                }
             }
         }
         cache.set_followed(false);
