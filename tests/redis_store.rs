@@ -298,18 +298,14 @@ async fn a_write_waiting_for_replicas_never_holds_up_requests() {
     );
 }
 
-#[tokio::test]
-async fn seed_layout_survives_a_frozen_master_in_both_modes() {
-    let layout = SeedLayout::builder().start().await;
-    let up = upstream().await;
-    let via_haproxy = node(&up.url(""), direct(layout.haproxy.port)).await;
-    let via_sentinel = node(&up.url(""), sentinel(&layout)).await;
-    // The node is ready once it has the master; its replica links follow right after.
+/// Waits until a Sentinel-mode node lists the seed layout's two replicas: it is ready once it
+/// has the master, and its replica links follow right after.
+async fn wait_for_replicas(gw: &TestGateway) {
     let start = Instant::now();
     loop {
-        let hello = via_sentinel
+        let hello = gw
             .client
-            .request("GET", &via_sentinel.url("/hello"), &[], None)
+            .request("GET", &gw.url("/hello"), &[], None)
             .await
             .json();
         assert_eq!(hello["details"]["redis"]["mode"], "sentinel");
@@ -318,7 +314,7 @@ async fn seed_layout_survives_a_frozen_master_in_both_modes() {
             .unwrap()
             .len();
         if replicas == 2 {
-            break;
+            return;
         }
         assert!(
             start.elapsed() < Duration::from_secs(2),
@@ -326,6 +322,56 @@ async fn seed_layout_survives_a_frozen_master_in_both_modes() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+#[tokio::test]
+async fn a_replica_without_the_key_is_not_taken_for_missing_while_another_has_it() {
+    // No failover: the master is frozen for less than down-after.
+    let layout = SeedLayout::builder().down_after(30_000).start().await;
+    let up = upstream().await;
+    let writer = node(&up.url(""), sentinel(&layout)).await;
+    let id = writer.add_key("lagging", seed_key()).await.json()["key_hash"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let record = format!("apikey-{id}");
+    for replica in &layout.redis[1..] {
+        while replica.get(&record).await.is_none() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    // One replica behind the other: it lacks the key.
+    let behind = layout.redis[1].port;
+    support::redis::cmd(behind, &["CONFIG", "SET", "replica-read-only", "no"])
+        .await
+        .unwrap();
+    support::redis::cmd(behind, &["DEL", &record])
+        .await
+        .unwrap();
+
+    // A node that asks the store on every request reads the key from the replicas, each in
+    // turn, while the master is away.
+    let mut config = sentinel(&layout);
+    config["local_session_cache"] = json!({"cached_session_timeout": 0});
+    let reader = node(&up.url(""), config).await;
+    wait_for_replicas(&reader).await;
+    layout.redis[0].freeze(3);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for _ in 0..8 {
+        let r = reader
+            .get_with_key("/tyk-api-test/get", Some("lagging"))
+            .await;
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+}
+
+#[tokio::test]
+async fn seed_layout_survives_a_frozen_master_in_both_modes() {
+    let layout = SeedLayout::builder().start().await;
+    let up = upstream().await;
+    let via_haproxy = node(&up.url(""), direct(layout.haproxy.port)).await;
+    let via_sentinel = node(&up.url(""), sentinel(&layout)).await;
+    wait_for_replicas(&via_sentinel).await;
 
     via_sentinel.add_key("known", seed_key()).await;
     for gw in [&via_haproxy, &via_sentinel] {

@@ -830,6 +830,9 @@ impl Shared {
         }
     }
 
+    /// `key` from the replicas, starting with the next in turn. A replica without the key
+    /// may only be behind (a key written just before the master went away), so "missing"
+    /// is the answer only when no replica that answers has it.
     async fn read_replica(&self, key: &str) -> Option<Result<Option<String>, RedisError>> {
         let replicas = self.replicas.load();
         if replicas.is_empty() {
@@ -840,8 +843,10 @@ impl Shared {
         for i in 0..replicas.len() {
             let link = &replicas[(start + i) % replicas.len()];
             match self.read(link, key).await {
-                Ok(v) => return Some(Ok(v)),
-                Err(e) => last = Some(Err(e)),
+                Ok(Some(found)) => return Some(Ok(Some(found))),
+                Ok(None) => last = Some(Ok(None)),
+                Err(e) if last.is_none() => last = Some(Err(e)),
+                Err(_) => {}
             }
         }
         last
