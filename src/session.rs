@@ -64,13 +64,6 @@ pub struct ApiLimit {
     pub extra: ExtraFields,
 }
 
-impl SessionState {
-    /// Parsing grows maps in steps; a cache holds many records, so they give the room back.
-    fn shrink(&mut self) {
-        self.access_rights.shrink_to_fit();
-    }
-}
-
 /// What the request path needs of a session: whether it may call an API, and under which
 /// limits. A node caches this instead of the whole record (about a fifth of its memory), so
 /// the same memory holds several times the keys and a lookup touches fewer cache lines.
@@ -210,7 +203,7 @@ impl<'de> Deserialize<'de> for Key<'de> {
 /// the whole object and decoded it twice: for a 1.2 KB Tyk record, 63,400 instead of 48,100
 /// instructions (callgrind), and 7.4 KB instead of 1.7 KB in memory with `Value` trees.
 macro_rules! deserialize_record {
-    ($record:ident { $($field:ident),* $(,)? } $(then $finish:path)?) => {
+    ($record:ident { $($field:ident),* $(,)? }) => {
         impl<'de> Deserialize<'de> for $record {
             fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
                 struct RecordVisitor;
@@ -235,7 +228,6 @@ macro_rules! deserialize_record {
                         }
                         let extra = String::from_utf8(extra).map_err(serde::de::Error::custom)?;
                         record.extra = ExtraFields(extra.into_boxed_str());
-                        $($finish(&mut record);)?
                         Ok(record)
                     }
                 }
@@ -262,7 +254,7 @@ deserialize_record!(SessionState {
     tags,
     alias,
     session_lifetime,
-} then SessionState::shrink);
+});
 deserialize_record!(AccessDefinition {
     api_name,
     api_id,
