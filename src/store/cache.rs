@@ -257,8 +257,7 @@ impl SessionStore for CachedStore {
         let known = cached.as_ref().and_then(|c| c.digest);
         let start = cache.begin_read();
         match self.inner.lookup(key_id, known).await {
-            Ok(Lookup::Found { session, digest }) => {
-                let access = Arc::new(KeyAccess::from(&*session));
+            Ok(Lookup::Found { access, digest }) => {
                 cache.insert(key_id, access.clone(), digest, start);
                 Ok(Some(access))
             }

@@ -57,17 +57,17 @@ pub trait SessionStore: Send + Sync + 'static {
             .await?
             .map(|session| Arc::new(KeyAccess::from(&*session))))
     }
-    /// Reads a record unless it is still the one whose digest is `known`: a cache revalidating
-    /// an entry then skips decoding it again (a full Tyk record costs more to decode than a
-    /// whole proxied request). Stores without a stored form always decode.
+    /// Reads what requests need of a record unless it is still the one whose digest is
+    /// `known`: a cache revalidating an entry then skips decoding it again. Stores without a
+    /// stored form always answer `Found`.
     async fn lookup(
         &self,
         key_id: &str,
         _known: Option<RecordDigest>,
     ) -> Result<Lookup, StoreError> {
-        Ok(match self.get(key_id).await? {
-            Some(session) => Lookup::Found {
-                session,
+        Ok(match self.access(key_id).await? {
+            Some(access) => Lookup::Found {
+                access,
                 digest: None,
             },
             None => Lookup::Missing,
@@ -114,7 +114,7 @@ pub enum Lookup {
     /// The stored record still has the digest the caller already holds.
     Unchanged,
     Found {
-        session: Arc<SessionState>,
+        access: Arc<KeyAccess>,
         /// `None` where the store keeps no stored form to fingerprint.
         digest: Option<RecordDigest>,
     },

@@ -30,7 +30,7 @@ use super::cache::SessionCache;
 use super::{Lookup, RecordDigest, SessionStore, StoreError, StoreHealth};
 use crate::config::StorageConfig;
 use crate::limits::{Policy, Usage};
-use crate::session::SessionState;
+use crate::session::{KeyAccess, SessionState};
 
 /// Tyk's prefix for session records.
 pub const KEY_PREFIX: &str = "apikey-";
@@ -1133,7 +1133,8 @@ fn apply_notification(cache: &SessionCache, node_id: &str, payload: &[u8]) {
     }
 }
 
-fn decode(key_id: &str, json: &str) -> Result<Arc<SessionState>, StoreError> {
+/// A stored record, whole or as the [`KeyAccess`] requests need.
+fn decode<T: serde::de::DeserializeOwned>(key_id: &str, json: &str) -> Result<Arc<T>, StoreError> {
     serde_json::from_str(json)
         .map(Arc::new)
         .map_err(|e| StoreError::Corrupt {
@@ -1145,6 +1146,13 @@ fn decode(key_id: &str, json: &str) -> Result<Arc<SessionState>, StoreError> {
 #[async_trait]
 impl SessionStore for RedisStore {
     async fn get(&self, key_id: &str) -> Result<Option<Arc<SessionState>>, StoreError> {
+        match self.shared.read_record(key_id).await? {
+            Some(json) => decode(key_id, &json).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    async fn access(&self, key_id: &str) -> Result<Option<Arc<KeyAccess>>, StoreError> {
         match self.shared.read_record(key_id).await? {
             Some(json) => decode(key_id, &json).map(Some),
             None => Ok(None),
@@ -1165,7 +1173,7 @@ impl SessionStore for RedisStore {
             return Ok(Lookup::Unchanged);
         }
         Ok(Lookup::Found {
-            session: decode(key_id, &json)?,
+            access: decode(key_id, &json)?,
             digest: Some(digest),
         })
     }
