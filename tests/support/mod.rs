@@ -8,6 +8,7 @@ pub mod redis;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
 
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
@@ -22,12 +23,28 @@ pub use self::http::{Client, TestResponse};
 
 pub const SECRET: &str = "test-secret";
 
-/// A loopback port that was free a moment ago (bound, then released).
+/// A loopback port for a server a test is about to start: free a moment ago (bound, then
+/// released), never handed out twice by one test binary, and below the kernel's ephemeral
+/// range (32768 and up), so that no outgoing connection, such as a replica's to its master,
+/// can take it before the server binds it. Port 0's answer risked both.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("probe a free port")
+    const FIRST: u32 = 12_000;
+    const COUNT: u32 = 20_000;
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    // Binaries run one after another; starting each at its own place keeps a port that a
+    // stray server of an earlier one still holds out of the way as well.
+    let start = std::process::id() % 100 * 200;
+    for _ in 0..COUNT {
+        let port = FIRST + (start + NEXT.fetch_add(1, Ordering::Relaxed)) % COUNT;
+        let port = u16::try_from(port).expect("ports stay below 32000");
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!(
+        "no free loopback port between {FIRST} and {}",
+        FIRST + COUNT
+    )
 }
 
 /// A task-backed server that stops when dropped and re-raises its panic on `stop`.
