@@ -121,7 +121,7 @@ impl Default for LocalSessionCache {
             disable_cached_session_state: false,
             cached_session_timeout: 10,
             stale_if_error: 120,
-            max_entries: 100_000,
+            max_entries: 300_000,
             follow_changes: true,
         }
     }

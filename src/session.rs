@@ -5,6 +5,7 @@
 
 use std::borrow::Cow;
 use std::fmt;
+use std::hash::{Hash, Hasher};
 
 use indexmap::IndexMap;
 use serde::de::{IgnoredAny, MapAccess, Visitor};
@@ -93,6 +94,29 @@ pub struct ApiAccess {
     api_id: Box<str>,
     /// Per-API limits that override the key's own.
     pub limit: Option<Limits>,
+}
+
+/// Hashes what `==` compares, floats by their bits (a NaN limit then equals nothing, itself
+/// included, which only keeps such an access from being shared).
+impl Hash for KeyAccess {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.is_inactive.hash(state);
+        self.expires.hash(state);
+        self.limits.hash(state);
+        for api in &self.apis {
+            api.api_id.hash(state);
+            api.limit.hash(state);
+        }
+    }
+}
+
+impl Hash for Limits {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.rate.to_bits().hash(state);
+        self.per.to_bits().hash(state);
+        self.quota_max.hash(state);
+        self.quota_renewal_rate.hash(state);
+    }
 }
 
 impl KeyAccess {

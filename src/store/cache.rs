@@ -9,11 +9,13 @@
 //! needing revalidation without dropping it.
 
 use std::collections::hash_map::RandomState;
+use std::hash::BuildHasher;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
+use compact_str::CompactString;
 
 use super::{Lookup, RecordDigest, SessionStore, StoreError, StoreHealth};
 use crate::config::LocalSessionCache;
@@ -37,10 +39,17 @@ struct Cached {
 
 /// Bounded cache of sessions by storage id. Entries older than `stale_for` are served only
 /// once the store confirms them, and give way to newer ones as the cache evicts (S3-FIFO):
-/// an expiry timer per entry would cost more on every request than the memory it frees. Keys are hashed with SipHash, as
-/// clients choose them.
+/// an expiry timer per entry would cost more on every request than the memory it frees. Keys
+/// are hashed with SipHash, as clients choose them, and held inline up to 24 bytes (Tyk's
+/// hashed key ids are 8 to 16), so comparing one touches no other cache line.
 pub struct SessionCache {
-    entries: quick_cache::sync::Cache<String, Cached, quick_cache::UnitWeighter, RandomState>,
+    entries:
+        quick_cache::sync::Cache<CompactString, Cached, quick_cache::UnitWeighter, RandomState>,
+    /// Recently read accesses by a hash of their value: keys made from one policy have the
+    /// same access, and sharing one copy keeps it in the CPU's caches for all of them (and
+    /// out of each entry's memory). Bounded, so that keys with accesses of their own pass by.
+    shared: quick_cache::sync::Cache<u64, Arc<KeyAccess>>,
+    access_hasher: foldhash::fast::RandomState,
     fresh_for: Duration,
     stale_for: Duration,
     follow_changes: bool,
@@ -57,6 +66,9 @@ pub struct SessionCache {
     changes: AtomicU64,
     started: Instant,
 }
+
+/// How many distinct accesses [`SessionCache::share`] remembers.
+const SHARED_ACCESSES: usize = 1024;
 
 /// What the cache knew when a store read began; see [`SessionCache::begin_read`].
 #[derive(Clone, Copy)]
@@ -76,6 +88,8 @@ impl SessionCache {
                 RandomState::new(),
                 quick_cache::sync::DefaultLifecycle::default(),
             ),
+            shared: quick_cache::sync::Cache::new(SHARED_ACCESSES),
+            access_hasher: foldhash::fast::RandomState::default(),
             fresh_for,
             stale_for,
             follow_changes: config.follow_changes,
@@ -143,12 +157,14 @@ impl SessionCache {
     fn settle(&self, key_id: &str, start: ReadStart) {
         if self.changes.load(Ordering::SeqCst) != start.changes {
             // On a missing key `entry` hands back an insertion guard, dropped here unused.
-            let _ = self
-                .entries
-                .entry(key_id, Some(Duration::ZERO), |_, entry| {
+            let _ = self.entries.entry(
+                &CompactString::from(key_id),
+                Some(Duration::ZERO),
+                |_, entry| {
                     entry.fresh_until = 0;
                     quick_cache::sync::EntryAction::Retain(())
-                });
+                },
+            );
         }
     }
 
@@ -161,16 +177,18 @@ impl SessionCache {
             self.epoch.load(Ordering::Acquire),
         );
         // On a missing key `entry` hands back an insertion guard, dropped here unused.
-        let _ = self
-            .entries
-            .entry(key_id, Some(Duration::ZERO), |_, entry| {
+        let _ = self.entries.entry(
+            &CompactString::from(key_id),
+            Some(Duration::ZERO),
+            |_, entry| {
                 if entry.digest == digest {
                     entry.fetched = now;
                     entry.fresh_until = fresh_until;
                     entry.epoch = epoch;
                 }
                 quick_cache::sync::EntryAction::Retain(())
-            });
+            },
+        );
         self.settle(key_id, start);
     }
 
@@ -206,6 +224,18 @@ impl SessionCache {
         self.changes.fetch_add(1, Ordering::SeqCst);
     }
 
+    /// A copy of `access` that other keys already share, when one is known.
+    fn share(&self, access: Arc<KeyAccess>) -> Arc<KeyAccess> {
+        let hash = self.access_hasher.hash_one(&*access);
+        match self.shared.get(&hash) {
+            Some(known) if known == access => known,
+            _ => {
+                self.shared.insert(hash, access.clone());
+                access
+            }
+        }
+    }
+
     fn insert(
         &self,
         key_id: &str,
@@ -215,7 +245,7 @@ impl SessionCache {
     ) {
         let now = self.now_ms();
         self.entries.insert(
-            key_id.to_owned(),
+            key_id.into(),
             Cached {
                 access,
                 digest,
@@ -258,6 +288,7 @@ impl SessionStore for CachedStore {
         let start = cache.begin_read();
         match self.inner.lookup(key_id, known).await {
             Ok(Lookup::Found { access, digest }) => {
+                let access = cache.share(access);
                 cache.insert(key_id, access.clone(), digest, start);
                 Ok(Some(access))
             }
@@ -425,6 +456,27 @@ mod tests {
         assert!(store.access("k").await.is_err(), "past the stale bound");
     }
 
+    #[tokio::test]
+    async fn keys_with_the_same_access_share_one_copy() {
+        let store = CachedStore::new(
+            Arc::new(crate::store::MemoryStore::new()),
+            Arc::new(SessionCache::new(&config(60, 120))),
+        );
+        let mut session = SessionState::default();
+        session.access_rights.insert("1".into(), Default::default());
+        for key in ["a", "b"] {
+            store.set(key, &session, None).await.unwrap();
+        }
+        session.rate = 5.0;
+        store.set("c", &session, None).await.unwrap();
+        let [a, b, c] = ["a", "b", "c"].map(|k| store.access(k));
+        let (a, b, c) = (a.await, b.await, c.await);
+        let [a, b, c] = [a, b, c].map(|r| r.unwrap().unwrap());
+        assert!(Arc::ptr_eq(&a, &b), "same access, one copy");
+        assert!(!Arc::ptr_eq(&a, &c) && c.limits.rate == 5.0 && a.limits.rate == 0.0);
+        assert!(Arc::ptr_eq(&b, &store.access("b").await.unwrap().unwrap()));
+    }
+
     #[test]
     fn confirming_never_revives_an_entry_nor_refreshes_another_record() {
         let cache = SessionCache::new(&config(60, 120));
@@ -491,7 +543,7 @@ mod tests {
         // Read an hour ago and never asked again: followed changes vouch for it until now.
         let mut entry = cache.entries.get("k").unwrap();
         entry.fetched = 0;
-        cache.entries.insert("k".to_owned(), entry);
+        cache.entries.insert("k".into(), entry);
         cache.set_followed(false);
         let entry = cache.entries.get("k").unwrap();
         assert!(!cache.is_fresh(&entry));
