@@ -73,7 +73,12 @@ impl Rejected {
 
 fn store_failure(e: &StoreError) -> Response<Body> {
     tracing::warn!("key store error in admin API: {e}");
-    status_message(StatusCode::SERVICE_UNAVAILABLE, &e.to_string())
+    // A record that cannot be read is a fault of the data, not an outage.
+    let status = match e {
+        StoreError::Corrupt { .. } => StatusCode::INTERNAL_SERVER_ERROR,
+        StoreError::Unavailable(_) | StoreError::NotDurable(_) => StatusCode::SERVICE_UNAVAILABLE,
+    };
+    status_message(status, &e.to_string())
 }
 
 /// Routes one admin or probe request.

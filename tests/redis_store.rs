@@ -698,3 +698,40 @@ async fn a_followed_session_is_not_read_again_after_the_cache_timeout() {
         "past cached_session_timeout without following: read again"
     );
 }
+
+#[tokio::test]
+async fn a_record_that_cannot_be_read_is_refused_and_named_never_an_outage() {
+    let redis = RedisServer::start().await;
+    let up = upstream().await;
+    let mut config = direct(redis.port);
+    // Every request reads its session from Redis.
+    config["local_session_cache"] = json!({"disable_cached_session_state": true});
+    let gw = node(&up.url(""), config).await;
+    let r = gw.admin("POST", "/tyk/keys/typed", Some(seed_key())).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let id = format!("apikey-{}", gw.gateway.hasher.storage_id("typed"));
+    let overwrite = |field: &str, value: Value| {
+        let mut record = seed_key();
+        record[field] = value;
+        let (port, id) = (redis.port, id.clone());
+        async move {
+            support::redis::cmd(port, &["SET", &id, &record.to_string()])
+                .await
+                .unwrap();
+        }
+    };
+
+    // A field requests do not read: the key keeps working; the whole record is refused.
+    overwrite("tags", json!(5)).await;
+    eventually_status(&gw, "typed", 200, Duration::from_secs(1)).await;
+    let r = gw.admin("GET", "/tyk/keys/typed", None).await;
+    assert_eq!(r.status, 500, "{}", r.text());
+    assert!(r.text().contains("tags: invalid type"), "{}", r.text());
+
+    // A field they read: the key is refused, with 403 rather than an outage's 503.
+    overwrite("rate", json!("fast")).await;
+    eventually_status(&gw, "typed", 403, Duration::from_secs(1)).await;
+    let r = gw.admin("GET", "/tyk/keys/typed", None).await;
+    assert_eq!(r.status, 500, "{}", r.text());
+    assert!(r.text().contains("rate: invalid type"), "{}", r.text());
+}

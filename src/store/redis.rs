@@ -1133,14 +1133,21 @@ fn apply_notification(cache: &SessionCache, node_id: &str, payload: &[u8]) {
     }
 }
 
-/// A stored record, whole or as the [`KeyAccess`] requests need.
+/// A stored record, whole or as the [`KeyAccess`] requests need. A record that cannot be
+/// read is decoded again to name the field at fault (tracking the path on every read would
+/// cost each one).
 fn decode<T: serde::de::DeserializeOwned>(key_id: &str, json: &str) -> Result<Arc<T>, StoreError> {
-    serde_json::from_str(json)
-        .map(Arc::new)
-        .map_err(|e| StoreError::Corrupt {
+    serde_json::from_str(json).map(Arc::new).map_err(|e| {
+        let de = &mut serde_json::Deserializer::from_str(json);
+        let reason = match serde_path_to_error::deserialize::<_, T>(de) {
+            Err(at) if at.path().iter().next().is_some() => format!("{}: {e}", at.path()),
+            _ => e.to_string(),
+        };
+        StoreError::Corrupt {
             key: key_id.to_owned(),
-            reason: e.to_string(),
-        })
+            reason,
+        }
+    })
 }
 
 #[async_trait]
