@@ -138,7 +138,9 @@ impl Usage {
             ),
             (None, None) => return,
         };
-        // One exact-size allocation per value (`HeaderValue::from(i64)` makes two).
+        // One exact-size allocation per value (`HeaderValue::from(i64)` makes two), and room
+        // for all three at once (a response's map is sized to the headers it came with).
+        headers.reserve(3);
         let mut digits = itoa::Buffer::new();
         for (name, value) in [(&LIMIT, limit), (&REMAINING, remaining), (&RESET, reset)] {
             let value = HeaderValue::from_bytes(digits.format(value).as_bytes())
@@ -318,7 +320,9 @@ struct Lease {
 pub struct Limiter {
     store: Arc<dyn SessionStore>,
     local: LocalCounters,
-    leases: Mutex<HashMap<String, Lease>>,
+    /// Hashed with foldhash, looked up on every limited request: its keys are counters of
+    /// authenticated keys, which a client cannot choose.
+    leases: Mutex<HashMap<String, Lease, foldhash::fast::RandomState>>,
     /// Quota requests admitted while the store was away, or leased and unused:
     /// counter → (count, renewal). Negative counts give admissions back.
     pending: Mutex<HashMap<String, (i64, i64)>>,
@@ -329,7 +333,7 @@ impl Limiter {
         Self {
             store,
             local: LocalCounters::default(),
-            leases: Mutex::new(HashMap::new()),
+            leases: Mutex::new(HashMap::default()),
             pending: Mutex::new(HashMap::new()),
         }
     }
