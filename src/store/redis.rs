@@ -307,6 +307,17 @@ impl RedisStore {
     pub fn is_sentinel(&self) -> bool {
         matches!(self.shared.topology, Topology::Sentinel { .. })
     }
+
+    /// The record under `key_id`, whole or as the [`KeyAccess`] requests need.
+    async fn read_decoded<T: serde::de::DeserializeOwned>(
+        &self,
+        key_id: &str,
+    ) -> Result<Option<Arc<T>>, StoreError> {
+        match self.shared.read_record(key_id).await? {
+            Some(json) => decode(key_id, &json).map(Some),
+            None => Ok(None),
+        }
+    }
 }
 
 fn record_key(key_id: &str) -> String {
@@ -1153,17 +1164,11 @@ fn decode<T: serde::de::DeserializeOwned>(key_id: &str, json: &str) -> Result<Ar
 #[async_trait]
 impl SessionStore for RedisStore {
     async fn get(&self, key_id: &str) -> Result<Option<Arc<SessionState>>, StoreError> {
-        match self.shared.read_record(key_id).await? {
-            Some(json) => decode(key_id, &json).map(Some),
-            None => Ok(None),
-        }
+        self.read_decoded(key_id).await
     }
 
     async fn access(&self, key_id: &str) -> Result<Option<Arc<KeyAccess>>, StoreError> {
-        match self.shared.read_record(key_id).await? {
-            Some(json) => decode(key_id, &json).map(Some),
-            None => Ok(None),
-        }
+        self.read_decoded(key_id).await
     }
 
     async fn lookup(
