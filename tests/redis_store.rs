@@ -14,6 +14,13 @@ fn direct(port: u16) -> Value {
     json!({"storage": {"type": "redis", "host": "127.0.0.1", "port": port, "timeout": 2}})
 }
 
+/// `direct`, with the session cache off: every request reads its session from Redis.
+fn uncached(port: u16) -> Value {
+    let mut config = direct(port);
+    config["local_session_cache"] = json!({"disable_cached_session_state": true});
+    config
+}
+
 fn sentinel(layout: &SeedLayout) -> Value {
     json!({"storage": {"type": "redis", "addrs": layout.sentinel_addrs(), "master_name": "mymaster", "timeout": 2}})
 }
@@ -108,9 +115,7 @@ async fn key_crud_lands_in_redis_in_tyk_layout() {
 async fn a_redis_restart_loses_no_key() {
     let mut redis = RedisServer::start().await;
     let up = upstream().await;
-    let mut config = direct(redis.port);
-    config["local_session_cache"] = json!({"disable_cached_session_state": true});
-    let gw = node(&up.url(""), config).await;
+    let gw = node(&up.url(""), uncached(redis.port)).await;
     for i in 0..20 {
         gw.add_key(&format!("key-{i}"), seed_key()).await;
     }
@@ -256,10 +261,8 @@ async fn writes_wait_for_the_required_replicas() {
 async fn a_write_waiting_for_replicas_never_holds_up_requests() {
     let redis = RedisServer::start().await;
     let up = upstream().await;
-    let mut config = direct(redis.port);
+    let mut config = uncached(redis.port);
     config["storage"]["min_replicas_ack"] = json!(1);
-    // Every request reads its session from Redis.
-    config["local_session_cache"] = json!({"disable_cached_session_state": true});
     let gw = node(&up.url(""), config).await;
     let id = gw.gateway.hasher.storage_id("reader");
     let record = seed_key().to_string();
@@ -703,10 +706,7 @@ async fn a_followed_session_is_not_read_again_after_the_cache_timeout() {
 async fn a_record_that_cannot_be_read_is_refused_and_named_never_an_outage() {
     let redis = RedisServer::start().await;
     let up = upstream().await;
-    let mut config = direct(redis.port);
-    // Every request reads its session from Redis.
-    config["local_session_cache"] = json!({"disable_cached_session_state": true});
-    let gw = node(&up.url(""), config).await;
+    let gw = node(&up.url(""), uncached(redis.port)).await;
     let r = gw.admin("POST", "/tyk/keys/typed", Some(seed_key())).await;
     assert_eq!(r.status, 200, "{}", r.text());
     let id = format!("apikey-{}", gw.gateway.hasher.storage_id("typed"));

@@ -469,9 +469,9 @@ mod tests {
         }
         session.rate = 5.0;
         store.set("c", &session, None).await.unwrap();
-        let [a, b, c] = ["a", "b", "c"].map(|k| store.access(k));
-        let (a, b, c) = (a.await, b.await, c.await);
-        let [a, b, c] = [a, b, c].map(|r| r.unwrap().unwrap());
+        let a = store.access("a").await.unwrap().unwrap();
+        let b = store.access("b").await.unwrap().unwrap();
+        let c = store.access("c").await.unwrap().unwrap();
         assert!(Arc::ptr_eq(&a, &b), "same access, one copy");
         assert!(!Arc::ptr_eq(&a, &c) && c.limits.rate == 5.0 && a.limits.rate == 0.0);
         assert!(Arc::ptr_eq(&b, &store.access("b").await.unwrap().unwrap()));
