@@ -70,6 +70,15 @@ pub struct StorageConfig {
     /// Seconds for connecting and for each command.
     pub timeout: u64,
     pub use_ssl: bool,
+    /// With `use_ssl`: accept any certificate Redis presents (tests and private networks only).
+    pub ssl_insecure_skip_verify: bool,
+    /// With `use_ssl`: PEM file of the CAs that sign Redis's certificate, trusted instead of
+    /// the public roots.
+    pub ca_file: String,
+    /// With `use_ssl`: PEM client certificate chain and its key, for a Redis that asks for
+    /// one (`tls-auth-clients`). Both or neither.
+    pub cert_file: String,
+    pub key_file: String,
     pub optimisation_max_idle: u32,
     pub optimisation_max_active: u32,
     /// tollgate: replicas that must confirm a key write (`WAIT`); `-1` picks 1 where replicas
@@ -91,6 +100,10 @@ impl Default for StorageConfig {
             database: 0,
             timeout: 5,
             use_ssl: false,
+            ssl_insecure_skip_verify: false,
+            ca_file: String::new(),
+            cert_file: String::new(),
+            key_file: String::new(),
             optimisation_max_idle: 100,
             optimisation_max_active: 16,
             min_replicas_ack: -1,
@@ -348,12 +361,42 @@ impl StorageConfig {
                         "must be -1 (auto) or >= 0",
                     ));
                 }
-                Ok(())
+                self.validate_tls()
             }
             other => Err(invalid(
                 "storage.type",
                 format!("{other:?} is not one of redis, memory"),
             )),
+        }
+    }
+
+    /// The TLS settings only mean something with `use_ssl`: set without it, they would leave
+    /// an operator who asked for a private CA talking to Redis in plain text.
+    fn validate_tls(&self) -> Result<(), ConfigError> {
+        let set = [
+            (
+                "storage.ssl_insecure_skip_verify",
+                self.ssl_insecure_skip_verify,
+            ),
+            ("storage.ca_file", !self.ca_file.is_empty()),
+            ("storage.cert_file", !self.cert_file.is_empty()),
+            ("storage.key_file", !self.key_file.is_empty()),
+        ];
+        if !self.use_ssl
+            && let Some((field, _)) = set.iter().find(|(_, set)| *set)
+        {
+            return Err(invalid(field, "needs storage.use_ssl: true"));
+        }
+        match (self.cert_file.is_empty(), self.key_file.is_empty()) {
+            (false, true) => Err(invalid(
+                "storage.key_file",
+                "must be set with storage.cert_file",
+            )),
+            (true, false) => Err(invalid(
+                "storage.cert_file",
+                "must be set with storage.key_file",
+            )),
+            _ => Ok(()),
         }
     }
 }
@@ -517,5 +560,33 @@ mod tests {
                 .to_string()
                 .starts_with("storage.master_name:")
         );
+    }
+
+    #[test]
+    fn tls_files_need_use_ssl_and_come_in_pairs() {
+        let redis = |storage: serde_json::Value| {
+            let mut c = GatewayConfig::from_value(json!({"storage": storage}), no_env)
+                .unwrap()
+                .config;
+            c.secret = "s".into();
+            c.app_path = ".".into();
+            c.validate().map_err(|e| e.to_string())
+        };
+        let err = redis(json!({"ca_file": "ca.pem"})).unwrap_err();
+        assert!(
+            err.starts_with("storage.ca_file: needs storage.use_ssl"),
+            "{err}"
+        );
+        let err = redis(json!({"ssl_insecure_skip_verify": true})).unwrap_err();
+        assert!(
+            err.starts_with("storage.ssl_insecure_skip_verify:"),
+            "{err}"
+        );
+        let err = redis(json!({"use_ssl": true, "cert_file": "c.pem"})).unwrap_err();
+        assert!(err.starts_with("storage.key_file:"), "{err}");
+        let err = redis(json!({"use_ssl": true, "key_file": "k.pem"})).unwrap_err();
+        assert!(err.starts_with("storage.cert_file:"), "{err}");
+        redis(json!({"use_ssl": true, "ca_file": "ca.pem", "cert_file": "c.pem", "key_file": "k.pem"}))
+            .unwrap();
     }
 }

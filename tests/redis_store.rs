@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use support::redis::{RedisServer, SeedLayout};
+use support::redis::{RedisServer, SeedLayout, TlsRedisServer};
 use support::{TestGateway, gateway, sample_api, seed_key, upstream};
 
 fn direct(port: u16) -> Value {
@@ -734,4 +734,112 @@ async fn a_record_that_cannot_be_read_is_refused_and_named_never_an_outage() {
     let r = gw.admin("GET", "/tyk/keys/typed", None).await;
     assert_eq!(r.status, 500, "{}", r.text());
     assert!(r.text().contains("rate: invalid type"), "{}", r.text());
+}
+
+/// `direct` with `use_ssl` and the TLS settings in `tls` merged into `storage`.
+fn over_tls(port: u16, tls: Value) -> Value {
+    let mut config = direct(port);
+    config["storage"]["use_ssl"] = json!(true);
+    for (field, value) in tls.as_object().unwrap() {
+        config["storage"][field] = value.clone();
+    }
+    config
+}
+
+#[tokio::test]
+async fn a_tls_redis_with_a_private_ca_and_client_certificates_serves_keys() {
+    let redis = TlsRedisServer::start(true).await;
+    let up = upstream().await;
+    let tls = json!({
+        "ca_file": redis.file("ca.crt"),
+        "cert_file": redis.file("client.crt"),
+        "key_file": redis.file("client.key"),
+    });
+    let gw = node(&up.url(""), over_tls(redis.port, tls.clone())).await;
+    gw.add_key("tls-key", seed_key()).await;
+    let r = gw.get_with_key("/tyk-api-test/get", Some("tls-key")).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    // A second node reads the key over its own TLS connections.
+    let other = node(&up.url(""), over_tls(redis.port, tls)).await;
+    let r = other
+        .get_with_key("/tyk-api-test/get", Some("tls-key"))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+}
+
+#[tokio::test]
+async fn a_tls_redis_is_refused_unless_its_certificate_verifies_or_checks_are_skipped() {
+    let redis = TlsRedisServer::start(false).await;
+    let up = upstream().await;
+    // Its CA is in neither the system's roots nor the configuration: no connection, so the
+    // store is unavailable (503), never a key error.
+    let untrusted = node(&up.url(""), over_tls(redis.port, json!({}))).await;
+    let r = untrusted
+        .admin("POST", "/tyk/keys/tls-key", Some(seed_key()))
+        .await;
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert!(r.text().contains("UnknownIssuer"), "{}", r.text());
+    let r = untrusted
+        .get_with_key("/tyk-api-test/get", Some("tls-key"))
+        .await;
+    assert_eq!(r.status, 503, "{}", r.text());
+    let skipping = node(
+        &up.url(""),
+        over_tls(redis.port, json!({"ssl_insecure_skip_verify": true})),
+    )
+    .await;
+    skipping.add_key("tls-key", seed_key()).await;
+    let r = skipping
+        .get_with_key("/tyk-api-test/get", Some("tls-key"))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+}
+
+#[tokio::test]
+async fn unusable_tls_files_are_configuration_errors_naming_the_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let not_pem = dir.path().join("not.pem");
+    std::fs::write(&not_pem, "hello").unwrap();
+    let missing = dir.path().join("missing.pem");
+    // PEM blocks whose contents are not base64.
+    let bad_cert = dir.path().join("bad-cert.pem");
+    std::fs::write(
+        &bad_cert,
+        "-----BEGIN CERTIFICATE-----\n!!!\n-----END CERTIFICATE-----\n",
+    )
+    .unwrap();
+    let bad_key = dir.path().join("bad-key.pem");
+    std::fs::write(
+        &bad_key,
+        "-----BEGIN PRIVATE KEY-----\n!!!\n-----END PRIVATE KEY-----\n",
+    )
+    .unwrap();
+    for (tls, field) in [
+        (json!({"ca_file": missing}), "storage.ca_file"),
+        (json!({"ca_file": not_pem}), "storage.ca_file"),
+        (json!({"ca_file": bad_cert}), "storage.ca_file"),
+        (
+            json!({"cert_file": not_pem, "key_file": not_pem}),
+            "storage.cert_file",
+        ),
+        (
+            json!({"ca_file": bad_cert, "cert_file": bad_cert, "key_file": bad_key}),
+            "storage.ca_file",
+        ),
+        (
+            json!({"cert_file": bad_cert, "key_file": bad_key}),
+            "storage.cert_file, storage.key_file",
+        ),
+    ] {
+        let mut config = over_tls(1, tls.clone());
+        config["app_path"] = json!(dir.path());
+        config["secret"] = json!("s");
+        let loaded = tollgate::config::GatewayConfig::from_value(config, |_| None).unwrap();
+        loaded.config.validate().unwrap();
+        let err = tollgate::store::open(&loaded.config)
+            .await
+            .err()
+            .unwrap_or_else(|| panic!("{tls} was accepted"));
+        assert!(err.to_string().starts_with(field), "{tls}: {err}");
+    }
 }

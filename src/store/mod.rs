@@ -131,7 +131,7 @@ pub async fn open(
             let cache = (!cache_config.disable_cached_session_state)
                 .then(|| Arc::new(cache::SessionCache::new(cache_config)));
             let redis: Arc<dyn SessionStore> =
-                Arc::new(redis::RedisStore::connect(&config.storage, cache.clone()).await);
+                Arc::new(redis::RedisStore::connect(&config.storage, cache.clone()).await?);
             Ok(match cache {
                 Some(cache) => Arc::new(cache::CachedStore::new(redis, cache)),
                 None => redis,

@@ -19,8 +19,8 @@ use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
 use redis::aio::MultiplexedConnection;
 use redis::{
-    AsyncConnectionConfig, ConnectionAddr, IntoConnectionInfo, ProtocolVersion, PushInfo, PushKind,
-    RedisConnectionInfo, RedisError, ServerErrorKind, Value,
+    AsyncConnectionConfig, ClientTlsConfig, ConnectionAddr, IntoConnectionInfo, ProtocolVersion,
+    PushInfo, PushKind, RedisConnectionInfo, RedisError, ServerErrorKind, TlsCertificates, Value,
 };
 use serde_json::json;
 use tokio::sync::{Notify, mpsc, watch};
@@ -28,7 +28,7 @@ use tokio::task::JoinHandle;
 
 use super::cache::SessionCache;
 use super::{Lookup, RecordDigest, SessionStore, StoreError, StoreHealth};
-use crate::config::StorageConfig;
+use crate::config::{ConfigError, StorageConfig};
 use crate::limits::{Policy, Usage};
 use crate::session::{KeyAccess, SessionState};
 
@@ -198,11 +198,118 @@ async fn run_id(conn: &mut MultiplexedConnection, deadline: Duration) -> Option<
         .map(|id| id.trim().to_owned())
 }
 
+/// How connections to Redis and to the sentinels are secured (`use_ssl` and its files),
+/// read and parsed once at start: a TLS address whose host and port each connection replaces
+/// (redis-rs does not export the type of its parsed certificates, only addresses holding them).
+struct RedisTls {
+    template: ConnectionAddr,
+}
+
+impl RedisTls {
+    /// `None` without `use_ssl`. An unreadable file, or one with no PEM block of the kind
+    /// expected, is an error naming its field.
+    fn load(config: &StorageConfig) -> Result<Option<Self>, ConfigError> {
+        if !config.use_ssl {
+            return Ok(None);
+        }
+        let read = |field: &str, path: &str, block: &str| -> Result<Option<Vec<u8>>, ConfigError> {
+            if path.is_empty() {
+                return Ok(None);
+            }
+            let invalid = |reason: String| ConfigError::InvalidField {
+                field: field.to_owned(),
+                reason,
+            };
+            let pem =
+                std::fs::read(path).map_err(|e| invalid(format!("cannot read {path:?}: {e}")))?;
+            if !String::from_utf8_lossy(&pem).contains(block) {
+                return Err(invalid(format!("{path:?} holds no PEM {block}")));
+            }
+            Ok(Some(pem))
+        };
+        let root_cert = read("storage.ca_file", &config.ca_file, "CERTIFICATE-----")?;
+        let client_cert = read("storage.cert_file", &config.cert_file, "CERTIFICATE-----")?;
+        let client_key = read("storage.key_file", &config.key_file, "PRIVATE KEY-----")?;
+        let client_tls = client_cert
+            .zip(client_key)
+            .map(|(client_cert, client_key)| ClientTlsConfig {
+                client_cert,
+                client_key,
+            });
+        let template = ConnectionAddr::TcpTls {
+            host: String::new(),
+            port: 0,
+            insecure: config.ssl_insecure_skip_verify,
+            tls_params: None,
+        };
+        // redis-rs parses certificates only while building a client. With both, the CA file is
+        // parsed alone first, so that an error names the right field.
+        let parse = |field: &str, certs: TlsCertificates| {
+            template
+                .clone()
+                .into_connection_info()
+                .and_then(|info| redis::Client::build_with_tls(info, certs))
+                .map(|client| client.get_connection_info().addr().clone())
+                .map_err(|e| ConfigError::InvalidField {
+                    field: field.to_owned(),
+                    reason: e.to_string(),
+                })
+        };
+        const CLIENT_PAIR: &str = "storage.cert_file, storage.key_file";
+        let certs = TlsCertificates {
+            client_tls,
+            root_cert,
+        };
+        let template = match &certs {
+            TlsCertificates {
+                client_tls: None,
+                root_cert: None,
+            } => template,
+            TlsCertificates {
+                client_tls: None, ..
+            } => parse("storage.ca_file", certs)?,
+            TlsCertificates {
+                root_cert: None, ..
+            } => parse(CLIENT_PAIR, certs)?,
+            TlsCertificates {
+                root_cert: Some(ca),
+                ..
+            } => {
+                let root_cert = Some(ca.clone());
+                let ca_alone = TlsCertificates {
+                    client_tls: None,
+                    root_cert,
+                };
+                parse("storage.ca_file", ca_alone)?;
+                parse(CLIENT_PAIR, certs)?
+            }
+        };
+        Ok(Some(Self { template }))
+    }
+
+    /// The address of `host:port` with these settings.
+    fn addr(&self, host: &str, port: u16) -> ConnectionAddr {
+        match self.template.clone() {
+            ConnectionAddr::TcpTls {
+                insecure,
+                tls_params,
+                ..
+            } => ConnectionAddr::TcpTls {
+                host: host.to_owned(),
+                port,
+                insecure,
+                tls_params,
+            },
+            _ => unreachable!("RedisTls holds a TLS address"),
+        }
+    }
+}
+
 struct Shared {
     topology: Topology,
     settings: RedisConnectionInfo,
     sentinel_settings: RedisConnectionInfo,
-    tls: bool,
+    tls: Option<RedisTls>,
     timeout: Duration,
     pool_size: usize,
     min_replicas_ack: Option<usize>,
@@ -238,8 +345,13 @@ impl Drop for RedisStore {
 
 impl RedisStore {
     /// Starts discovery and the background tasks; waits up to `storage.timeout` for a first
-    /// master but never fails: requests get 503 until one is found.
-    pub async fn connect(config: &StorageConfig, cache: Option<Arc<SessionCache>>) -> Self {
+    /// master. Fails only on TLS files that cannot be used; an unreachable Redis is not an
+    /// error: requests get 503 until a master is found.
+    pub async fn connect(
+        config: &StorageConfig,
+        cache: Option<Arc<SessionCache>>,
+    ) -> Result<Self, ConfigError> {
+        let tls = RedisTls::load(config)?;
         let topology = if config.addrs.is_empty() {
             Topology::Direct {
                 host: config.host.clone(),
@@ -273,7 +385,7 @@ impl RedisStore {
             topology,
             settings,
             sentinel_settings,
-            tls: config.use_ssl,
+            tls,
             timeout: Duration::from_secs(config.timeout),
             pool_size: (config.optimisation_max_active as usize).clamp(1, MAX_POOL),
             min_replicas_ack: usize::try_from(config.min_replicas_ack).ok(),
@@ -300,7 +412,7 @@ impl RedisStore {
             tasks.push(tokio::spawn(follow_sentinels(shared.clone())));
         }
         let _ = tokio::time::timeout(shared.timeout, first.changed()).await;
-        Self { shared, tasks }
+        Ok(Self { shared, tasks })
     }
 
     /// Whether the store runs through Sentinel.
@@ -387,15 +499,9 @@ impl Shared {
         settings: &RedisConnectionInfo,
         config: AsyncConnectionConfig,
     ) -> Result<MultiplexedConnection, RedisError> {
-        let addr = if self.tls {
-            ConnectionAddr::TcpTls {
-                host: host.to_owned(),
-                port,
-                insecure: false,
-                tls_params: None,
-            }
-        } else {
-            ConnectionAddr::Tcp(host.to_owned(), port)
+        let addr = match &self.tls {
+            Some(tls) => tls.addr(host, port),
+            None => ConnectionAddr::Tcp(host.to_owned(), port),
         };
         let info = addr
             .into_connection_info()?

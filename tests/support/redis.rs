@@ -64,6 +64,151 @@ where
     panic!("timed out waiting for {what}");
 }
 
+/// One `redis-server` that speaks only TLS, with certificates from a test CA made for it by
+/// `openssl`: the server's (for 127.0.0.1) and a client's. `tls-auth-clients` as asked.
+pub struct TlsRedisServer {
+    pub port: u16,
+    pub dir: tempfile::TempDir,
+    _process: Process,
+}
+
+impl TlsRedisServer {
+    pub async fn start(require_client_certificate: bool) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let openssl = |args: &[&str]| {
+            let out = Command::new("openssl")
+                .args(args)
+                .current_dir(dir.path())
+                .output()
+                .unwrap_or_else(|e| {
+                    panic!("cannot run openssl (run scripts/test to install it): {e}")
+                });
+            assert!(
+                out.status.success(),
+                "openssl {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        let new_key = [
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+        ];
+        openssl(
+            &[
+                &["req", "-x509"][..],
+                &new_key,
+                &[
+                    "-keyout",
+                    "ca.key",
+                    "-out",
+                    "ca.crt",
+                    "-days",
+                    "2",
+                    "-subj",
+                    "/CN=tollgate test CA",
+                ],
+            ]
+            .concat(),
+        );
+        // Extensions make X.509 v3 certificates, the only version rustls accepts.
+        for (name, extensions) in [
+            (
+                "server",
+                "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n",
+            ),
+            ("client", "extendedKeyUsage=clientAuth\n"),
+        ] {
+            let (key, csr, crt, ext) = (
+                format!("{name}.key"),
+                format!("{name}.csr"),
+                format!("{name}.crt"),
+                format!("{name}.ext"),
+            );
+            std::fs::write(dir.path().join(&ext), extensions).unwrap();
+            openssl(
+                &[
+                    &["req"][..],
+                    &new_key,
+                    &[
+                        "-keyout",
+                        &key,
+                        "-out",
+                        &csr,
+                        "-subj",
+                        &format!("/CN=tollgate test {name}"),
+                    ],
+                ]
+                .concat(),
+            );
+            openssl(&[
+                "x509",
+                "-req",
+                "-in",
+                &csr,
+                "-CA",
+                "ca.crt",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-out",
+                &crt,
+                "-days",
+                "2",
+                "-extfile",
+                &ext,
+            ]);
+        }
+        let port = free_port();
+        let args: Vec<String> = [
+            "--port",
+            "0",
+            "--tls-port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--tls-cert-file",
+            "server.crt",
+            "--tls-key-file",
+            "server.key",
+            "--tls-ca-cert-file",
+            "ca.crt",
+            "--tls-auth-clients",
+            if require_client_certificate {
+                "yes"
+            } else {
+                "no"
+            },
+            "--dir",
+            ".",
+            "--save",
+            "",
+            "--protected-mode",
+            "no",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let process = spawn("redis-server", &args, dir.path());
+        assert!(
+            super::wait_for_port(([127, 0, 0, 1], port).into(), Duration::from_secs(10)).await,
+            "redis-server (TLS) did not listen"
+        );
+        Self {
+            port,
+            dir,
+            _process: process,
+        }
+    }
+
+    /// The path of one of the PEM files: `ca.crt`, `client.crt`, `client.key`.
+    pub fn file(&self, name: &str) -> String {
+        self.dir.path().join(name).to_string_lossy().into_owned()
+    }
+}
+
 /// One `redis-server`, with AOF on (fsync always) so that a restart keeps every write.
 pub struct RedisServer {
     pub port: u16,
