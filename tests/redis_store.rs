@@ -843,3 +843,36 @@ async fn unusable_tls_files_are_configuration_errors_naming_the_field() {
         assert!(err.to_string().starts_with(field), "{tls}: {err}");
     }
 }
+
+#[tokio::test]
+async fn redis_acl_credentials_are_used_and_wrong_ones_are_an_outage() {
+    let redis = RedisServer::start().await;
+    for args in [
+        &[
+            "ACL", "SETUSER", "tollgate", "on", ">s3cret", "~*", "&*", "+@all",
+        ][..],
+        &["ACL", "SETUSER", "default", "off"],
+    ] {
+        support::redis::cmd(redis.port, args).await.unwrap();
+    }
+    let up = upstream().await;
+    let mut config = direct(redis.port);
+    config["storage"]["username"] = json!("tollgate");
+    config["storage"]["password"] = json!("s3cret");
+    let gw = node(&up.url(""), config.clone()).await;
+    gw.add_key("acl-key", seed_key()).await;
+    let r = gw.get_with_key("/tyk-api-test/get", Some("acl-key")).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    // Refused credentials leave the store unreachable: 503, never a key error.
+    config["storage"]["password"] = json!("wrong");
+    let refused = node(&up.url(""), config).await;
+    let r = refused
+        .get_with_key("/tyk-api-test/get", Some("acl-key"))
+        .await;
+    assert_eq!(r.status, 503, "{}", r.text());
+    let r = refused
+        .admin("POST", "/tyk/keys/other-key", Some(seed_key()))
+        .await;
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert!(r.text().contains("authentication failed"), "{}", r.text());
+}
