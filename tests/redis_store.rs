@@ -876,3 +876,29 @@ async fn redis_acl_credentials_are_used_and_wrong_ones_are_an_outage() {
     assert_eq!(r.status, 503, "{}", r.text());
     assert!(r.text().contains("authentication failed"), "{}", r.text());
 }
+
+#[tokio::test]
+async fn sentinel_password_is_used_to_ask_the_sentinels() {
+    let layout = SeedLayout::builder().start().await;
+    for s in &layout.sentinels {
+        support::redis::cmd(s.port, &["ACL", "SETUSER", "default", ">sentinel-pw"])
+            .await
+            .unwrap();
+    }
+    let up = upstream().await;
+    let mut config = sentinel(&layout);
+    config["storage"]["sentinel_password"] = json!("sentinel-pw");
+    let gw = node(&up.url(""), config.clone()).await;
+    gw.add_key("sentinel-key", seed_key()).await;
+    let r = gw
+        .get_with_key("/tyk-api-test/get", Some("sentinel-key"))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    // Without it the sentinels name no master: 503, never a key error.
+    config["storage"]["sentinel_password"] = json!("");
+    let refused = node(&up.url(""), config).await;
+    let r = refused
+        .get_with_key("/tyk-api-test/get", Some("sentinel-key"))
+        .await;
+    assert_eq!(r.status, 503, "{}", r.text());
+}
