@@ -901,4 +901,9 @@ async fn sentinel_password_is_used_to_ask_the_sentinels() {
         .get_with_key("/tyk-api-test/get", Some("sentinel-key"))
         .await;
     assert_eq!(r.status, 503, "{}", r.text());
+    let r = refused
+        .admin("POST", "/tyk/keys/other-key", Some(seed_key()))
+        .await;
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert!(r.text().contains("NOAUTH"), "{}", r.text());
 }
