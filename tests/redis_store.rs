@@ -746,6 +746,27 @@ fn over_tls(port: u16, tls: Value) -> Value {
     config
 }
 
+/// `gw` answers a request with `key` (which it created, when `create`) with 200.
+async fn serves(gw: &TestGateway, key: &str, create: bool) {
+    if create {
+        gw.add_key(key, seed_key()).await;
+    }
+    let r = gw.get_with_key("/tyk-api-test/get", Some(key)).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+}
+
+/// `gw`'s store turned it down (credentials, certificates): requests with `key` and key writes
+/// answer 503, the store's error naming `why`; never a key error.
+async fn store_refused(gw: &TestGateway, key: &str, why: &str) {
+    let r = gw.get_with_key("/tyk-api-test/get", Some(key)).await;
+    assert_eq!(r.status, 503, "{}", r.text());
+    let r = gw
+        .admin("POST", "/tyk/keys/other-key", Some(seed_key()))
+        .await;
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert!(r.text().contains(why), "{}", r.text());
+}
+
 #[tokio::test]
 async fn a_tls_redis_with_a_private_ca_and_client_certificates_serves_keys() {
     let redis = TlsRedisServer::start(true).await;
@@ -756,43 +777,25 @@ async fn a_tls_redis_with_a_private_ca_and_client_certificates_serves_keys() {
         "key_file": redis.file("client.key"),
     });
     let gw = node(&up.url(""), over_tls(redis.port, tls.clone())).await;
-    gw.add_key("tls-key", seed_key()).await;
-    let r = gw.get_with_key("/tyk-api-test/get", Some("tls-key")).await;
-    assert_eq!(r.status, 200, "{}", r.text());
+    serves(&gw, "tls-key", true).await;
     // A second node reads the key over its own TLS connections.
     let other = node(&up.url(""), over_tls(redis.port, tls)).await;
-    let r = other
-        .get_with_key("/tyk-api-test/get", Some("tls-key"))
-        .await;
-    assert_eq!(r.status, 200, "{}", r.text());
+    serves(&other, "tls-key", false).await;
 }
 
 #[tokio::test]
 async fn a_tls_redis_is_refused_unless_its_certificate_verifies_or_checks_are_skipped() {
     let redis = TlsRedisServer::start(false).await;
     let up = upstream().await;
-    // Its CA is in neither the system's roots nor the configuration: no connection, so the
-    // store is unavailable (503), never a key error.
+    // Its CA is in neither the system's roots nor the configuration: no connection.
     let untrusted = node(&up.url(""), over_tls(redis.port, json!({}))).await;
-    let r = untrusted
-        .admin("POST", "/tyk/keys/tls-key", Some(seed_key()))
-        .await;
-    assert_eq!(r.status, 503, "{}", r.text());
-    assert!(r.text().contains("UnknownIssuer"), "{}", r.text());
-    let r = untrusted
-        .get_with_key("/tyk-api-test/get", Some("tls-key"))
-        .await;
-    assert_eq!(r.status, 503, "{}", r.text());
+    store_refused(&untrusted, "tls-key", "UnknownIssuer").await;
     let skipping = node(
         &up.url(""),
         over_tls(redis.port, json!({"ssl_insecure_skip_verify": true})),
     )
     .await;
-    skipping.add_key("tls-key", seed_key()).await;
-    let r = skipping
-        .get_with_key("/tyk-api-test/get", Some("tls-key"))
-        .await;
-    assert_eq!(r.status, 200, "{}", r.text());
+    serves(&skipping, "tls-key", true).await;
 }
 
 #[tokio::test]
@@ -860,21 +863,10 @@ async fn redis_acl_credentials_are_used_and_wrong_ones_are_an_outage() {
     config["storage"]["username"] = json!("tollgate");
     config["storage"]["password"] = json!("s3cret");
     let gw = node(&up.url(""), config.clone()).await;
-    gw.add_key("acl-key", seed_key()).await;
-    let r = gw.get_with_key("/tyk-api-test/get", Some("acl-key")).await;
-    assert_eq!(r.status, 200, "{}", r.text());
-    // Refused credentials leave the store unreachable: 503, never a key error.
+    serves(&gw, "acl-key", true).await;
     config["storage"]["password"] = json!("wrong");
     let refused = node(&up.url(""), config).await;
-    let r = refused
-        .get_with_key("/tyk-api-test/get", Some("acl-key"))
-        .await;
-    assert_eq!(r.status, 503, "{}", r.text());
-    let r = refused
-        .admin("POST", "/tyk/keys/other-key", Some(seed_key()))
-        .await;
-    assert_eq!(r.status, 503, "{}", r.text());
-    assert!(r.text().contains("authentication failed"), "{}", r.text());
+    store_refused(&refused, "acl-key", "authentication failed").await;
 }
 
 #[tokio::test]
@@ -889,21 +881,9 @@ async fn sentinel_password_is_used_to_ask_the_sentinels() {
     let mut config = sentinel(&layout);
     config["storage"]["sentinel_password"] = json!("sentinel-pw");
     let gw = node(&up.url(""), config.clone()).await;
-    gw.add_key("sentinel-key", seed_key()).await;
-    let r = gw
-        .get_with_key("/tyk-api-test/get", Some("sentinel-key"))
-        .await;
-    assert_eq!(r.status, 200, "{}", r.text());
-    // Without it the sentinels name no master: 503, never a key error.
+    serves(&gw, "sentinel-key", true).await;
+    // Without it the sentinels name no master.
     config["storage"]["sentinel_password"] = json!("");
     let refused = node(&up.url(""), config).await;
-    let r = refused
-        .get_with_key("/tyk-api-test/get", Some("sentinel-key"))
-        .await;
-    assert_eq!(r.status, 503, "{}", r.text());
-    let r = refused
-        .admin("POST", "/tyk/keys/other-key", Some(seed_key()))
-        .await;
-    assert_eq!(r.status, 503, "{}", r.text());
-    assert!(r.text().contains("NOAUTH"), "{}", r.text());
+    store_refused(&refused, "sentinel-key", "NOAUTH").await;
 }
