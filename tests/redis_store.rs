@@ -740,9 +740,7 @@ async fn a_record_that_cannot_be_read_is_refused_and_named_never_an_outage() {
 fn over_tls(port: u16, tls: Value) -> Value {
     let mut config = direct(port);
     config["storage"]["use_ssl"] = json!(true);
-    for (field, value) in tls.as_object().unwrap() {
-        config["storage"][field] = value.clone();
-    }
+    support::merge(&mut config, json!({ "storage": tls }));
     config
 }
 

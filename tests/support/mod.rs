@@ -182,7 +182,8 @@ impl GatewayBuilder {
     }
 }
 
-fn merge(base: &mut Value, patch: Value) {
+/// Merges `patch` into `base`: objects field by field, anything else replaced.
+pub fn merge(base: &mut Value, patch: Value) {
     match (base, patch) {
         (Value::Object(base), Value::Object(patch)) => {
             for (k, v) in patch {
