@@ -7,22 +7,37 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use http::{Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Limited};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
+use tokio::sync::{Semaphore, SemaphorePermit};
 
 use crate::api::{self, ApiSpec};
 use crate::limits;
 use crate::server::{Body, Gateway, json_response};
-use crate::session::{SessionState, unix_now};
+use crate::session::{KeyVerifier, SessionState, unix_now};
 use crate::store::StoreError;
 
 /// Largest admin request body accepted.
-const MAX_ADMIN_BODY: usize = 4 * 1024 * 1024;
+pub const MAX_ADMIN_BODY: usize = 4 * 1024 * 1024;
+/// Time an admin request body may take to arrive, from its request's head.
+pub const ADMIN_BODY_TIMEOUT: Duration = Duration::from_secs(10);
+/// Bytes of all admin request bodies being received at once, together.
+pub const ADMIN_BODIES_IN_FLIGHT: usize = 4 * MAX_ADMIN_BODY;
+
+/// The memory all admin request bodies being received may take together: each body takes its
+/// bytes from here as they arrive and gives them back once read.
+pub struct BodyBudget(Semaphore);
+
+impl Default for BodyBudget {
+    fn default() -> Self {
+        Self(Semaphore::new(ADMIN_BODIES_IN_FLIGHT))
+    }
+}
 
 /// Whether `path` is served by this module rather than proxied.
 pub fn owns(config: &crate::config::GatewayConfig, path: &str) -> bool {
@@ -110,7 +125,7 @@ pub async fn handle(gw: &Arc<Gateway>, req: Request<Incoming>) -> Response<Body>
     match (segments.as_slice(), method) {
         (["keys"], Method::GET) => list_keys(gw).await,
         (["keys"] | ["keys", "create"], Method::POST) => {
-            match read_json::<SessionState>(req).await {
+            match read_json::<SessionState>(gw, req).await {
                 Ok(session) => create_key(gw, session, &query).await,
                 Err(rejected) => rejected.into_response(),
             }
@@ -126,7 +141,7 @@ pub async fn handle(gw: &Arc<Gateway>, req: Request<Incoming>) -> Response<Body>
             match method {
                 Method::GET => get_key(gw, &key, &query).await,
                 Method::DELETE => delete_key(gw, &key, &query).await,
-                Method::POST | Method::PUT => match read_json::<SessionState>(req).await {
+                Method::POST | Method::PUT => match read_json::<SessionState>(gw, req).await {
                     Ok(session) => put_key(gw, &key, session, method == Method::POST, &query).await,
                     Err(rejected) => rejected.into_response(),
                 },
@@ -134,7 +149,7 @@ pub async fn handle(gw: &Arc<Gateway>, req: Request<Incoming>) -> Response<Body>
             }
         }
         (["apis"], Method::GET) => list_apis(gw),
-        (["apis"], Method::POST) => match read_body(req).await {
+        (["apis"], Method::POST) => match read_body(gw, req).await {
             Ok(body) => write_api(gw, None, &body).await,
             Err(rejected) => rejected.into_response(),
         },
@@ -142,7 +157,7 @@ pub async fn handle(gw: &Arc<Gateway>, req: Request<Incoming>) -> Response<Body>
             let id = (*id).to_owned();
             match method {
                 Method::GET => get_api(gw, &id),
-                Method::PUT => match read_body(req).await {
+                Method::PUT => match read_body(gw, req).await {
                     Ok(body) => write_api(gw, Some(&id), &body).await,
                     Err(rejected) => rejected.into_response(),
                 },
@@ -207,19 +222,69 @@ impl Query {
     }
 }
 
-async fn read_body(req: Request<Incoming>) -> Result<Bytes, Rejected> {
-    match Limited::new(req.into_body(), MAX_ADMIN_BODY)
-        .collect()
-        .await
-    {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(e) => Err(Rejected::malformed(format!("body could not be read: {e}"))),
+/// The whole request body, within [`MAX_ADMIN_BODY`], [`ADMIN_BODY_TIMEOUT`] and the
+/// node's [`BodyBudget`].
+async fn read_body(gw: &Gateway, req: Request<Incoming>) -> Result<Bytes, Rejected> {
+    let collected = collect_within(&gw.admin_bodies, req.into_body());
+    match tokio::time::timeout(ADMIN_BODY_TIMEOUT, collected).await {
+        Ok(read) => read,
+        Err(_) => Err(Rejected {
+            status: StatusCode::REQUEST_TIMEOUT,
+            message: format!(
+                "Request body not received within {} s",
+                ADMIN_BODY_TIMEOUT.as_secs()
+            ),
+        }),
     }
 }
 
-async fn read_json<T: serde::de::DeserializeOwned>(req: Request<Incoming>) -> Result<T, Rejected> {
-    let body = read_body(req).await?;
-    let de = &mut serde_json::Deserializer::from_slice(&body);
+async fn collect_within(budget: &BodyBudget, mut body: Incoming) -> Result<Bytes, Rejected> {
+    let mut bytes = BytesMut::new();
+    let mut held: Option<SemaphorePermit<'_>> = None;
+    while let Some(frame) = body.frame().await {
+        let frame =
+            frame.map_err(|e| Rejected::malformed(format!("body could not be read: {e}")))?;
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        if bytes.len() + data.len() > MAX_ADMIN_BODY {
+            return Err(Rejected {
+                status: StatusCode::PAYLOAD_TOO_LARGE,
+                message: format!("Request body over {} bytes", MAX_ADMIN_BODY),
+            });
+        }
+        // Within MAX_ADMIN_BODY, so the count fits.
+        let permit = budget
+            .0
+            .try_acquire_many(data.len() as u32)
+            .map_err(|_| Rejected {
+                status: StatusCode::SERVICE_UNAVAILABLE,
+                message: "Too many admin request bodies being received; try again".into(),
+            })?;
+        match &mut held {
+            Some(held) => held.merge(permit),
+            None => held = Some(permit),
+        }
+        bytes.extend_from_slice(&data);
+    }
+    Ok(bytes.freeze())
+}
+
+async fn read_json<T: serde::de::DeserializeOwned>(
+    gw: &Gateway,
+    req: Request<Incoming>,
+) -> Result<T, Rejected> {
+    let body = read_body(gw, req).await?;
+    // Read as a JSON tree first: serde_json bounds its depth (128), where the typed read
+    // keeps the fields tollgate does not model as raw text of any depth, which then could
+    // not be read back as a tree.
+    parse_with_path::<Value>(&body)?;
+    parse_with_path(&body)
+}
+
+/// `body` as a `T`, a failure naming the field at fault.
+fn parse_with_path<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Rejected> {
+    let de = &mut serde_json::Deserializer::from_slice(body);
     serde_path_to_error::deserialize(de).map_err(|e| {
         let path = e.path().to_string();
         let inner = e.into_inner();
@@ -262,8 +327,10 @@ async fn get_key(gw: &Gateway, key: &str, query: &Query) -> Response<Body> {
     match gw.sessions.get(&id).await {
         Ok(Some(session)) => {
             let mut session = (*session).clone();
+            // tollgate's own field, not part of Tyk's session object.
+            session.tollgate_key_verifier.clear();
             live_quota(gw, &id, &mut session).await;
-            json_response(StatusCode::OK, &json!(session))
+            json_response(StatusCode::OK, &session)
         }
         Ok(None) => status_message(StatusCode::NOT_FOUND, "Key not found"),
         Err(e) => store_failure(&e),
@@ -361,6 +428,8 @@ async fn store_key(
             session.quota_renews = unix_now() + session.quota_renewal_rate;
         }
     }
+    // Whatever the body said: the record is bound to the key it is written for.
+    session.tollgate_key_verifier = KeyVerifier::of(key).to_hex();
     let ttl = record_lifetime(gw, &session);
     let id = gw.hasher.storage_id(key).into_owned();
     if let Err(e) = gw.sessions.set(&id, &session, ttl).await {
@@ -409,12 +478,12 @@ fn record_lifetime(gw: &Gateway, session: &SessionState) -> Option<Duration> {
 fn list_apis(gw: &Gateway) -> Response<Body> {
     let apis = gw.apis();
     let list: Vec<&api::ApiDefinition> = apis.specs().iter().map(|s| &s.definition).collect();
-    json_response(StatusCode::OK, &json!(list))
+    json_response(StatusCode::OK, &list)
 }
 
 fn get_api(gw: &Gateway, id: &str) -> Response<Body> {
     match gw.apis().get(id) {
-        Some(spec) => json_response(StatusCode::OK, &json!(spec.definition)),
+        Some(spec) => json_response(StatusCode::OK, &spec.definition),
         None => status_message(StatusCode::NOT_FOUND, "API not found"),
     }
 }
@@ -530,7 +599,16 @@ async fn hello(gw: &Gateway) -> Response<Body> {
     if let (Value::Object(map), Value::Object(extra)) = (&mut store, json!(health)) {
         map.extend(extra);
     }
-    let mut details = json!({ component: store });
+    let counts = gw.guard.counts();
+    let mut details = json!({
+        component: store,
+        "keys": {
+            "status": "pass",
+            "componentType": "system",
+            "weakly_bound_requests": counts.weakly_bound_requests,
+            "refused_for_failures": counts.refused_for_failures,
+        },
+    });
     if !load_errors.is_empty() {
         details["apis"] =
             json!({"status": "warn", "componentType": "system", "output": *load_errors});

@@ -5,6 +5,7 @@
 //! [`SessionStore`] trait and never writes them.
 
 use std::borrow::Cow;
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use base64::Engine;
@@ -13,6 +14,7 @@ use http::request::Parts;
 use sha2::Digest;
 
 use crate::api::{ApiSpec, KeySource};
+use crate::guard::KeyGuard;
 use crate::session::{KeyAccess, unix_now};
 use crate::store::{SessionStore, StoreError};
 
@@ -34,6 +36,9 @@ pub enum AuthError {
     Inactive,
     #[error("Key store unavailable")]
     StoreUnavailable,
+    /// The client's address sent too many refused keys (`auth_failure_limit`).
+    #[error("Too many failed authentication attempts")]
+    TooManyFailures,
 }
 
 impl AuthError {
@@ -43,6 +48,7 @@ impl AuthError {
             Self::Malformed => StatusCode::BAD_REQUEST,
             Self::Disallowed | Self::Inactive => StatusCode::FORBIDDEN,
             Self::StoreUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Self::TooManyFailures => StatusCode::TOO_MANY_REQUESTS,
         }
     }
 }
@@ -213,19 +219,44 @@ pub struct Authenticated {
     pub access: Arc<KeyAccess>,
 }
 
+/// What authentication reads and counts besides the request itself.
+pub struct AuthContext<'a> {
+    pub hasher: &'a KeyHasher,
+    pub sessions: &'a dyn SessionStore,
+    pub guard: &'a KeyGuard,
+    /// The client's address, for `auth_failure_limit`.
+    pub client: IpAddr,
+}
+
 /// Authenticates a request for `spec`: `Ok(None)` for keyless APIs, the session otherwise.
 pub async fn authenticate(
     spec: &ApiSpec,
     parts: &Parts,
-    hasher: &KeyHasher,
-    sessions: &dyn SessionStore,
+    cx: AuthContext<'_>,
 ) -> Result<Option<Authenticated>, AuthError> {
     let Some(source) = &spec.key_source else {
         return Ok(None);
     };
-    let key_id = hasher.storage_id(extract_key(source, parts)?).into_owned();
-    let access = match sessions.access(&key_id).await {
-        Ok(Some(access)) => access,
+    if !cx.guard.admits(cx.client) {
+        return Err(AuthError::TooManyFailures);
+    }
+    let checked = check_key(spec, source, parts, &cx).await;
+    if let Err(AuthError::Disallowed | AuthError::Malformed) = checked {
+        cx.guard.failed(cx.client);
+    }
+    checked.map(Some)
+}
+
+async fn check_key(
+    spec: &ApiSpec,
+    source: &KeySource,
+    parts: &Parts,
+    cx: &AuthContext<'_>,
+) -> Result<Authenticated, AuthError> {
+    let key = extract_key(source, parts)?;
+    let key_id = cx.hasher.storage_id(key).into_owned();
+    let credential = match cx.sessions.access(&key_id).await {
+        Ok(Some(credential)) => credential,
         Ok(None) => return Err(AuthError::Disallowed),
         Err(StoreError::Unavailable(_) | StoreError::NotDurable(_)) => {
             return Err(AuthError::StoreUnavailable);
@@ -233,8 +264,17 @@ pub async fn authenticate(
         // A record we cannot read grants nothing.
         Err(StoreError::Corrupt { .. }) => return Err(AuthError::Disallowed),
     };
-    check_access(&access, spec.api_id(), unix_now())?;
-    Ok(Some(Authenticated { key_id, access }))
+    // The storage id is a hash anyone can invert: the record must be this very key's.
+    match &credential.verifier {
+        Some(verifier) if !verifier.matches(key) => return Err(AuthError::Disallowed),
+        Some(_) => {}
+        None => cx.guard.weakly_bound(),
+    }
+    check_access(&credential.access, spec.api_id(), unix_now())?;
+    Ok(Authenticated {
+        key_id,
+        access: credential.access,
+    })
 }
 
 /// Tyk's order: inactive, expired, then access rights.

@@ -29,6 +29,28 @@ pub struct GatewayConfig {
     /// Seconds to wait for an upstream's response headers.
     pub proxy_default_timeout: f64,
     pub enable_analytics: bool,
+    /// tollgate: refuse a client address that keeps sending wrong keys.
+    pub auth_failure_limit: AuthFailureLimit,
+}
+
+/// `auth_failure_limit` (tollgate's): after `max_failures` failed keys from one client
+/// address within `window` seconds, that address's keyed requests are refused with 429 until
+/// the window ends. Off (`max_failures: 0`) by default: clients behind one proxy or NAT share
+/// an address.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct AuthFailureLimit {
+    pub max_failures: u32,
+    pub window: u64,
+}
+
+impl Default for AuthFailureLimit {
+    fn default() -> Self {
+        Self {
+            max_failures: 0,
+            window: 60,
+        }
+    }
 }
 
 impl Default for GatewayConfig {
@@ -47,6 +69,7 @@ impl Default for GatewayConfig {
             local_session_cache: LocalSessionCache::default(),
             proxy_default_timeout: 30.0,
             enable_analytics: false,
+            auth_failure_limit: AuthFailureLimit::default(),
         }
     }
 }
@@ -287,6 +310,12 @@ impl GatewayConfig {
                     format!("{name:?} is not a usable path segment"),
                 ));
             }
+        }
+        if self.auth_failure_limit.max_failures > 0 && self.auth_failure_limit.window == 0 {
+            return Err(invalid(
+                "auth_failure_limit.window",
+                "must be at least 1 second while max_failures is set",
+            ));
         }
         if self.local_session_cache.max_entries == 0 {
             return Err(invalid(

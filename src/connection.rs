@@ -47,6 +47,11 @@ pub const TICK: Duration = Duration::from_secs(1);
 /// costs no timer per request.
 const HEAD_TICKS: u32 = 30;
 
+/// Ticks a client may go without accepting a byte of its response while one is waiting to be
+/// written: 30 s. Then the connection is closed, and with it the upstream response it held,
+/// so that clients that never read cannot pile up connections and buffers.
+const WRITE_STALL_TICKS: u32 = 30;
+
 /// What the connection task needs to know of hyper's progress to tell that it is idle,
 /// observed through the socket and the service rather than hyper's internals. Only the
 /// connection's own task touches it (hyper, the service and the bodies all run inside it),
@@ -64,6 +69,8 @@ struct Activity {
     unparsed: AtomicBool,
     /// The socket refused a write: hyper still holds response bytes.
     write_blocked: AtomicBool,
+    /// Writes the socket took so far (wrapping): progress while `write_blocked` comes and goes.
+    writes: AtomicU32,
     /// Set by the task: the next read that would wait reports end-of-stream instead.
     park: AtomicBool,
 }
@@ -122,9 +129,16 @@ pub async fn run<S, B>(
         };
         // Boxed so that a parked connection's task does not keep room for hyper's state.
         let mut conn = Box::new(http.serve_connection(io, tracked));
-        let Some(ended) = serve_until_idle(&mut conn, &activity, &mut shutdown).await else {
-            tracing::debug!("request head not complete within 30 s; closing");
-            return;
+        let ended = match serve_until_idle(&mut conn, &activity, &mut shutdown).await {
+            Served::Ended(ended) => ended,
+            Served::SlowHead => {
+                tracing::debug!("request head not complete within 30 s; closing");
+                return;
+            }
+            Served::StalledWrite => {
+                tracing::debug!("client accepted no response bytes for 30 s; closing");
+                return;
+            }
         };
         let parts = conn.into_parts();
         let mut io = parts.io.into_inner();
@@ -146,13 +160,23 @@ pub async fn run<S, B>(
     }
 }
 
+/// How a spell of serving ended.
+enum Served {
+    /// hyper ended the connection (or parked it).
+    Ended(hyper::Result<()>),
+    /// A request head took longer than [`HEAD_TICKS`].
+    SlowHead,
+    /// The client took no response bytes for [`WRITE_STALL_TICKS`].
+    StalledWrite,
+}
+
 /// Drives hyper until the connection ends, parking it once idle and starting a graceful close
-/// when `shutdown` turns true. `None`: a request head took too long.
+/// when `shutdown` turns true.
 async fn serve_until_idle<S, B>(
     conn: &mut http1::Connection<TokioIo<WatchedStream>, TrackedService<S>>,
     activity: &Activity,
     shutdown: &mut watch::Receiver<bool>,
-) -> Option<hyper::Result<()>>
+) -> Served
 where
     S: Service<Request<Incoming>, Response = Response<B>> + Unpin,
     S::Future: Unpin,
@@ -179,14 +203,17 @@ where
             while tick.poll_tick(&mut side_cx).is_ready() {
                 seen.observe(activity);
                 if seen.head >= HEAD_TICKS {
-                    return Poll::Ready(None);
+                    return Poll::Ready(Served::SlowHead);
+                }
+                if seen.stalled >= WRITE_STALL_TICKS {
+                    return Poll::Ready(Served::StalledWrite);
                 }
                 if seen.quiet >= 2 {
                     activity.park.store(true, Relaxed);
                 }
             }
         }
-        conn.poll_without_shutdown(cx).map(Some)
+        conn.poll_without_shutdown(cx).map(Served::Ended)
     })
     .await
 }
@@ -199,6 +226,9 @@ struct Ticks {
     quiet: u32,
     /// Ticks in a row that found a request head begun and not complete.
     head: u32,
+    writes: u32,
+    /// Ticks in a row that found a write refused and no write taken since the tick before.
+    stalled: u32,
 }
 
 impl Ticks {
@@ -213,6 +243,10 @@ impl Ticks {
         };
         self.quiet = run(self.quiet, activity.is_idle());
         self.head = run(self.head, activity.is_reading_head());
+        let writes = activity.writes.load(Relaxed);
+        let blocked = activity.write_blocked.load(Relaxed) && writes == self.writes;
+        self.writes = writes;
+        self.stalled = if blocked { self.stalled + 1 } else { 0 };
     }
 }
 
@@ -274,11 +308,16 @@ impl AsyncRead for WatchedStream {
 }
 
 impl WatchedStream {
-    /// Notes whether the socket refused a write.
+    /// Notes whether the socket refused a write, and counts the ones it took.
     fn noted(&self, polled: Poll<io::Result<usize>>) -> Poll<io::Result<usize>> {
-        self.activity
-            .write_blocked
-            .store(polled.is_pending(), Relaxed);
+        let activity = &self.activity;
+        let blocked = polled.is_pending();
+        activity.write_blocked.store(blocked, Relaxed);
+        if !blocked {
+            activity
+                .writes
+                .store(activity.writes.load(Relaxed).wrapping_add(1), Relaxed);
+        }
         polled
     }
 }
@@ -567,6 +606,38 @@ mod tests {
         let waited = closed_after(stalled).await;
         let head = TICK * HEAD_TICKS;
         assert!(waited >= head - TICK && waited <= head + TICK, "{waited:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_client_that_reads_nothing_is_closed_after_30_s() {
+        const LARGE: usize = 64 << 20;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (_closing, seen) = watch::channel(false);
+        tokio::spawn(async move {
+            let (stream, _) = listener.accept().await.unwrap();
+            let service = hyper::service::service_fn(|_req: Request<Incoming>| {
+                Box::pin(async {
+                    let body = Full::new(Bytes::from(vec![0u8; LARGE]));
+                    Ok::<_, Infallible>(Response::new(body))
+                })
+            });
+            run(stream, Arc::new(http1::Builder::new()), service, seen).await;
+        });
+        let mut client = TcpStream::connect(addr).await.unwrap();
+        client.write_all(REQUEST).await.unwrap();
+        // Reads nothing while the server's writes stall, then takes what was sent.
+        tokio::time::sleep(Duration::from_secs(40)).await;
+        let mut received = 0;
+        let mut buf = vec![0u8; 1 << 16];
+        loop {
+            match tokio::time::timeout(Duration::from_secs(5), client.read(&mut buf)).await {
+                Ok(Ok(0)) | Ok(Err(_)) => break,
+                Ok(Ok(n)) => received += n,
+                Err(_) => panic!("still open after {received} bytes"),
+            }
+        }
+        assert!(received < LARGE, "closed before the whole response");
     }
 
     #[tokio::test]

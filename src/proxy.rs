@@ -8,6 +8,7 @@
 
 use std::collections::HashMap;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -20,6 +21,7 @@ use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
+use tokio::task::AbortHandle;
 
 use crate::api::ApiSpec;
 use crate::server::Peer;
@@ -35,12 +37,17 @@ pub enum ProxyError {
     Failed(#[source] hyper::Error),
     #[error("Upstream address invalid")]
     BadUri(#[from] http::Error),
+    /// The client's request body could not be read (malformed chunked coding, or cut off):
+    /// the client's fault, not the upstream's.
+    #[error("Request body malformed")]
+    ClientBody(#[source] hyper::Error),
 }
 
 impl ProxyError {
     pub fn status(&self) -> StatusCode {
         match self {
             Self::Timeout => StatusCode::GATEWAY_TIMEOUT,
+            Self::ClientBody(_) => StatusCode::BAD_REQUEST,
             _ => StatusCode::BAD_GATEWAY,
         }
     }
@@ -84,8 +91,14 @@ struct IdlePool {
     sweeps: u64,
 }
 
+/// A connection's sending half, and its task (which runs hyper's state machine for it).
+struct Connection {
+    sender: SendRequest<RequestBody>,
+    task: AbortHandle,
+}
+
 struct IdleConnection {
-    sender: SendRequest<Incoming>,
+    connection: Connection,
     parked_at: u64,
 }
 
@@ -111,9 +124,12 @@ impl UpstreamClient {
     pub async fn forward(
         &self,
         spec: &ApiSpec,
-        mut req: Request<Incoming>,
+        req: Request<Incoming>,
         peer: &Peer,
     ) -> Result<Response<UpstreamBody>, ProxyError> {
+        let (parts, body) = req.into_parts();
+        let (body, progress) = RequestBody::new(body);
+        let mut req = Request::from_parts(parts, body);
         let target = &spec.target;
         let path = spec.upstream_path(req.uri().path());
         let path_and_query = match req.uri().query() {
@@ -134,18 +150,26 @@ impl UpstreamClient {
         // Pinned in place and awaited by reference: awaiting it by value in two branches gave
         // each branch its own copy, doubling the size of every request's future.
         let sent = std::pin::pin!(self.send(&target.address, req));
-        let (mut response, sender) = if self.timeout.is_zero() {
+        let sent = if self.timeout.is_zero() {
             sent.await
         } else {
             tokio::time::timeout(self.timeout, sent)
                 .await
                 .map_err(|_| ProxyError::Timeout)?
-        }?;
+        };
+        let (mut response, connection) = match sent {
+            Ok(sent) => sent,
+            Err(ProxyError::Failed(e)) if progress.as_ref().is_some_and(|p| p.broken()) => {
+                return Err(ProxyError::ClientBody(e));
+            }
+            Err(e) => return Err(e),
+        };
         strip_hop_by_hop(response.headers_mut());
         let checkin = Checkin {
             pool: self.pool.clone(),
             address: target.address.clone(),
-            sender,
+            connection,
+            request_body: progress,
         };
         Ok(response.map(|body| UpstreamBody::new(body, checkin)))
     }
@@ -157,14 +181,14 @@ impl UpstreamClient {
     async fn send(
         &self,
         address: &Arc<str>,
-        mut req: Request<Incoming>,
-    ) -> Result<(Response<Incoming>, SendRequest<Incoming>), ProxyError> {
-        while let Some(mut sender) = self.checkout(address) {
-            if sender.ready().await.is_err() {
+        mut req: Request<RequestBody>,
+    ) -> Result<(Response<Incoming>, Connection), ProxyError> {
+        while let Some(mut connection) = self.checkout(address) {
+            if connection.sender.ready().await.is_err() {
                 continue;
             }
-            match sender.try_send_request(req).await {
-                Ok(response) => return Ok((response, sender)),
+            match connection.sender.try_send_request(req).await {
+                Ok(response) => return Ok((response, connection)),
                 Err(mut e) => match e.take_message() {
                     Some(unsent) => req = unsent,
                     None => return Err(ProxyError::Failed(e.into_error())),
@@ -178,21 +202,21 @@ impl UpstreamClient {
 
     async fn send_on_new_connection(
         address: &str,
-        req: Request<Incoming>,
-    ) -> Result<(Response<Incoming>, SendRequest<Incoming>), ProxyError> {
-        let mut sender = connect(address).await?;
-        match sender.send_request(req).await {
-            Ok(response) => Ok((response, sender)),
+        req: Request<RequestBody>,
+    ) -> Result<(Response<Incoming>, Connection), ProxyError> {
+        let mut connection = connect(address).await?;
+        match connection.sender.send_request(req).await {
+            Ok(response) => Ok((response, connection)),
             Err(e) => Err(ProxyError::Failed(e)),
         }
     }
 
-    fn checkout(&self, address: &str) -> Option<SendRequest<Incoming>> {
+    fn checkout(&self, address: &str) -> Option<Connection> {
         let mut pool = self.pool.lock().unwrap_or_else(PoisonError::into_inner);
         let idle = pool.by_address.get_mut(address)?;
-        while let Some(conn) = idle.pop() {
-            if !conn.sender.is_closed() {
-                return Some(conn.sender);
+        while let Some(idle) = idle.pop() {
+            if !idle.connection.sender.is_closed() {
+                return Some(idle.connection);
             }
         }
         None
@@ -200,11 +224,11 @@ impl UpstreamClient {
 }
 
 impl IdlePool {
-    fn checkin(&mut self, address: Arc<str>, sender: SendRequest<Incoming>) {
+    fn checkin(&mut self, address: Arc<str>, connection: Connection) {
         let idle = self.by_address.entry(address).or_default();
         if idle.len() < MAX_IDLE_PER_UPSTREAM {
             idle.push(IdleConnection {
-                sender,
+                connection,
                 parked_at: self.sweeps,
             });
         }
@@ -215,14 +239,16 @@ impl IdlePool {
         self.sweeps += 1;
         let sweeps = self.sweeps;
         for idle in self.by_address.values_mut() {
-            idle.retain(|c| !c.sender.is_closed() && sweeps - c.parked_at < SWEEPS_TO_EXPIRE);
+            idle.retain(|c| {
+                !c.connection.sender.is_closed() && sweeps - c.parked_at < SWEEPS_TO_EXPIRE
+            });
         }
         self.by_address.retain(|_, idle| !idle.is_empty());
     }
 }
 
 /// Opens a connection to `address` and runs its HTTP/1.1 state machine on this worker.
-async fn connect(address: &str) -> Result<SendRequest<Incoming>, ProxyError> {
+async fn connect(address: &str) -> Result<Connection, ProxyError> {
     let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(address))
         .await
         .map_err(|_| {
@@ -236,25 +262,104 @@ async fn connect(address: &str) -> Result<SendRequest<Incoming>, ProxyError> {
     let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
         .map_err(ProxyError::Failed)?;
-    tokio::spawn(async move {
+    let task = tokio::spawn(async move {
         if let Err(e) = connection.await {
             tracing::debug!("upstream connection ended: {e}");
         }
-    });
-    Ok(sender)
+    })
+    .abort_handle();
+    Ok(Connection { sender, task })
 }
 
 /// A connection going back to the pool once its response body has been read to the end.
 struct Checkin {
     pool: Arc<Mutex<IdlePool>>,
     address: Arc<str>,
-    sender: SendRequest<Incoming>,
+    connection: Connection,
+    /// `None` for a request without a body.
+    request_body: Option<Arc<BodyProgress>>,
 }
 
 impl Checkin {
+    /// The response has been read whole. The connection is reused only if the request was
+    /// also written whole: an upstream may answer before reading the body, and a client
+    /// still sending one (slowly, say) would hold up the next request given the connection.
+    /// Otherwise it is closed, and with it the rest of the request body.
     fn park(self) {
+        if self.request_body.as_ref().is_some_and(|p| !p.sent()) {
+            self.connection.task.abort();
+            return;
+        }
         let mut pool = self.pool.lock().unwrap_or_else(PoisonError::into_inner);
-        pool.checkin(self.address, self.sender);
+        pool.checkin(self.address, self.connection);
+    }
+}
+
+/// How far a request body has been sent upstream.
+#[derive(Default)]
+struct BodyProgress {
+    sent: AtomicBool,
+    broken: AtomicBool,
+}
+
+impl BodyProgress {
+    fn sent(&self) -> bool {
+        self.sent.load(Relaxed)
+    }
+
+    fn broken(&self) -> bool {
+        self.broken.load(Relaxed)
+    }
+}
+
+/// The client's request body on its way upstream, noting when it ends and whether reading
+/// it failed.
+pub struct RequestBody {
+    body: Incoming,
+    progress: Option<Arc<BodyProgress>>,
+}
+
+impl RequestBody {
+    /// A body that is already over (most requests) has nothing to track and costs no
+    /// allocation.
+    fn new(body: Incoming) -> (Self, Option<Arc<BodyProgress>>) {
+        let progress = (!body.is_end_stream()).then(Arc::<BodyProgress>::default);
+        let tracked = Self {
+            body,
+            progress: progress.clone(),
+        };
+        (tracked, progress)
+    }
+}
+
+impl Body for RequestBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let polled = Pin::new(&mut self.body).poll_frame(cx);
+        if let Some(progress) = &self.progress {
+            match &polled {
+                Poll::Ready(None) => progress.sent.store(true, Relaxed),
+                Poll::Ready(Some(Ok(_))) if self.body.is_end_stream() => {
+                    progress.sent.store(true, Relaxed);
+                }
+                Poll::Ready(Some(Err(_))) => progress.broken.store(true, Relaxed),
+                _ => {}
+            }
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
     }
 }
 
@@ -301,7 +406,12 @@ impl Body for UpstreamBody {
                 }
             }
             Poll::Ready(Some(Ok(_))) => self.park_if_ended(),
-            Poll::Ready(Some(Err(_))) => self.checkin = None,
+            Poll::Ready(Some(Err(e))) => {
+                // The client gets a body cut short (its connection is closed): the fault is
+                // the upstream's, and is logged as such.
+                tracing::warn!("upstream response body broken off: {e}");
+                self.checkin = None;
+            }
             Poll::Pending => {}
         }
         polled

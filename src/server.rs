@@ -14,7 +14,8 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use bytes::Bytes;
 use futures_util::FutureExt;
-use http::{HeaderValue, Request, Response, StatusCode, header};
+use http::uri::PathAndQuery;
+use http::{HeaderValue, Request, Response, StatusCode, Uri, header};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
@@ -22,10 +23,12 @@ use tokio::net::TcpListener;
 
 use crate::admin;
 use crate::api::{ApiTable, LoadError};
-use crate::auth::{self, KeyHasher};
+use crate::auth::{self, AuthContext, KeyHasher};
 use crate::config::GatewayConfig;
 use crate::connection;
+use crate::guard::KeyGuard;
 use crate::limits::{self, Limiter};
+use crate::path;
 use crate::proxy::{UpstreamBody, UpstreamClient};
 use crate::store::SessionStore;
 
@@ -56,6 +59,9 @@ pub struct Gateway {
     pub sessions: Arc<dyn SessionStore>,
     pub hasher: KeyHasher,
     pub limiter: Arc<Limiter>,
+    pub guard: KeyGuard,
+    /// Memory for admin request bodies being received.
+    pub admin_bodies: admin::BodyBudget,
     apis: ArcSwap<ApiTable>,
     load_errors: ArcSwap<Vec<String>>,
     /// How long to wait for an upstream's response headers.
@@ -72,6 +78,8 @@ impl Gateway {
         let gateway = Arc::new(Self {
             limiter,
             hasher: KeyHasher::new(config.hash_keys, &config.hash_key_function),
+            guard: KeyGuard::new(&config.auth_failure_limit),
+            admin_bodies: admin::BodyBudget::default(),
             sessions,
             apis: ArcSwap::from_pointee(ApiTable::default()),
             load_errors: ArcSwap::from_pointee(Vec::new()),
@@ -123,10 +131,13 @@ impl Gateway {
     /// One request through the pipeline; `upstream` is the calling worker's client.
     pub async fn handle(
         self: Arc<Self>,
-        req: Request<Incoming>,
+        mut req: Request<Incoming>,
         peer: Peer,
         upstream: UpstreamClient,
     ) -> Response<Body> {
+        if let Err(reason) = resolve_path(&mut req) {
+            return error_response(StatusCode::BAD_REQUEST, reason);
+        }
         if admin::owns(&self.config, req.uri().path()) {
             // Boxed: the admin future is large and rare; inline it would widen every request's.
             return Box::pin(admin::handle(&self, req)).await;
@@ -137,7 +148,13 @@ impl Gateway {
         };
         drop(apis);
         let (parts, body) = req.into_parts();
-        let caller = match auth::authenticate(&spec, &parts, &self.hasher, &*self.sessions).await {
+        let cx = AuthContext {
+            hasher: &self.hasher,
+            sessions: &*self.sessions,
+            guard: &self.guard,
+            client: peer.addr.ip(),
+        };
+        let caller = match auth::authenticate(&spec, &parts, cx).await {
             Ok(caller) => caller,
             Err(e) => return error_response(e.status(), &e.to_string()),
         };
@@ -173,9 +190,43 @@ impl Gateway {
     }
 }
 
-/// A JSON response with a buffered body.
-pub fn json_response(status: StatusCode, body: &serde_json::Value) -> Response<Body> {
-    let bytes = serde_json::to_vec(body).unwrap_or_default();
+/// Resolves the request's dot segments in place (see [`path`]): what is routed and
+/// authorised below is then exactly the path the upstream receives. `Err`: why the path is
+/// refused.
+fn resolve_path(req: &mut Request<Incoming>) -> Result<(), &'static str> {
+    let resolved = match path::normalize(req.uri().path()) {
+        Ok(None) => return Ok(()),
+        Ok(Some(resolved)) => resolved,
+        Err(e) => return Err(e.message()),
+    };
+    let with_query = match req.uri().query() {
+        Some(query) => format!("{resolved}?{query}"),
+        None => resolved,
+    };
+    let mut parts = req.uri().clone().into_parts();
+    parts.path_and_query = PathAndQuery::try_from(with_query).ok();
+    match Uri::from_parts(parts) {
+        Ok(uri) => {
+            *req.uri_mut() = uri;
+            Ok(())
+        }
+        Err(_) => Err("Request path malformed"),
+    }
+}
+
+/// A JSON response with a buffered body. Serialising writes stored JSON through as it is, so
+/// it does not fail on what the store holds; should it fail, the answer is a 500 saying so.
+pub fn json_response<T: serde::Serialize + ?Sized>(status: StatusCode, body: &T) -> Response<Body> {
+    let (status, bytes) = match serde_json::to_vec(body) {
+        Ok(bytes) => (status, bytes),
+        Err(e) => {
+            tracing::error!("response body could not be written as JSON: {e}");
+            (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                br#"{"status":"error","message":"response could not be encoded"}"#.to_vec(),
+            )
+        }
+    };
     let mut response = Response::new(Either::Right(Full::new(Bytes::from(bytes))));
     *response.status_mut() = status;
     response.headers_mut().insert(

@@ -6,12 +6,15 @@
 use std::borrow::Cow;
 use std::fmt;
 use std::hash::{Hash, Hasher};
+use std::sync::Arc;
 
 use indexmap::IndexMap;
 use serde::de::{IgnoredAny, MapAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::Value;
 use serde_json::value::RawValue;
+use sha2::Digest;
+use subtle::ConstantTimeEq;
 
 /// Tyk's session object. Field names and JSON types follow `user.SessionState`.
 #[derive(Debug, Clone, Default, Serialize, PartialEq)]
@@ -34,8 +37,57 @@ pub struct SessionState {
     pub alias: String,
     /// Unix seconds after which the record is removed from the store (0: never).
     pub session_lifetime: i64,
+    /// tollgate's check of the raw key (see [`KeyVerifier`]); Tyk ignores the field.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub tollgate_key_verifier: String,
     #[serde(flatten)]
     pub extra: ExtraFields,
+}
+
+/// Binds a record to its raw key: the first 128 bits of the key's SHA-256, as 32 hex digits
+/// in the record's `tollgate_key_verifier`. The storage id (a 32- or 64-bit murmur hash for
+/// most Tyk keys) can be inverted or guessed; this cannot, so a request is let through only
+/// when its key matches the verifier, whatever its hash. Records written by Tyk have none.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct KeyVerifier([u8; 16]);
+
+impl KeyVerifier {
+    pub fn of(raw_key: &str) -> Self {
+        let digest = sha2::Sha256::digest(raw_key.as_bytes());
+        let mut first = [0; 16];
+        first.copy_from_slice(&digest[..16]);
+        Self(first)
+    }
+
+    /// Whether `raw_key` is the key this verifier was made from, in constant time.
+    pub fn matches(&self, raw_key: &str) -> bool {
+        bool::from(self.0.ct_eq(&Self::of(raw_key).0))
+    }
+
+    pub fn to_hex(self) -> String {
+        hex::encode(self.0)
+    }
+
+    fn from_hex(text: &str) -> Option<Self> {
+        let mut bytes = [0; 16];
+        hex::decode_to_slice(text, &mut bytes).ok()?;
+        Some(Self(bytes))
+    }
+}
+
+impl fmt::Debug for KeyVerifier {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("KeyVerifier(..)")
+    }
+}
+
+/// What the request path reads of a stored key: its access (shared between keys with the
+/// same one) and its verifier, which is the key's own.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Credential {
+    pub access: Arc<KeyAccess>,
+    /// `None` for a record written without one (by Tyk): bound to its key by hash alone.
+    pub verifier: Option<KeyVerifier>,
 }
 
 /// One entry of `access_rights`: which API (and versions) a key may call.
@@ -291,6 +343,7 @@ deserialize_record!(keep SessionState {
     tags,
     alias,
     session_lifetime,
+    tollgate_key_verifier,
 });
 deserialize_record!(keep AccessDefinition {
     api_name,
@@ -319,6 +372,7 @@ struct AccessRecord {
     quota_max: i64,
     quota_renewal_rate: i64,
     access_rights: AccessList,
+    tollgate_key_verifier: String,
 }
 
 /// `access_rights`, keeping each API's limit only.
@@ -338,6 +392,7 @@ deserialize_record!(skip AccessRecord {
     quota_max,
     quota_renewal_rate,
     access_rights,
+    tollgate_key_verifier,
 });
 deserialize_record!(skip AccessEntry { limit });
 deserialize_record!(skip Limits {
@@ -379,10 +434,12 @@ impl<'de> Deserialize<'de> for AccessList {
 }
 
 /// Decodes what requests need straight from a stored record (see [`AccessRecord`]).
-impl<'de> Deserialize<'de> for KeyAccess {
+impl<'de> Deserialize<'de> for Credential {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let record = AccessRecord::deserialize(deserializer)?;
-        Ok(Self {
+        let verifier =
+            verifier_field(&record.tollgate_key_verifier).map_err(serde::de::Error::custom)?;
+        let access = KeyAccess {
             is_inactive: record.is_inactive,
             expires: record.expires,
             limits: Limits {
@@ -392,7 +449,33 @@ impl<'de> Deserialize<'de> for KeyAccess {
                 quota_renewal_rate: record.quota_renewal_rate,
             },
             apis: record.access_rights.0.into_boxed_slice(),
+        };
+        Ok(Self {
+            access: Arc::new(access),
+            verifier,
         })
+    }
+}
+
+/// `tollgate_key_verifier` as stored: empty for none, else 32 hex digits.
+fn verifier_field(text: &str) -> Result<Option<KeyVerifier>, &'static str> {
+    if text.is_empty() {
+        return Ok(None);
+    }
+    KeyVerifier::from_hex(text)
+        .map(Some)
+        .ok_or("tollgate_key_verifier: not 32 hex digits")
+}
+
+impl From<&SessionState> for Credential {
+    fn from(session: &SessionState) -> Self {
+        Self {
+            access: Arc::new(KeyAccess::from(session)),
+            // An unreadable verifier matches no key (no SHA-256 begins with 16 zero bytes
+            // that anyone can find), rather than leave the record bound by its hash alone.
+            verifier: verifier_field(&session.tollgate_key_verifier)
+                .unwrap_or(Some(KeyVerifier([0; 16]))),
+        }
     }
 }
 
@@ -467,14 +550,16 @@ mod tests {
             "{}",
         ];
         for raw in records {
-            let whole = KeyAccess::from(&serde_json::from_str::<SessionState>(raw).unwrap());
+            let whole = Credential::from(&serde_json::from_str::<SessionState>(raw).unwrap());
             assert_eq!(
-                serde_json::from_str::<KeyAccess>(raw).unwrap(),
+                serde_json::from_str::<Credential>(raw).unwrap(),
                 whole,
                 "{raw}"
             );
         }
-        let twice: KeyAccess = serde_json::from_str(records[3]).unwrap();
+        let twice = serde_json::from_str::<Credential>(records[3])
+            .unwrap()
+            .access;
         assert_eq!(twice.apis.len(), 2);
         assert_eq!(twice.access_to("b").unwrap().limit.unwrap().rate, 3.0);
         assert!(twice.access_to("a\u{e9}").is_some());
@@ -485,12 +570,35 @@ mod tests {
             r#"{"access_rights":{"1":{"limit":{"per":"x"}}}}"#,
             r#"{"hmac_enabled":tru}"#,
             r#"{"rate":1"#,
+            r#"{"tollgate_key_verifier":"abc"}"#,
         ] {
             assert!(
-                serde_json::from_str::<KeyAccess>(broken).is_err(),
+                serde_json::from_str::<Credential>(broken).is_err(),
                 "{broken}"
             );
         }
+    }
+
+    #[test]
+    fn a_verifier_matches_its_own_key_only() {
+        let v = KeyVerifier::of("mycustomkey");
+        assert!(v.matches("mycustomkey"));
+        assert!(!v.matches("mycustomkey2") && !v.matches(""));
+        let raw = format!(r#"{{"tollgate_key_verifier":"{}"}}"#, v.to_hex());
+        let read: Credential = serde_json::from_str(&raw).unwrap();
+        assert_eq!(read.verifier, Some(v));
+        let whole: SessionState = serde_json::from_str(&raw).unwrap();
+        assert_eq!(Credential::from(&whole).verifier, Some(v));
+        assert_eq!(
+            serde_json::from_str::<Credential>("{}").unwrap().verifier,
+            None
+        );
+        // One that cannot be read binds the record to no key at all.
+        let bad = SessionState {
+            tollgate_key_verifier: "zz".into(),
+            ..Default::default()
+        };
+        assert!(!Credential::from(&bad).verifier.unwrap().matches(""));
     }
 
     #[test]

@@ -574,8 +574,8 @@ async fn revalidating_an_unchanged_record_reuses_the_cached_one() {
     let session: tollgate::session::SessionState = serde_json::from_value(seed_key()).unwrap();
     store.set("k1", &session, None).await.unwrap();
 
-    let first = store.access("k1").await.unwrap().unwrap();
-    let again = store.access("k1").await.unwrap().unwrap();
+    let first = store.access("k1").await.unwrap().unwrap().access;
+    let again = store.access("k1").await.unwrap().unwrap().access;
     assert!(
         std::sync::Arc::ptr_eq(&first, &again),
         "an unchanged record is not decoded again"
@@ -588,7 +588,7 @@ async fn revalidating_an_unchanged_record_reuses_the_cached_one() {
         .await
         .unwrap();
     let read = store.access("k1").await.unwrap().unwrap();
-    assert!(read.is_inactive);
+    assert!(read.access.is_inactive);
     support::redis::cmd(redis.port, &["DEL", "apikey-k1"])
         .await
         .unwrap();
@@ -884,4 +884,43 @@ async fn sentinel_password_is_used_to_ask_the_sentinels() {
     config["storage"]["sentinel_password"] = json!("");
     let refused = node(&up.url(""), config).await;
     store_refused(&refused, "sentinel-key", "NOAUTH").await;
+}
+
+#[tokio::test]
+async fn an_unknown_key_is_remembered_briefly_and_forgotten_once_written() {
+    let redis = RedisServer::start().await;
+    let up = upstream().await;
+    let gw = node(&up.url(""), direct(redis.port)).await;
+    let before = redis_gets(redis.port).await;
+    for _ in 0..50 {
+        let r = gw.get_with_key("/tyk-api-test/get", Some("notyet")).await;
+        assert_eq!(r.status, 403);
+    }
+    let reads = redis_gets(redis.port).await - before;
+    assert!(
+        reads <= 2,
+        "50 requests for one unknown key read Redis {reads} times"
+    );
+
+    // Written through the node: known at once.
+    gw.add_key("notyet", seed_key()).await;
+    let r = gw.get_with_key("/tyk-api-test/get", Some("notyet")).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+
+    // Written by another program (as a Tyk node would): known as soon as Redis reports it,
+    // well within the time an unknown key is remembered.
+    let r = gw.get_with_key("/tyk-api-test/get", Some("bytyk")).await;
+    assert_eq!(r.status, 403);
+    let hash = format!(
+        "{:08x}",
+        murmur3::murmur3_32(&mut "bytyk".as_bytes(), 0).unwrap()
+    );
+    support::redis::cmd(
+        redis.port,
+        &["SET", &format!("apikey-{hash}"), &seed_key().to_string()],
+    )
+    .await
+    .unwrap();
+    let took = eventually_status(&gw, "bytyk", 200, Duration::from_secs(1)).await;
+    assert!(took < tollgate::store::cache::MISSING_FOR);
 }

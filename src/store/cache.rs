@@ -20,7 +20,7 @@ use compact_str::CompactString;
 use super::{Lookup, RecordDigest, SessionStore, StoreError, StoreHealth};
 use crate::config::LocalSessionCache;
 use crate::limits::{Policy, Usage};
-use crate::session::{KeyAccess, SessionState};
+use crate::session::{Credential, KeyAccess, KeyVerifier, SessionState};
 
 /// One cached record, held in the cache's own slot (not behind another pointer: at a
 /// million keys a lookup's cost is its cache-line misses). Revalidating an unchanged record
@@ -28,6 +28,7 @@ use crate::session::{KeyAccess, SessionState};
 #[derive(Clone)]
 struct Cached {
     access: Arc<KeyAccess>,
+    verifier: Option<KeyVerifier>,
     digest: Option<RecordDigest>,
     /// Milliseconds after the cache's `started` when the store last confirmed the record.
     fetched: u64,
@@ -35,6 +36,15 @@ struct Cached {
     /// read while the store followed changes).
     fresh_until: u64,
     epoch: u64,
+}
+
+impl Cached {
+    fn credential(self) -> Credential {
+        Credential {
+            access: self.access,
+            verifier: self.verifier,
+        }
+    }
 }
 
 /// Bounded cache of sessions by storage id. Entries older than `stale_for` are served only
@@ -49,6 +59,11 @@ pub struct SessionCache {
     /// same access, and sharing one copy keeps it in the CPU's caches for all of them (and
     /// out of each entry's memory). Bounded, so that keys with accesses of their own pass by.
     shared: quick_cache::sync::Cache<u64, Arc<KeyAccess>>,
+    /// Keys the store said it does not hold: a client repeating an unknown key is answered
+    /// from here for [`MISSING_FOR`] instead of costing a store read each time.
+    missing:
+        quick_cache::sync::Cache<CompactString, Missing, quick_cache::UnitWeighter, RandomState>,
+    missing_for: Duration,
     access_hasher: foldhash::fast::RandomState,
     fresh_for: Duration,
     stale_for: Duration,
@@ -70,6 +85,19 @@ pub struct SessionCache {
 /// How many distinct accesses [`SessionCache::share`] remembers.
 const SHARED_ACCESSES: usize = 1024;
 
+/// How long an unknown key is answered as unknown without asking the store (never longer
+/// than `cached_session_timeout`), and how many such keys are remembered. Writes through this
+/// node, cluster notifications and followed changes forget an entry at once.
+pub const MISSING_FOR: Duration = Duration::from_secs(2);
+pub const MISSING_ENTRIES: usize = 10_000;
+
+/// An unknown key's entry: answered as unknown until `until` (ms), within `epoch`.
+#[derive(Clone, Copy)]
+struct Missing {
+    until: u64,
+    epoch: u64,
+}
+
 /// What the cache knew when a store read began; see [`SessionCache::begin_read`].
 #[derive(Clone, Copy)]
 struct ReadStart {
@@ -89,6 +117,14 @@ impl SessionCache {
                 quick_cache::sync::DefaultLifecycle::default(),
             ),
             shared: quick_cache::sync::Cache::new(SHARED_ACCESSES),
+            missing: quick_cache::sync::Cache::with(
+                MISSING_ENTRIES,
+                MISSING_ENTRIES as u64,
+                quick_cache::UnitWeighter,
+                RandomState::new(),
+                quick_cache::sync::DefaultLifecycle::default(),
+            ),
+            missing_for: fresh_for.min(MISSING_FOR),
             access_hasher: foldhash::fast::RandomState::default(),
             fresh_for,
             stale_for,
@@ -196,6 +232,29 @@ impl SessionCache {
     pub fn invalidate(&self, key_id: &str) {
         self.changes.fetch_add(1, Ordering::SeqCst);
         self.entries.remove(key_id);
+        self.missing.remove(key_id);
+    }
+
+    /// Whether the store said a moment ago, in this epoch, that it does not hold `key_id`.
+    fn known_missing(&self, key_id: &str) -> bool {
+        self.missing.get(key_id).is_some_and(|m| {
+            m.until > self.now_ms() && m.epoch == self.epoch.load(Ordering::Acquire)
+        })
+    }
+
+    /// The store does not hold `key_id`, as read since `start`. Not remembered when anything
+    /// was invalidated meanwhile: that may have been this key being written.
+    fn remember_missing(&self, key_id: &str, start: ReadStart) {
+        self.entries.remove(key_id);
+        if self.missing_for.is_zero() {
+            return;
+        }
+        let until = self.now_ms() + self.missing_for.as_millis() as u64;
+        let epoch = self.epoch.load(Ordering::Acquire);
+        self.missing.insert(key_id.into(), Missing { until, epoch });
+        if self.changes.load(Ordering::SeqCst) != start.changes {
+            self.missing.remove(key_id);
+        }
     }
 
     /// Marks every entry as needing revalidation, keeping them for stale-if-error (used when
@@ -239,7 +298,7 @@ impl SessionCache {
     fn insert(
         &self,
         key_id: &str,
-        access: Arc<KeyAccess>,
+        credential: Credential,
         digest: Option<RecordDigest>,
         start: ReadStart,
     ) {
@@ -247,7 +306,8 @@ impl SessionCache {
         self.entries.insert(
             key_id.into(),
             Cached {
-                access,
+                access: credential.access,
+                verifier: credential.verifier,
                 digest,
                 fetched: now,
                 fresh_until: self.fresh_until(start, now),
@@ -278,24 +338,29 @@ impl SessionStore for CachedStore {
         self.inner.get(key_id).await
     }
 
-    async fn access(&self, key_id: &str) -> Result<Option<Arc<KeyAccess>>, StoreError> {
+    async fn access(&self, key_id: &str) -> Result<Option<Credential>, StoreError> {
         let cache = &self.cache;
         let cached = cache.entries.get(key_id);
-        if cached.as_ref().is_some_and(|c| cache.is_fresh(c)) {
-            return Ok(cached.map(|c| c.access));
+        match &cached {
+            Some(c) if cache.is_fresh(c) => return Ok(cached.map(Cached::credential)),
+            None if cache.known_missing(key_id) => return Ok(None),
+            _ => {}
         }
         let known = cached.as_ref().and_then(|c| c.digest);
         let start = cache.begin_read();
         match self.inner.lookup(key_id, known).await {
-            Ok(Lookup::Found { access, digest }) => {
-                let access = cache.share(access);
-                cache.insert(key_id, access.clone(), digest, start);
-                Ok(Some(access))
+            Ok(Lookup::Found { credential, digest }) => {
+                let credential = Credential {
+                    access: cache.share(credential.access),
+                    verifier: credential.verifier,
+                };
+                cache.insert(key_id, credential.clone(), digest, start);
+                Ok(Some(credential))
             }
             Ok(Lookup::Unchanged) => match cached {
                 Some(c) => {
                     cache.confirm(key_id, c.digest, start);
-                    Ok(Some(c.access))
+                    Ok(Some(c.credential()))
                 }
                 // The store answers Unchanged only to a digest it was given, which came from
                 // `cached`; should one break that contract, read the record afresh.
@@ -304,13 +369,13 @@ impl SessionStore for CachedStore {
             Ok(Lookup::Missing) => {
                 // Not counted as an invalidation: unknown keys are what a client can send at
                 // will, and counting them would keep concurrent reads from being cached.
-                cache.entries.remove(key_id);
+                cache.remember_missing(key_id, start);
                 Ok(None)
             }
             Err(StoreError::Unavailable(reason)) => match cached {
                 Some(c) if cache.age(&c) < cache.stale_for => {
                     tracing::debug!("key store unavailable ({reason}); serving a cached session");
-                    Ok(Some(c.access))
+                    Ok(Some(c.credential()))
                 }
                 _ => Err(StoreError::Unavailable(reason)),
             },
@@ -416,8 +481,8 @@ mod tests {
         }
     }
 
-    fn some_access() -> Arc<KeyAccess> {
-        Arc::new(KeyAccess::from(&SessionState::default()))
+    fn some_access() -> Credential {
+        Credential::from(&SessionState::default())
     }
 
     fn config(fresh: u64, stale: u64) -> LocalSessionCache {
@@ -469,12 +534,14 @@ mod tests {
         }
         session.rate = 5.0;
         store.set("c", &session, None).await.unwrap();
-        let a = store.access("a").await.unwrap().unwrap();
-        let b = store.access("b").await.unwrap().unwrap();
-        let c = store.access("c").await.unwrap().unwrap();
+        let access = |key| {
+            let store = &store;
+            async move { store.access(key).await.unwrap().unwrap().access }
+        };
+        let (a, b, c) = (access("a").await, access("b").await, access("c").await);
         assert!(Arc::ptr_eq(&a, &b), "same access, one copy");
         assert!(!Arc::ptr_eq(&a, &c) && c.limits.rate == 5.0 && a.limits.rate == 0.0);
-        assert!(Arc::ptr_eq(&b, &store.access("b").await.unwrap().unwrap()));
+        assert!(Arc::ptr_eq(&b, &access("b").await));
     }
 
     #[test]

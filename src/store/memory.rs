@@ -9,12 +9,12 @@ use async_trait::async_trait;
 
 use super::{SessionStore, StoreError, StoreHealth};
 use crate::limits::{LocalCounters, Policy, Usage, now_secs};
-use crate::session::{KeyAccess, SessionState};
+use crate::session::{Credential, SessionState};
 
 struct Entry {
     session: Arc<SessionState>,
     /// Derived once per write, so that requests do not build it.
-    access: Arc<KeyAccess>,
+    credential: Credential,
     expires_at: Option<Instant>,
 }
 
@@ -61,8 +61,8 @@ impl SessionStore for MemoryStore {
         Ok(self.live(key_id, |e| e.session.clone()))
     }
 
-    async fn access(&self, key_id: &str) -> Result<Option<Arc<KeyAccess>>, StoreError> {
-        Ok(self.live(key_id, |e| e.access.clone()))
+    async fn access(&self, key_id: &str) -> Result<Option<Credential>, StoreError> {
+        Ok(self.live(key_id, |e| e.credential.clone()))
     }
 
     async fn set(
@@ -73,7 +73,7 @@ impl SessionStore for MemoryStore {
     ) -> Result<(), StoreError> {
         let entry = Entry {
             session: Arc::new(session.clone()),
-            access: Arc::new(KeyAccess::from(session)),
+            credential: Credential::from(session),
             expires_at: ttl.map(|t| Instant::now() + t),
         };
         let sweep = self.writes.fetch_add(1, Ordering::Relaxed) % SWEEP_EVERY == SWEEP_EVERY - 1;

@@ -15,7 +15,7 @@ use async_trait::async_trait;
 use serde::Serialize;
 
 use crate::limits::{Policy, Usage};
-use crate::session::{KeyAccess, SessionState};
+use crate::session::{Credential, SessionState};
 
 pub use memory::MemoryStore;
 
@@ -50,12 +50,12 @@ pub struct StoreHealth {
 pub trait SessionStore: Send + Sync + 'static {
     /// The record stored under `key_id`, or `None` when there is none.
     async fn get(&self, key_id: &str) -> Result<Option<Arc<SessionState>>, StoreError>;
-    /// What the request path needs of the record under `key_id` (see [`KeyAccess`]).
-    async fn access(&self, key_id: &str) -> Result<Option<Arc<KeyAccess>>, StoreError> {
+    /// What the request path needs of the record under `key_id` (see [`Credential`]).
+    async fn access(&self, key_id: &str) -> Result<Option<Credential>, StoreError> {
         Ok(self
             .get(key_id)
             .await?
-            .map(|session| Arc::new(KeyAccess::from(&*session))))
+            .map(|session| Credential::from(&*session)))
     }
     /// Reads what requests need of a record unless it is still the one whose digest is
     /// `known`: a cache revalidating an entry then skips decoding it again. Stores without a
@@ -66,8 +66,8 @@ pub trait SessionStore: Send + Sync + 'static {
         _known: Option<RecordDigest>,
     ) -> Result<Lookup, StoreError> {
         Ok(match self.access(key_id).await? {
-            Some(access) => Lookup::Found {
-                access,
+            Some(credential) => Lookup::Found {
+                credential,
                 digest: None,
             },
             None => Lookup::Missing,
@@ -114,7 +114,7 @@ pub enum Lookup {
     /// The stored record still has the digest the caller already holds.
     Unchanged,
     Found {
-        access: Arc<KeyAccess>,
+        credential: Credential,
         /// `None` where the store keeps no stored form to fingerprint.
         digest: Option<RecordDigest>,
     },

@@ -30,7 +30,7 @@ use super::cache::SessionCache;
 use super::{Lookup, RecordDigest, SessionStore, StoreError, StoreHealth};
 use crate::config::{ConfigError, StorageConfig};
 use crate::limits::{Policy, Usage};
-use crate::session::{KeyAccess, SessionState};
+use crate::session::{Credential, SessionState};
 
 /// Tyk's prefix for session records.
 pub const KEY_PREFIX: &str = "apikey-";
@@ -420,11 +420,11 @@ impl RedisStore {
         matches!(self.shared.topology, Topology::Sentinel { .. })
     }
 
-    /// The record under `key_id`, whole or as the [`KeyAccess`] requests need.
+    /// The record under `key_id`, whole or as the [`Credential`] requests need.
     async fn read_decoded<T: serde::de::DeserializeOwned>(
         &self,
         key_id: &str,
-    ) -> Result<Option<Arc<T>>, StoreError> {
+    ) -> Result<Option<T>, StoreError> {
         match self.shared.read_record(key_id).await? {
             Some(json) => decode(key_id, &json).map(Some),
             None => Ok(None),
@@ -1250,11 +1250,11 @@ fn apply_notification(cache: &SessionCache, node_id: &str, payload: &[u8]) {
     }
 }
 
-/// A stored record, whole or as the [`KeyAccess`] requests need. A record that cannot be
+/// A stored record, whole or as the [`Credential`] requests need. A record that cannot be
 /// read is decoded again to name the field at fault (tracking the path on every read would
 /// cost each one).
-fn decode<T: serde::de::DeserializeOwned>(key_id: &str, json: &str) -> Result<Arc<T>, StoreError> {
-    serde_json::from_str(json).map(Arc::new).map_err(|e| {
+fn decode<T: serde::de::DeserializeOwned>(key_id: &str, json: &str) -> Result<T, StoreError> {
+    serde_json::from_str(json).map_err(|e| {
         let de = &mut serde_json::Deserializer::from_str(json);
         let reason = match serde_path_to_error::deserialize::<_, T>(de) {
             Err(at) if at.path().iter().next().is_some() => format!("{}: {e}", at.path()),
@@ -1270,10 +1270,10 @@ fn decode<T: serde::de::DeserializeOwned>(key_id: &str, json: &str) -> Result<Ar
 #[async_trait]
 impl SessionStore for RedisStore {
     async fn get(&self, key_id: &str) -> Result<Option<Arc<SessionState>>, StoreError> {
-        self.read_decoded(key_id).await
+        Ok(self.read_decoded(key_id).await?.map(Arc::new))
     }
 
-    async fn access(&self, key_id: &str) -> Result<Option<Arc<KeyAccess>>, StoreError> {
+    async fn access(&self, key_id: &str) -> Result<Option<Credential>, StoreError> {
         self.read_decoded(key_id).await
     }
 
@@ -1291,7 +1291,7 @@ impl SessionStore for RedisStore {
             return Ok(Lookup::Unchanged);
         }
         Ok(Lookup::Found {
-            access: decode(key_id, &json)?,
+            credential: decode(key_id, &json)?,
             digest: Some(digest),
         })
     }
