@@ -613,6 +613,17 @@ async fn hello(gw: &Gateway) -> Response<Body> {
         details["apis"] =
             json!({"status": "warn", "componentType": "system", "output": *load_errors});
     }
+    let unhonoured: serde_json::Map<String, Value> = gw
+        .apis()
+        .specs()
+        .into_iter()
+        .filter(|spec| !spec.unhonoured.is_empty())
+        .map(|spec| (spec.api_id().to_owned(), json!(spec.unhonoured)))
+        .collect();
+    if !unhonoured.is_empty() {
+        details["apis"]["componentType"] = json!("system");
+        details["apis"]["unhonoured_fields"] = Value::Object(unhonoured);
+    }
     json_response(
         StatusCode::OK,
         &json!({

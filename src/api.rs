@@ -13,6 +13,8 @@ use http::uri::Scheme;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+use crate::honoured;
+
 /// Tyk's API definition. Unmodelled fields are kept in `extra` and written back unchanged.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct ApiDefinition {
@@ -139,6 +141,8 @@ pub struct ApiSpec {
     pub target: Target,
     /// `None` for keyless APIs.
     pub key_source: Option<KeySource>,
+    /// Fields the definition uses that tollgate does not honour (see `honoured`).
+    pub unhonoured: Vec<String>,
 }
 
 impl ApiSpec {
@@ -146,6 +150,20 @@ impl ApiSpec {
         if definition.api_id.trim().is_empty() {
             return Err(invalid("api_id", "must not be empty"));
         }
+        let whole = match serde_json::to_value(&definition) {
+            Ok(Value::Object(whole)) => whole,
+            _ => Map::new(),
+        };
+        if let Some((flag, method)) = honoured::unsupported_auth(&whole) {
+            return Err(invalid(
+                flag,
+                format!(
+                    "{method} authentication is not supported by tollgate yet; the API is not \
+                     served rather than served without it"
+                ),
+            ));
+        }
+        let unhonoured = honoured::unhonoured(&whole);
         let listen_path = &definition.proxy.listen_path;
         if !listen_path.starts_with('/') {
             return Err(invalid("proxy.listen_path", "must start with '/'"));
@@ -190,6 +208,7 @@ impl ApiSpec {
             definition,
             target,
             key_source,
+            unhonoured,
         })
     }
 

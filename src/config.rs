@@ -102,7 +102,6 @@ pub struct StorageConfig {
     /// one (`tls-auth-clients`). Both or neither.
     pub cert_file: String,
     pub key_file: String,
-    pub optimisation_max_idle: u32,
     pub optimisation_max_active: u32,
     /// tollgate: replicas that must confirm a key write (`WAIT`); `-1` picks 1 where replicas
     /// exist and 0 otherwise.
@@ -127,7 +126,6 @@ impl Default for StorageConfig {
             ca_file: String::new(),
             cert_file: String::new(),
             key_file: String::new(),
-            optimisation_max_idle: 100,
             optimisation_max_active: 16,
             min_replicas_ack: -1,
         }
@@ -523,7 +521,7 @@ mod tests {
     #[test]
     fn tyk_names_and_unsupported_fields() {
         let loaded = GatewayConfig::from_value(
-            json!({"listen_port": 9000, "secret": "s", "storage": {"type": "redis", "host": "r", "port": 6380, "enable_cluster": false},
+            json!({"listen_port": 9000, "secret": "s", "storage": {"type": "redis", "host": "r", "port": 6380, "enable_cluster": false, "optimisation_max_idle": 2000},
                    "analytics_config": {}, "enable_analytics": true}),
             no_env,
         )
@@ -535,6 +533,7 @@ mod tests {
             vec![
                 "analytics_config",
                 "storage.enable_cluster",
+                "storage.optimisation_max_idle",
                 "enable_analytics"
             ]
         );

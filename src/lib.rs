@@ -11,6 +11,7 @@ pub mod config;
 pub mod connection;
 pub mod drill;
 pub mod guard;
+pub mod honoured;
 pub mod limits;
 pub mod path;
 pub mod proxy;

@@ -122,6 +122,15 @@ impl Gateway {
         for e in &errors {
             tracing::warn!("API definition skipped: {e}");
         }
+        for spec in table.specs() {
+            if !spec.unhonoured.is_empty() {
+                tracing::warn!(
+                    api = spec.api_id(),
+                    "API definition fields not honoured by tollgate (ignored): {}",
+                    spec.unhonoured.join(", ")
+                );
+            }
+        }
         tracing::info!(apis = table.len(), "API definitions loaded");
         self.apis.store(Arc::new(table));
         self.load_errors

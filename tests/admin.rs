@@ -376,3 +376,42 @@ async fn raw_keys_when_hashing_is_off() {
         200
     );
 }
+
+#[tokio::test]
+async fn an_auth_method_tollgate_lacks_fails_closed_and_unhonoured_fields_are_named() {
+    let up = upstream().await;
+    // The shape of Tyk's own client-mtls-api.json: mutual TLS, with keyless as its base.
+    let mut mtls = sample_api(&up.url(""));
+    mtls["api_id"] = json!("mtls");
+    mtls["use_keyless"] = json!(true);
+    mtls["use_mutual_tls_auth"] = json!(true);
+    mtls["proxy"]["listen_path"] = json!("/mtls/");
+    let mut busy = sample_api(&up.url(""));
+    busy["api_id"] = json!("busy");
+    busy["proxy"]["listen_path"] = json!("/busy/");
+    busy["CORS"] = json!({"enable": true, "allowed_origins": ["*"]});
+    busy["enable_batch_request_support"] = json!(true);
+    let gw = gateway().api(mtls.clone()).api(busy).start().await;
+
+    let r = gw.get_with_key("/mtls/get", None).await;
+    assert_eq!(r.status, 404, "not served open: {}", r.text());
+    let hello = gw
+        .client
+        .request("GET", &gw.url("/hello"), &[], None)
+        .await
+        .json();
+    let apis = &hello["details"]["apis"];
+    let errors = apis["output"].to_string();
+    assert!(
+        errors.contains("api0.json") && errors.contains("use_mutual_tls_auth: mutual TLS"),
+        "{hello}"
+    );
+    assert_eq!(
+        apis["unhonoured_fields"]["busy"],
+        json!(["CORS", "enable_batch_request_support"]),
+        "{hello}"
+    );
+    let r = gw.admin("POST", "/tyk/apis", Some(mtls)).await;
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert!(r.text().contains("use_mutual_tls_auth"), "{}", r.text());
+}

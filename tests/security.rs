@@ -13,7 +13,6 @@ use tokio::net::{TcpListener, TcpStream};
 
 use support::{SECRET, gateway, memory_store, sample_api, seed_key, upstream};
 use tollgate::session::SessionState;
-use tollgate::store::SessionStore;
 
 // ---- murmur3-32, run backwards: a forged key with the same hash as a real one ----
 

@@ -381,6 +381,14 @@ impl RedisStore {
         if !config.sentinel_password.is_empty() {
             sentinel_settings = sentinel_settings.set_password(&config.sentinel_password);
         }
+        if config.optimisation_max_active as usize > MAX_POOL {
+            tracing::warn!(
+                "storage.optimisation_max_active: {} is used as {MAX_POOL}: commands are \
+                 multiplexed over each connection (requests share one), so more connections \
+                 would only hold idle sockets",
+                config.optimisation_max_active
+            );
+        }
         let shared = Arc::new(Shared {
             topology,
             settings,

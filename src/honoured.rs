@@ -1,0 +1,225 @@
+//! Which parts of a Tyk API definition tollgate honours, so that none is ignored silently.
+//!
+//! Two answers for a definition: an auth method it asks for that tollgate does not have, which
+//! refuses the whole definition (serving it with weaker or no auth would open it), and the
+//! fields it uses that tollgate does not honour, which are reported at load and in `/hello`.
+
+use serde_json::{Map, Value};
+
+/// Flags that turn on an auth method tollgate does not implement, with the method's name.
+const UNSUPPORTED_AUTH: [(&str, &str); 9] = [
+    ("use_mutual_tls_auth", "mutual TLS"),
+    ("enable_jwt", "JWT"),
+    ("use_basic_auth", "basic auth"),
+    ("enable_signature_checking", "HMAC request signing"),
+    ("use_oauth2", "OAuth 2.0"),
+    ("use_openid", "OpenID Connect"),
+    ("enable_coprocess_auth", "plugin (coprocess) auth"),
+    ("use_go_plugin_auth", "Go plugin auth"),
+    ("custom_plugin_auth_enabled", "custom plugin auth"),
+];
+
+/// Fields tollgate honours, as dotted paths (`*` stands for any name).
+const HONOURED: &[&str] = &[
+    "name",
+    "api_id",
+    "org_id",
+    "slug",
+    "active",
+    "use_keyless",
+    "use_standard_auth",
+    "auth.auth_header_name",
+    "auth.use_param",
+    "auth.param_name",
+    "auth.use_cookie",
+    "auth.cookie_name",
+    "auth_configs.authToken.auth_header_name",
+    "auth_configs.authToken.use_param",
+    "auth_configs.authToken.param_name",
+    "auth_configs.authToken.use_cookie",
+    "auth_configs.authToken.cookie_name",
+    "auth_configs.authToken.name",
+    "proxy.listen_path",
+    "proxy.target_url",
+    "proxy.strip_listen_path",
+    "proxy.preserve_host_header",
+    "version_data.not_versioned",
+    "version_data.versions.*.name",
+    // Only the switch: any extended path in use is reported by its own name.
+    "version_data.versions.*.use_extended_paths",
+    "disable_rate_limit",
+    "disable_quota",
+    "session_lifetime",
+    // Nothing is recorded for analytics, so "do not record" holds.
+    "do_not_track",
+    // Database ids of Tyk's Dashboard: nothing for a gateway to do.
+    "id",
+    "_id",
+];
+
+/// Settings of an auth method, which do nothing while the method is off (and a definition
+/// whose method is on is refused anyway): by field-name prefix.
+const AUTH_METHOD_SETTINGS: &[&str] = &[
+    "auth_configs",
+    "jwt_",
+    "hmac_",
+    "basic_auth",
+    "openid_options",
+    "oauth_meta",
+    "notifications",
+    "client_certificates",
+    "custom_middleware.auth_check",
+];
+
+/// The flag and method of an auth method `definition` turns on that tollgate lacks.
+pub fn unsupported_auth(definition: &Map<String, Value>) -> Option<(&'static str, &'static str)> {
+    UNSUPPORTED_AUTH
+        .into_iter()
+        .find(|(flag, _)| definition.get(*flag).and_then(Value::as_bool) == Some(true))
+}
+
+/// The fields `definition` uses that tollgate does not honour: the shortest dotted path of each
+/// part that holds a value other than an empty one (`null`, `false`, `0`, `""`, `[]`, `{}`,
+/// or an object switched off by an `enable…: false` member).
+pub fn unhonoured(definition: &Map<String, Value>) -> Vec<String> {
+    let versioned = definition
+        .get("version_data")
+        .and_then(|v| v.get("not_versioned"))
+        .and_then(Value::as_bool)
+        == Some(false);
+    let mut found = Vec::new();
+    for (name, value) in definition {
+        // How requests choose a version, and when one expires, matter to versioned APIs only.
+        if !versioned && name == "definition" {
+            continue;
+        }
+        walk(name, value, versioned, &mut found);
+    }
+    found
+}
+
+fn walk(path: &str, value: &Value, versioned: bool, found: &mut Vec<String>) {
+    if is_empty(value)
+        || is_honoured(path)
+        || AUTH_METHOD_SETTINGS.iter().any(|p| path.starts_with(p))
+        || (!versioned && is_version_expiry(path))
+    {
+        return;
+    }
+    match value {
+        Value::Object(members) if HONOURED.iter().any(|h| covers_below(h, path)) => {
+            for (name, member) in members {
+                walk(&format!("{path}.{name}"), member, versioned, found);
+            }
+        }
+        _ => found.push(path.to_owned()),
+    }
+}
+
+fn is_version_expiry(path: &str) -> bool {
+    path.starts_with("version_data.versions.") && path.ends_with(".expires")
+}
+
+/// Whether `honoured` (a pattern) names `path`.
+fn is_honoured(path: &str) -> bool {
+    HONOURED.iter().any(|h| pattern_matches(h, path))
+}
+
+/// Whether `honoured` names something inside `path`, which must then be looked into.
+fn covers_below(honoured: &str, path: &str) -> bool {
+    let depth = path.split('.').count();
+    let parts: Vec<&str> = honoured.split('.').collect();
+    parts.len() > depth && pattern_matches(&parts[..depth].join("."), path)
+}
+
+fn pattern_matches(pattern: &str, path: &str) -> bool {
+    let (mut p, mut q) = (pattern.split('.'), path.split('.'));
+    loop {
+        match (p.next(), q.next()) {
+            (None, None) => return true,
+            (Some(a), Some(b)) if a == "*" || a == b => {}
+            _ => return false,
+        }
+    }
+}
+
+fn is_empty(value: &Value) -> bool {
+    match value {
+        Value::Null => true,
+        Value::Bool(b) => !b,
+        Value::Number(n) => n.as_f64() == Some(0.0),
+        Value::String(s) => s.is_empty(),
+        Value::Array(items) => items.is_empty(),
+        Value::Object(members) => {
+            let switched_off = members
+                .iter()
+                .filter(|(k, _)| k.starts_with("enable"))
+                .all(|(_, v)| v == &Value::Bool(false))
+                && members.keys().any(|k| k.starts_with("enable"));
+            switched_off || members.values().all(is_empty)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn object(value: Value) -> Map<String, Value> {
+        match value {
+            Value::Object(map) => map,
+            _ => unreachable!(),
+        }
+    }
+
+    #[test]
+    fn the_seed_sample_uses_nothing_unhonoured() {
+        let sample = object(
+            serde_json::from_str(include_str!("../tests/fixtures/app_sample.json")).unwrap(),
+        );
+        assert_eq!(unhonoured(&sample), Vec::<String>::new());
+        assert_eq!(unsupported_auth(&sample), None);
+    }
+
+    #[test]
+    fn fields_in_use_are_named_by_their_shortest_unhonoured_path() {
+        let definition = object(json!({
+            "api_id": "1",
+            "proxy": {"listen_path": "/x/", "target_url": "http://u", "transport": {"ssl_ciphers": ["a"]}},
+            "CORS": {"enable": false, "allowed_origins": ["*"]},
+            "cache_options": {"enable_cache": true, "cache_timeout": 60},
+            "enable_batch_request_support": true,
+            "global_rate_limit": {"rate": 0, "per": 0},
+            "hmac_allowed_clock_skew": -1,
+            "uptime_tests": {"check_list": [], "config": {"recheck_wait": 0}},
+            "version_data": {"not_versioned": true, "versions": {"Default": {
+                "name": "Default", "expires": "3000-01-02 15:04", "use_extended_paths": true,
+                "extended_paths": {"ignored": [], "black_list": [{"path": "/admin"}]}}}},
+            "domain": "api.example.com",
+        }));
+        let mut found = unhonoured(&definition);
+        found.sort();
+        assert_eq!(
+            found,
+            [
+                "cache_options",
+                "domain",
+                "enable_batch_request_support",
+                "proxy.transport",
+                "version_data.versions.Default.extended_paths",
+            ]
+        );
+    }
+
+    #[test]
+    fn an_auth_method_tollgate_lacks_is_named() {
+        let mtls = object(json!({"use_keyless": true, "use_mutual_tls_auth": true}));
+        assert_eq!(
+            unsupported_auth(&mtls),
+            Some(("use_mutual_tls_auth", "mutual TLS"))
+        );
+        let off = object(json!({"enable_jwt": false, "use_basic_auth": false}));
+        assert_eq!(unsupported_auth(&off), None);
+    }
+}
