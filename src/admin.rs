@@ -81,6 +81,17 @@ impl Rejected {
         }
     }
 
+    /// Tyk's answer to a body it cannot read on `/tyk/keys/create` and `/preview`: 500.
+    fn unmarshalling_failed(self) -> Self {
+        match self.message.strip_prefix("Request malformed") {
+            Some(detail) if self.status == StatusCode::BAD_REQUEST => Self {
+                status: StatusCode::INTERNAL_SERVER_ERROR,
+                message: format!("Unmarshalling failed{detail}"),
+            },
+            _ => self,
+        }
+    }
+
     fn into_response(self) -> Response<Body> {
         status_message(self.status, &self.message)
     }
@@ -127,9 +138,17 @@ pub async fn handle(gw: &Arc<Gateway>, req: Request<Incoming>) -> Response<Body>
         (["keys"] | ["keys", "create"], Method::POST) => {
             match read_json::<SessionState>(gw, req).await {
                 Ok(session) => create_key(gw, session, &query).await,
-                Err(rejected) => rejected.into_response(),
+                Err(rejected) => rejected.unmarshalling_failed().into_response(),
             }
         }
+        // Validates a key's body and shows the session it would make; stores nothing.
+        (["keys", "preview"], Method::POST) => match read_json::<SessionState>(gw, req).await {
+            Ok(mut session) => {
+                session.tollgate_key_verifier.clear();
+                json_response(StatusCode::OK, &session)
+            }
+            Err(rejected) => rejected.unmarshalling_failed().into_response(),
+        },
         (["keys", key], method) => {
             let key = (*key).to_owned();
             if !valid_key_name(&key) {
@@ -220,6 +239,18 @@ impl Query {
             .iter()
             .any(|(k, v)| k == name && matches!(v.as_str(), "true" | "1"))
     }
+
+    /// Tyk's reading of `hashed`: any value that is not empty (`?hashed=false` included).
+    fn non_empty(&self, name: &str) -> bool {
+        self.get(name).is_some_and(|v| !v.is_empty())
+    }
+
+    fn get(&self, name: &str) -> Option<&str> {
+        self.pairs
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
 }
 
 /// The whole request body, within [`MAX_ADMIN_BODY`], [`ADMIN_BODY_TIMEOUT`] and the
@@ -299,37 +330,99 @@ fn parse_with_path<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Rej
 // ---- keys ----
 
 async fn list_keys(gw: &Gateway) -> Response<Body> {
+    if gw.hasher.enabled() && !gw.config.enable_hashed_keys_listing {
+        return status_message(
+            StatusCode::NOT_FOUND,
+            "Hashed key listing is disabled in config (enable_hashed_keys_listing)",
+        );
+    }
     match gw.sessions.list().await {
         Ok(keys) => json_response(StatusCode::OK, &json!({ "keys": keys })),
         Err(e) => store_failure(&e),
     }
 }
 
-/// The storage id for a key named in a URL (`?hashed=true`: the URL already holds it).
-fn storage_id(gw: &Gateway, key: &str, query: &Query) -> Result<String, Rejected> {
-    if query.flag("hashed") {
+/// One place a key may be stored: the text its id is made from (`None` when addressed by
+/// its hash), and the id.
+struct StoredForm {
+    text: Option<String>,
+    id: String,
+}
+
+/// Where a key named in a URL may be stored, in the order Tyk looks: with `?hashed`, the
+/// URL holds the id; otherwise, for each organisation the key may belong to (`org`, or
+/// `?org_id=`, or those of the loaded APIs), the token made from the name, then the name
+/// itself.
+fn stored_forms(
+    gw: &Gateway,
+    name: &str,
+    query: &Query,
+    org: Option<&str>,
+) -> Result<Vec<StoredForm>, Rejected> {
+    if query.non_empty("hashed") {
         if !gw.hasher.enabled() {
             return Err(Rejected {
                 status: StatusCode::BAD_REQUEST,
                 message: "Key requested by hash but key hashing is not enabled.".into(),
             });
         }
-        return Ok(key.to_owned());
+        return Ok(vec![StoredForm {
+            text: None,
+            id: name.to_owned(),
+        }]);
     }
-    Ok(gw.hasher.storage_id(key).into_owned())
+    let mut orgs: Vec<String> = match org.or(query.get("org_id")) {
+        Some(org) => vec![org.to_owned()],
+        None => gw
+            .apis()
+            .specs()
+            .iter()
+            .map(|s| s.definition.org_id.clone())
+            .collect(),
+    };
+    orgs.dedup();
+    let mut texts: Vec<String> = orgs
+        .iter()
+        .map(|org| gw.hasher.candidates(org, name).0.into_owned())
+        .collect();
+    texts.push(name.to_owned());
+    let mut forms: Vec<StoredForm> = Vec::with_capacity(texts.len());
+    for text in texts {
+        let id = gw.hasher.storage_id(&text).into_owned();
+        if !forms.iter().any(|f| f.id == id) {
+            forms.push(StoredForm {
+                text: Some(text),
+                id,
+            });
+        }
+    }
+    Ok(forms)
+}
+
+/// The first of `forms` that holds a record, with the record.
+async fn find_key(
+    gw: &Gateway,
+    forms: Vec<StoredForm>,
+) -> Result<Option<(StoredForm, Arc<SessionState>)>, StoreError> {
+    for form in forms {
+        if let Some(session) = gw.sessions.get(&form.id).await? {
+            return Ok(Some((form, session)));
+        }
+    }
+    Ok(None)
 }
 
 async fn get_key(gw: &Gateway, key: &str, query: &Query) -> Response<Body> {
-    let id = match storage_id(gw, key, query) {
-        Ok(id) => id,
+    let forms = match stored_forms(gw, key, query, None) {
+        Ok(forms) => forms,
         Err(rejected) => return rejected.into_response(),
     };
-    match gw.sessions.get(&id).await {
-        Ok(Some(session)) => {
+    match find_key(gw, forms).await {
+        Ok(Some((form, session))) => {
             let mut session = (*session).clone();
             // tollgate's own field, not part of Tyk's session object.
             session.tollgate_key_verifier.clear();
-            live_quota(gw, &id, &mut session).await;
+            live_quota(gw, &form.id, &mut session).await;
             json_response(StatusCode::OK, &session)
         }
         Ok(None) => status_message(StatusCode::NOT_FOUND, "Key not found"),
@@ -358,67 +451,113 @@ async fn live_quota(gw: &Gateway, key_id: &str, session: &mut SessionState) {
     }
 }
 
+/// Removes every form of the key, as Tyk removes both the name and its token.
 async fn delete_key(gw: &Gateway, key: &str, query: &Query) -> Response<Body> {
-    let id = match storage_id(gw, key, query) {
-        Ok(id) => id,
+    let forms = match stored_forms(gw, key, query, None) {
+        Ok(forms) => forms,
         Err(rejected) => return rejected.into_response(),
     };
-    match gw.sessions.delete(&id).await {
-        Ok(true) => modified(key, "deleted"),
-        Ok(false) => status_message(StatusCode::NOT_FOUND, "There is no such key found"),
-        Err(e) => store_failure(&e),
+    let mut deleted = false;
+    for form in forms {
+        match gw.sessions.delete(&form.id).await {
+            Ok(existed) => deleted |= existed,
+            Err(e) => return store_failure(&e),
+        }
+    }
+    if deleted {
+        modified(key, "deleted")
+    } else {
+        status_message(StatusCode::NOT_FOUND, "There is no such key found")
     }
 }
 
+/// Whether `session` may be written: one without access rights (a master key, which may call
+/// every API) only with `allow_master_keys`.
+fn master_key_refused(gw: &Gateway, session: &SessionState) -> bool {
+    session.access_rights.is_empty() && !gw.config.allow_master_keys
+}
+
 async fn create_key(gw: &Gateway, session: SessionState, query: &Query) -> Response<Body> {
-    if session.access_rights.is_empty() {
+    if master_key_refused(gw, &session) {
         return status_message(
             StatusCode::BAD_REQUEST,
             "Failed to create key, keys must have at least one Access Rights record set.",
         );
     }
     let key = gw.hasher.generate(&session.org_id);
-    store_key(gw, &key, session, "added", query).await
+    let id = gw.hasher.storage_id(&key).into_owned();
+    store_key(gw, &key, id, session, KeyWrite::Added, query).await
 }
 
 async fn put_key(
     gw: &Gateway,
     key: &str,
-    session: SessionState,
+    mut session: SessionState,
     create: bool,
     query: &Query,
 ) -> Response<Body> {
-    if query.flag("hashed") {
+    if query.non_empty("hashed") {
         return status_message(
             StatusCode::BAD_REQUEST,
             "Keys are written by their name, not by hash",
         );
     }
-    if create && key.len() < gw.config.min_token_length {
+    if master_key_refused(gw, &session) {
         return status_message(
-            StatusCode::BAD_REQUEST,
-            &format!(
-                "Key must be at least {} characters (min_token_length)",
-                gw.config.min_token_length
-            ),
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "Failed to create key, ensure security settings are correct.",
         );
     }
-    if !create {
-        match gw.sessions.get(&gw.hasher.storage_id(key)).await {
-            Ok(Some(_)) => {}
-            Ok(None) => return status_message(StatusCode::NOT_FOUND, "Key is not found"),
-            Err(e) => return store_failure(&e),
+    let expired = session.expires > 1 && session.expires < unix_now();
+    if create {
+        if key.len() < gw.config.min_token_length {
+            return status_message(
+                StatusCode::BAD_REQUEST,
+                &format!(
+                    "Key must be at least {} characters (min_token_length)",
+                    gw.config.min_token_length
+                ),
+            );
         }
+        // As Tyk: an expiry already past when a key is created means none.
+        if expired {
+            session.expires = 0;
+        }
+        let token = gw.hasher.token(&session.org_id, key);
+        let id = gw.hasher.storage_id(&token).into_owned();
+        return store_key(gw, &token, id, session, KeyWrite::Added, query).await;
     }
-    let action = if create { "added" } else { "modified" };
-    store_key(gw, key, session, action, query).await
+    let forms = match stored_forms(gw, key, query, Some(&session.org_id)) {
+        Ok(forms) => forms,
+        Err(rejected) => return rejected.into_response(),
+    };
+    let (form, existing) = match find_key(gw, forms).await {
+        Ok(Some(found)) => found,
+        Ok(None) => return status_message(StatusCode::NOT_FOUND, "Key is not found"),
+        Err(e) => return store_failure(&e),
+    };
+    // An expiry already past keeps the key's current one.
+    if expired {
+        session.expires = existing.expires;
+    }
+    let text = form.text.unwrap_or_else(|| key.to_owned());
+    store_key(gw, &text, form.id, session, KeyWrite::Modified, query).await
 }
 
+/// What a key write did, as Tyk words it.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum KeyWrite {
+    Added,
+    Modified,
+}
+
+/// Stores `session` for the key `text` under `id`, bound to `text` by its verifier.
 async fn store_key(
     gw: &Gateway,
-    key: &str,
+    text: &str,
+    id: String,
     mut session: SessionState,
-    action: &str,
+    write: KeyWrite,
     query: &Query,
 ) -> Response<Body> {
     if !query.flag("suppress_reset") {
@@ -429,9 +568,8 @@ async fn store_key(
         }
     }
     // Whatever the body said: the record is bound to the key it is written for.
-    session.tollgate_key_verifier = KeyVerifier::of(key).to_hex();
+    session.tollgate_key_verifier = KeyVerifier::of(text).to_hex();
     let ttl = record_lifetime(gw, &session);
-    let id = gw.hasher.storage_id(key).into_owned();
     if let Err(e) = gw.sessions.set(&id, &session, ttl).await {
         return store_failure(&e);
     }
@@ -448,8 +586,13 @@ async fn store_key(
             }
         }
     }
-    let mut body = json!({"key": key, "status": "ok", "action": action});
-    if gw.hasher.enabled() {
+    let action = match write {
+        KeyWrite::Added => "added",
+        KeyWrite::Modified => "modified",
+    };
+    let mut body = json!({"key": text, "status": "ok", "action": action});
+    // Tyk names the hash only when a key is added.
+    if gw.hasher.enabled() && write == KeyWrite::Added {
         body["key_hash"] = Value::String(id);
     }
     json_response(StatusCode::OK, &body)
@@ -557,18 +700,23 @@ fn file_failure(e: &dyn std::fmt::Display) -> Response<Body> {
     )
 }
 
+/// As Tyk: only the file Tyk would have written for the id (`<app_path>/<api_id>.json`) is
+/// removed; a definition held in any other file (a hand-written `app_sample.json`) is kept,
+/// and the answer is 500 "Delete failed".
 async fn delete_api(gw: &Gateway, id: &str) -> Response<Body> {
-    let dir = gw.app_path();
-    let target = id.to_owned();
-    let removed =
-        tokio::task::spawn_blocking(move || match api::find_definition_file(&dir, &target) {
-            Some(path) => std::fs::remove_file(path).map(|_| true),
-            None => Ok(false),
-        })
-        .await;
+    if gw.apis().get(id).is_none() {
+        return status_message(StatusCode::NOT_FOUND, "API not found");
+    }
+    let Some(file_name) = api::file_name_for(id) else {
+        return status_message(StatusCode::BAD_REQUEST, "Invalid API ID");
+    };
+    let path = gw.app_path().join(file_name);
+    let removed = tokio::task::spawn_blocking(move || std::fs::remove_file(path)).await;
     match removed {
-        Ok(Ok(true)) => modified(id, "deleted"),
-        Ok(Ok(false)) => status_message(StatusCode::NOT_FOUND, "API not found"),
+        Ok(Ok(())) => modified(id, "deleted"),
+        Ok(Err(e)) if e.kind() == std::io::ErrorKind::NotFound => {
+            status_message(StatusCode::INTERNAL_SERVER_ERROR, "Delete failed")
+        }
         Ok(Err(e)) => file_failure(&e),
         Err(e) => file_failure(&e),
     }

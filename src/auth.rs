@@ -136,17 +136,68 @@ impl KeyHasher {
         Cow::Owned(algorithm_of(key).hex(key))
     }
 
-    /// A new key for `org_id`: base64 JSON naming its hash algorithm, or legacy org + uuid.
+    /// A new key for `org_id` (Tyk's `GenerateAuthKey`): a [`token`](Self::token) for a
+    /// fresh 32-hex-digit id.
     pub fn generate(&self, org_id: &str) -> String {
-        let id = uuid::Uuid::new_v4().simple().to_string();
+        self.token(org_id, &uuid::Uuid::new_v4().simple().to_string())
+    }
+
+    /// Tyk's `generateToken(org, id)`: with a `hash_key_function`, base64 of
+    /// `{"org":…,"id":…,"h":…}` (written as Tyk writes it, values unescaped, so that the hash
+    /// of the text is the one Tyk's nodes compute); without one (Tyk's default), `org` + `id`.
+    /// An `id` that already begins with `org` loses that prefix first.
+    pub fn token(&self, org_id: &str, id: &str) -> String {
+        let id = id.strip_prefix(org_id).unwrap_or(id);
         match self.generate_with {
             Some(alg) => {
-                let json = serde_json::json!({"org": org_id, "id": id, "h": alg.name()});
-                base64::engine::general_purpose::STANDARD.encode(json.to_string())
+                let json = [
+                    "{\"org\":\"",
+                    org_id,
+                    "\",\"id\":\"",
+                    id,
+                    "\",\"h\":\"",
+                    alg.name(),
+                    "\"}",
+                ]
+                .concat();
+                base64::engine::general_purpose::STANDARD.encode(json)
             }
-            None => format!("{org_id}{id}"),
+            None => [org_id, id].concat(),
         }
     }
+
+    /// The texts a key may be stored as, in the order Tyk looks for them (`SessionDetail`):
+    /// a key that is already a token of `org_id` as it is; any other first as the token made
+    /// from it, then as it is (a key stored under its own name, as Tyk's older versions and
+    /// earlier tollgate stored custom keys).
+    pub fn candidates<'a>(&self, org_id: &str, key: &'a str) -> (Cow<'a, str>, Option<&'a str>) {
+        if token_org(key).is_some_and(|org| org == org_id) {
+            return (Cow::Borrowed(key), None);
+        }
+        let token = self.token(org_id, key);
+        if token == key {
+            (Cow::Borrowed(key), None)
+        } else {
+            (Cow::Owned(token), Some(key))
+        }
+    }
+}
+
+/// Tyk's `TokenOrg`: the `org` of a base64 JSON token, else the first 24 characters of a
+/// longer key when they are hex (a Dashboard's organisation id), else none.
+fn token_org(key: &str) -> Option<Cow<'_, str>> {
+    if key.starts_with("ey")
+        && let Ok(json) = base64::engine::general_purpose::STANDARD.decode(key)
+        && let Ok(value) = serde_json::from_slice::<serde_json::Value>(&json)
+        && let Some(org) = value.get("org").and_then(|o| o.as_str())
+    {
+        return Some(Cow::Owned(org.to_owned()));
+    }
+    let prefix = key.get(..24).filter(|_| key.len() > 24)?;
+    prefix
+        .bytes()
+        .all(|b| b.is_ascii_hexdigit())
+        .then_some(Cow::Borrowed(prefix))
 }
 
 /// Tyk's `TokenHashAlgo`: generated keys are base64 JSON (`ey...`) with an `h` field.
@@ -254,30 +305,35 @@ async fn check_key(
     cx: &AuthContext<'_>,
 ) -> Result<Authenticated, AuthError> {
     let key = extract_key(source, parts)?;
-    let key_id = cx.hasher.storage_id(key).into_owned();
-    let credential = match cx.sessions.access(&key_id).await {
-        Ok(Some(credential)) => credential,
-        Ok(None) => return Err(AuthError::Disallowed),
-        Err(StoreError::Unavailable(_) | StoreError::NotDurable(_)) => {
-            return Err(AuthError::StoreUnavailable);
+    let (first, fallback) = cx.hasher.candidates(&spec.definition.org_id, key);
+    for stored_as in std::iter::once(&*first).chain(fallback) {
+        let key_id = cx.hasher.storage_id(stored_as).into_owned();
+        let credential = match cx.sessions.access(&key_id).await {
+            Ok(Some(credential)) => credential,
+            Ok(None) => continue,
+            Err(StoreError::Unavailable(_) | StoreError::NotDurable(_)) => {
+                return Err(AuthError::StoreUnavailable);
+            }
+            // A record we cannot read grants nothing.
+            Err(StoreError::Corrupt { .. }) => return Err(AuthError::Disallowed),
+        };
+        // The storage id is a hash anyone can invert: the record must be this very key's.
+        match &credential.verifier {
+            Some(verifier) if !verifier.matches(stored_as) => return Err(AuthError::Disallowed),
+            Some(_) => {}
+            None => cx.guard.weakly_bound(),
         }
-        // A record we cannot read grants nothing.
-        Err(StoreError::Corrupt { .. }) => return Err(AuthError::Disallowed),
-    };
-    // The storage id is a hash anyone can invert: the record must be this very key's.
-    match &credential.verifier {
-        Some(verifier) if !verifier.matches(key) => return Err(AuthError::Disallowed),
-        Some(_) => {}
-        None => cx.guard.weakly_bound(),
+        check_access(&credential.access, spec.api_id(), unix_now())?;
+        return Ok(Authenticated {
+            key_id,
+            access: credential.access,
+        });
     }
-    check_access(&credential.access, spec.api_id(), unix_now())?;
-    Ok(Authenticated {
-        key_id,
-        access: credential.access,
-    })
+    Err(AuthError::Disallowed)
 }
 
-/// Tyk's order: inactive, expired, then access rights.
+/// Tyk's order: inactive, expired, then access rights (none at all: every API, as Tyk's
+/// `AccessRightsCheck` lets master keys through; `allow_master_keys` guards their creation).
 pub fn check_access(access: &KeyAccess, api_id: &str, now: i64) -> Result<(), AuthError> {
     if access.is_inactive {
         return Err(AuthError::Inactive);
@@ -285,7 +341,7 @@ pub fn check_access(access: &KeyAccess, api_id: &str, now: i64) -> Result<(), Au
     if access.is_expired(now) {
         return Err(AuthError::Expired);
     }
-    if access.access_to(api_id).is_none() {
+    if !access.is_master() && access.access_to(api_id).is_none() {
         return Err(AuthError::Disallowed);
     }
     Ok(())
@@ -366,9 +422,43 @@ mod tests {
     }
 
     #[test]
+    fn tokens_as_tyk_makes_them() {
+        let h = KeyHasher::new(true, "murmur64");
+        let token = h.token("default", "mycustomkey");
+        let json = base64::engine::general_purpose::STANDARD
+            .decode(&token)
+            .unwrap();
+        assert_eq!(
+            std::str::from_utf8(&json).unwrap(),
+            r#"{"org":"default","id":"mycustomkey","h":"murmur64"}"#
+        );
+        assert_eq!(h.storage_id(&token).len(), 16, "hashed with its own h");
+        assert_eq!(h.token("default", "defaultmycustomkey"), token);
+        let legacy = KeyHasher::new(true, "");
+        assert_eq!(legacy.token("default", "testkey"), "defaulttestkey");
+        assert_eq!(legacy.token("", "testkey"), "testkey");
+
+        // A raw name is looked for as its token first, then as it is; a token of the API's
+        // org only as it is.
+        let (first, then) = h.candidates("default", "mycustomkey");
+        assert_eq!((&*first, then), (token.as_str(), Some("mycustomkey")));
+        assert_eq!(
+            h.candidates("default", &token),
+            (Cow::Borrowed(token.as_str()), None)
+        );
+        let generated = legacy.generate("default");
+        assert_eq!(legacy.candidates("default", &generated).1, None);
+        let dashboard_org = "5e9d9544a1dcd60001d0ed20";
+        let key = format!("{dashboard_org}abc");
+        assert_eq!(legacy.candidates(dashboard_org, &key).1, None);
+    }
+
+    #[test]
     fn session_checks_in_tyk_order() {
         let check = |s: &SessionState| check_access(&KeyAccess::from(s), "1", 10);
         let mut s = SessionState::default();
+        assert_eq!(check(&s), Ok(()), "a master key");
+        s.access_rights.insert("2".into(), Default::default());
         assert_eq!(check(&s), Err(AuthError::Disallowed));
         s.access_rights.insert("1".into(), Default::default());
         assert_eq!(check(&s), Ok(()));

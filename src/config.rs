@@ -21,6 +21,10 @@ pub struct GatewayConfig {
     pub app_path: String,
     pub hash_keys: bool,
     pub hash_key_function: String,
+    /// Whether `GET /tyk/keys` lists key ids while keys are hashed.
+    pub enable_hashed_keys_listing: bool,
+    /// Whether a key may be written without access rights (a key to every API).
+    pub allow_master_keys: bool,
     pub min_token_length: usize,
     pub storage: StorageConfig,
     pub health_check_endpoint_name: String,
@@ -61,7 +65,10 @@ impl Default for GatewayConfig {
             secret: String::new(),
             app_path: "./apps/".into(),
             hash_keys: true,
-            hash_key_function: "murmur64".into(),
+            // Tyk's default: legacy keys (org id + hex), stored under their murmur32 hash.
+            hash_key_function: String::new(),
+            enable_hashed_keys_listing: false,
+            allow_master_keys: false,
             min_token_length: 3,
             storage: StorageConfig::default(),
             health_check_endpoint_name: "hello".into(),

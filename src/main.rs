@@ -418,7 +418,13 @@ async fn demo(listen: SocketAddr, print_config: bool, workers: usize) -> Result<
         "access_rights": {"1": {"api_id": "1", "api_name": "Tyk Test API", "versions": ["Default"]}}
     }))
     .map_err(anyhow::Error::from)?;
-    let id = gateway.hasher.storage_id("testkey").into_owned();
+    // Stored as the Gateway API stores a custom key: under its token, bound by its verifier.
+    let token = gateway.hasher.token("default", "testkey");
+    let id = gateway.hasher.storage_id(&token).into_owned();
+    let testkey = SessionState {
+        tollgate_key_verifier: tollgate::session::KeyVerifier::of(&token).to_hex(),
+        ..testkey
+    };
     gateway
         .sessions
         .set(&id, &testkey, None)

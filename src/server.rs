@@ -153,7 +153,7 @@ impl Gateway {
         }
         let apis = self.apis.load();
         let Some(spec) = apis.route(req.uri().path()).cloned() else {
-            return error_response(StatusCode::NOT_FOUND, "No API matches this path");
+            return not_found();
         };
         drop(apis);
         let (parts, body) = req.into_parts();
@@ -241,6 +241,17 @@ pub fn json_response<T: serde::Serialize + ?Sized>(status: StatusCode, body: &T)
     response.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+/// Tyk's answer to a path no API listens on: its router's plain `Not Found`.
+fn not_found() -> Response<Body> {
+    let mut response = Response::new(Either::Right(Full::new(Bytes::from_static(b"Not Found"))));
+    *response.status_mut() = StatusCode::NOT_FOUND;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
     );
     response
 }

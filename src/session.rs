@@ -20,8 +20,11 @@ use subtle::ConstantTimeEq;
 #[derive(Debug, Clone, Default, Serialize, PartialEq)]
 pub struct SessionState {
     pub last_check: i64,
+    #[serde(serialize_with = "go_number")]
     pub allowance: f64,
+    #[serde(serialize_with = "go_number")]
     pub rate: f64,
+    #[serde(serialize_with = "go_number")]
     pub per: f64,
     pub expires: i64,
     pub quota_max: i64,
@@ -35,6 +38,8 @@ pub struct SessionState {
     pub meta_data: Value,
     pub tags: Vec<String>,
     pub alias: String,
+    /// Always a string, as Tyk's schema has it (`null` in a body is read as `""`).
+    pub certificate: String,
     /// Unix seconds after which the record is removed from the store (0: never).
     pub session_lifetime: i64,
     /// tollgate's check of the raw key (see [`KeyVerifier`]); Tyk ignores the field.
@@ -107,7 +112,9 @@ pub struct AccessDefinition {
 /// Tyk's `APILimit`: the rate and quota fields of a session, scoped to one API.
 #[derive(Debug, Clone, Default, Serialize, PartialEq)]
 pub struct ApiLimit {
+    #[serde(serialize_with = "go_number")]
     pub rate: f64,
+    #[serde(serialize_with = "go_number")]
     pub per: f64,
     pub quota_max: i64,
     pub quota_renews: i64,
@@ -177,6 +184,11 @@ impl KeyAccess {
         self.expires > 0 && self.expires < now
     }
 
+    /// A key without access rights (Tyk's master key) may call every API.
+    pub fn is_master(&self) -> bool {
+        self.apis.is_empty()
+    }
+
     /// The key's access to `api_id`, if it has any. A linear scan: keys name a few APIs, and
     /// their ids sit in one allocation.
     pub fn access_to(&self, api_id: &str) -> Option<&ApiAccess> {
@@ -209,6 +221,17 @@ impl From<&SessionState> for KeyAccess {
                 })
                 .collect(),
         }
+    }
+}
+
+/// A float as Go's `encoding/json` writes it: a whole number without a fraction (`1000`, not
+/// `1000.0`), so that records read the same whichever gateway wrote them.
+fn go_number<S: Serializer>(value: &f64, serializer: S) -> Result<S::Ok, S::Error> {
+    // Below 2^53 a whole f64 is exactly an i64.
+    if value.fract() == 0.0 && value.abs() < 9_007_199_254_740_992.0 {
+        serializer.serialize_i64(*value as i64)
+    } else {
+        serializer.serialize_f64(*value)
     }
 }
 
@@ -342,6 +365,7 @@ deserialize_record!(keep SessionState {
     meta_data,
     tags,
     alias,
+    certificate,
     session_lifetime,
     tollgate_key_verifier,
 });
@@ -516,6 +540,23 @@ mod tests {
         assert_eq!(back["access_rights"]["1"]["limit"]["set_by_policy"], true);
         let again: SessionState = serde_json::from_value(back).unwrap();
         assert_eq!(again, s);
+    }
+
+    #[test]
+    fn written_as_tyk_writes_it() {
+        let raw = r#"{"rate":1000,"per":1.5,"allowance":0,"certificate":null,
+            "access_rights":{"1":{"limit":{"rate":10.0,"per":60}}}}"#;
+        let s: SessionState = serde_json::from_str(raw).unwrap();
+        let text = serde_json::to_string(&s).unwrap();
+        for part in [
+            r#""rate":1000,"#,
+            r#""per":1.5"#,
+            r#""allowance":0,"#,
+            r#""certificate":"""#,
+        ] {
+            assert!(text.contains(part), "{part} in {text}");
+        }
+        assert!(text.contains(r#""limit":{"rate":10,"per":60"#), "{text}");
     }
 
     #[test]

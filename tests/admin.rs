@@ -29,7 +29,7 @@ async fn admin_access_needs_the_secret() {
         .client
         .request(
             "GET",
-            &gw.url("/tyk/keys"),
+            &gw.url("/tyk/apis"),
             &[("x-tyk-authorization", SECRET)],
             None,
         )
@@ -46,19 +46,27 @@ async fn seed_key_create_then_curl() {
         .await;
     assert_eq!(r.status, 200, "{}", r.text());
     let body = r.json();
-    assert_eq!(body["key"], "testkey");
+    // Tyk's legacy format (no hash_key_function): the org id, then the name, hashed with
+    // murmur32; the raw name works as well.
+    assert_eq!(body["key"], "defaulttestkey");
     assert_eq!(body["status"], "ok");
     assert_eq!(body["action"], "added");
-    // Tyk hashes custom keys with murmur32.
-    assert_eq!(body["key_hash"].as_str().unwrap().len(), 8);
-    let r = gw.get_with_key("/tyk-api-test/get", Some("testkey")).await;
-    assert_eq!(r.status, 200, "{}", r.text());
+    let expected = murmur3::murmur3_32(&mut "defaulttestkey".as_bytes(), 0).unwrap();
+    assert_eq!(body["key_hash"], format!("{expected:08x}"));
+    for key in ["testkey", "defaulttestkey"] {
+        let r = gw.get_with_key("/tyk-api-test/get", Some(key)).await;
+        assert_eq!(r.status, 200, "{key}: {}", r.text());
+    }
 }
 
 #[tokio::test]
 async fn key_crud_in_tyk_shapes() {
     let up = upstream().await;
-    let gw = gateway().api(sample_api(&up.url(""))).start().await;
+    let gw = gateway()
+        .api(sample_api(&up.url("")))
+        .config(json!({"enable_hashed_keys_listing": true}))
+        .start()
+        .await;
     let r = gw.admin("POST", "/tyk/keys/k1", Some(seed_key())).await;
     assert_eq!(r.status, 400, "shorter than min_token_length");
     let hash = gw.add_key("key1", seed_key()).await.json()["key_hash"]
@@ -69,7 +77,8 @@ async fn key_crud_in_tyk_shapes() {
     let r = gw.admin("GET", "/tyk/keys/key1", None).await;
     assert_eq!(r.status, 200);
     let session = r.json();
-    assert_eq!(session["rate"], 1000.0);
+    assert_eq!(session["rate"], 1000, "a whole number, as Go writes it");
+    assert_eq!(session["certificate"], "");
     assert_eq!(session["quota_remaining"], 1000);
     assert_eq!(
         session["throttle_interval"], -1,
@@ -81,7 +90,12 @@ async fn key_crud_in_tyk_shapes() {
         .admin("GET", &format!("/tyk/keys/{hash}?hashed=true"), None)
         .await;
     assert_eq!(r.status, 200);
-    assert_eq!(r.json()["rate"], 1000.0);
+    assert_eq!(r.json()["rate"], 1000);
+    // Tyk takes any value of `hashed` as true.
+    let r = gw
+        .admin("GET", &format!("/tyk/keys/{hash}?hashed=false"), None)
+        .await;
+    assert_eq!(r.status, 200);
 
     let r = gw.admin("GET", "/tyk/keys", None).await;
     assert_eq!(
@@ -97,9 +111,13 @@ async fn key_crud_in_tyk_shapes() {
         .await;
     assert_eq!(r.status, 200);
     assert_eq!(r.json()["action"], "modified");
+    assert!(
+        r.json().get("key_hash").is_none(),
+        "Tyk names no hash on PUT"
+    );
     assert_eq!(
         gw.admin("GET", "/tyk/keys/key1", None).await.json()["rate"],
-        5.0
+        5
     );
     let r = gw.admin("PUT", "/tyk/keys/nobody", Some(changed)).await;
     assert_eq!(r.status, 404);
@@ -128,7 +146,11 @@ async fn key_crud_in_tyk_shapes() {
 #[tokio::test]
 async fn generated_keys() {
     let up = upstream().await;
-    let gw = gateway().api(sample_api(&up.url(""))).start().await;
+    let gw = gateway()
+        .api(sample_api(&up.url("")))
+        .config(json!({"hash_key_function": "murmur64"}))
+        .start()
+        .await;
     let mut no_rights = seed_key();
     no_rights["access_rights"] = json!({});
     let r = gw.admin("POST", "/tyk/keys/create", Some(no_rights)).await;
@@ -149,11 +171,23 @@ async fn generated_keys() {
             .status,
         200
     );
+
+    // Tyk's default: legacy keys, the org id and 32 hex digits, hashed with murmur32.
+    let gw = gateway().api(sample_api(&up.url(""))).start().await;
+    let r = gw.admin("POST", "/tyk/keys/create", Some(seed_key())).await;
+    let key = r.json()["key"].as_str().unwrap().to_owned();
+    assert!(key.starts_with("default") && key.len() == 39, "{key}");
+    assert_eq!(r.json()["key_hash"].as_str().unwrap().len(), 8);
+    let r = gw.get_with_key("/tyk-api-test/get", Some(&key)).await;
+    assert_eq!(r.status, 200);
 }
 
 #[tokio::test]
 async fn malformed_bodies_store_nothing() {
-    let gw = gateway().start().await;
+    let gw = gateway()
+        .config(json!({"enable_hashed_keys_listing": true}))
+        .start()
+        .await;
     let cases = [
         b"{not json".to_vec(),
         br#"{"rate": "fast", "access_rights": {"1": {}}}"#.to_vec(),
@@ -361,9 +395,10 @@ async fn raw_keys_when_hashing_is_off() {
         .await;
     let r = gw.add_key("plainkey", seed_key()).await;
     assert!(r.json().get("key_hash").is_none());
+    // Listed without enable_hashed_keys_listing: the keys are not hashed.
     assert_eq!(
         gw.admin("GET", "/tyk/keys", None).await.json(),
-        json!({"keys": ["plainkey"]})
+        json!({"keys": ["defaultplainkey"]})
     );
     let r = gw
         .admin("GET", "/tyk/keys/plainkey?hashed=true", None)
@@ -414,4 +449,147 @@ async fn an_auth_method_tollgate_lacks_fails_closed_and_unhonoured_fields_are_na
     let r = gw.admin("POST", "/tyk/apis", Some(mtls)).await;
     assert_eq!(r.status, 400, "{}", r.text());
     assert!(r.text().contains("use_mutual_tls_auth"), "{}", r.text());
+}
+
+/// murmur3-128's first half (Tyk's murmur64) of `text`, in hex.
+fn murmur64(text: &str) -> String {
+    let h = murmur3::murmur3_x64_128(&mut text.as_bytes(), 0).unwrap();
+    format!("{:016x}", h as u64)
+}
+
+#[tokio::test]
+async fn custom_keys_are_tyk_tokens_both_ways() {
+    use base64::Engine;
+    let up = upstream().await;
+    let store = support::memory_store();
+    let gw = gateway()
+        .api(sample_api(&up.url("")))
+        .config(json!({"hash_key_function": "murmur64"}))
+        .store(store.clone())
+        .start()
+        .await;
+    let token = base64::engine::general_purpose::STANDARD
+        .encode(r#"{"org":"default","id":"mycustomkey","h":"murmur64"}"#);
+    let r = gw.add_key("mycustomkey", seed_key()).await.json();
+    assert_eq!(r["key"], token.as_str());
+    assert_eq!(r["key_hash"], murmur64(&token));
+    for key in ["mycustomkey", token.as_str()] {
+        let r = gw.get_with_key("/tyk-api-test/get", Some(key)).await;
+        assert_eq!(r.status, 200, "{key}: {}", r.text());
+    }
+    assert_eq!(
+        gw.admin("GET", "/tyk/keys/mycustomkey", None).await.status,
+        200
+    );
+
+    // A key a Tyk node created: its record under murmur64 of its token, without a verifier.
+    let tyk_token = base64::engine::general_purpose::STANDARD
+        .encode(r#"{"org":"default","id":"madebytyk","h":"murmur64"}"#);
+    let session: tollgate::session::SessionState = serde_json::from_value(seed_key()).unwrap();
+    store
+        .set(&murmur64(&tyk_token), &session, None)
+        .await
+        .unwrap();
+    let r = gw
+        .get_with_key("/tyk-api-test/get", Some("madebytyk"))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+
+    // Deleting by name removes the token's record too.
+    assert_eq!(
+        gw.admin("DELETE", "/tyk/keys/mycustomkey", None)
+            .await
+            .status,
+        200
+    );
+    let r = gw
+        .get_with_key("/tyk-api-test/get", Some("mycustomkey"))
+        .await;
+    assert_eq!(r.status, 403);
+}
+
+#[tokio::test]
+async fn gateway_api_answers_as_tyk_does() {
+    let up = upstream().await;
+    let gw = gateway().api(sample_api(&up.url(""))).start().await;
+
+    // Preview: the session it would make, nothing stored.
+    let r = gw
+        .admin("POST", "/tyk/keys/preview", Some(seed_key()))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["rate"], 1000);
+    assert_eq!(gw.admin("GET", "/tyk/keys/preview", None).await.status, 404);
+
+    // Listing hashed keys is off unless enable_hashed_keys_listing.
+    let r = gw.admin("GET", "/tyk/keys", None).await;
+    assert_eq!(r.status, 404);
+    assert_eq!(
+        r.json()["message"],
+        "Hashed key listing is disabled in config (enable_hashed_keys_listing)"
+    );
+
+    // Bodies that cannot be read: 500 on /create, 400 on a named key.
+    let bad = b"{not json".to_vec();
+    for (path, status, prefix) in [
+        ("/tyk/keys/create", 500, "Unmarshalling failed"),
+        ("/tyk/keys/somekey", 400, "Request malformed"),
+    ] {
+        let r = gw
+            .client
+            .request(
+                "POST",
+                &gw.url(path),
+                &[("x-tyk-authorization", SECRET)],
+                Some(bad.clone()),
+            )
+            .await;
+        assert_eq!(r.status, status, "{path}");
+        assert!(
+            r.json()["message"].as_str().unwrap().starts_with(prefix),
+            "{}",
+            r.text()
+        );
+    }
+    // allow_master_keys is off: a named key without access rights is refused as Tyk does.
+    let mut master = seed_key();
+    master["access_rights"] = json!({});
+    let r = gw.admin("POST", "/tyk/keys/masterkey", Some(master)).await;
+    assert_eq!(r.status, 500);
+    assert_eq!(
+        r.json()["message"],
+        "Failed to create key, ensure security settings are correct."
+    );
+
+    // A PUT with an expiry already past keeps the key's own.
+    let mut later = seed_key();
+    later["expires"] = json!(4_000_000_000i64);
+    gw.add_key("expiring", later).await;
+    let mut past = seed_key();
+    past["expires"] = json!(1_000_000);
+    let r = gw.admin("PUT", "/tyk/keys/expiring", Some(past)).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let read = gw.admin("GET", "/tyk/keys/expiring", None).await.json();
+    assert_eq!(read["expires"], 4_000_000_000i64);
+
+    // Only the file Tyk would have written for an id is deleted.
+    let r = gw.admin("DELETE", "/tyk/apis/1", None).await;
+    assert_eq!(r.status, 500, "{}", r.text());
+    assert_eq!(r.json()["message"], "Delete failed");
+    assert!(
+        gw.app_path().join("api0.json").exists(),
+        "a hand-written file is kept"
+    );
+    assert_eq!(
+        gw.admin("DELETE", "/tyk/apis/nosuch", None).await.status,
+        404
+    );
+    let mut own = sample_api(&up.url(""));
+    own["api_id"] = json!("own");
+    own["proxy"]["listen_path"] = json!("/own/");
+    assert_eq!(gw.admin("POST", "/tyk/apis", Some(own)).await.status, 200);
+    gw.admin("GET", "/tyk/reload?block=true", None).await;
+    let r = gw.admin("DELETE", "/tyk/apis/own", None).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(!gw.app_path().join("own.json").exists());
 }

@@ -98,7 +98,7 @@ async fn check_new_master(layout: &SeedLayout, old_port: u16, gw: &TestGateway) 
         assert!(start.elapsed() < Duration::from_secs(20), "{}", r.text());
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let id = gw.gateway.hasher.storage_id("after-failover").into_owned();
+    let id = gw.key_id("after-failover");
     let new_master = layout.redis.iter().find(|r| r.port == new_port).unwrap();
     assert!(
         new_master.get(&format!("apikey-{id}")).await.is_some(),
@@ -212,7 +212,7 @@ fn fresh_connections(
                 )
                 .await;
             if r.status == 200 {
-                acknowledged.push(node.gateway.hasher.storage_id(&name).into_owned());
+                acknowledged.push(node.key_id(&name));
             }
             drop(node);
             tokio::time::sleep(Duration::from_millis(500)).await;

@@ -275,10 +275,7 @@ async fn quota_stays_correct_across_a_frozen_master() {
     let start = Instant::now();
     loop {
         let used = redis
-            .get(&format!(
-                "quota-{}",
-                gw.gateway.hasher.storage_id("frozen-quota")
-            ))
+            .get(&format!("quota-{}", gw.key_id("frozen-quota")))
             .await;
         if used
             .as_deref()

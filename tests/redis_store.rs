@@ -55,7 +55,9 @@ async fn eventually_status(gw: &TestGateway, key: &str, status: u16, within: Dur
 async fn key_crud_lands_in_redis_in_tyk_layout() {
     let redis = RedisServer::start().await;
     let up = upstream().await;
-    let gw = node(&up.url(""), direct(redis.port)).await;
+    let mut config = direct(redis.port);
+    config["enable_hashed_keys_listing"] = json!(true);
+    let gw = node(&up.url(""), config).await;
     let hash = gw.add_key("testkey", seed_key()).await.json()["key_hash"]
         .as_str()
         .unwrap()
@@ -245,10 +247,7 @@ async fn writes_wait_for_the_required_replicas() {
     }
     assert!(
         replica
-            .get(&format!(
-                "apikey-{}",
-                gw.gateway.hasher.storage_id("lonely")
-            ))
+            .get(&format!("apikey-{}", gw.key_id("lonely")))
             .await
             .is_some()
     );
@@ -264,7 +263,7 @@ async fn a_write_waiting_for_replicas_never_holds_up_requests() {
     let mut config = uncached(redis.port);
     config["storage"]["min_replicas_ack"] = json!(1);
     let gw = node(&up.url(""), config).await;
-    let id = gw.gateway.hasher.storage_id("reader");
+    let id = gw.key_id("reader");
     let record = seed_key().to_string();
     support::redis::cmd(redis.port, &["SET", &format!("apikey-{id}"), &record])
         .await
@@ -463,7 +462,7 @@ async fn seed_layout_survives_a_frozen_master_in_both_modes() {
     assert_ne!(new_port, old_port);
     let new_master = layout.redis.iter().find(|r| r.port == new_port).unwrap();
     for name in ["after-sentinel", "after-haproxy"] {
-        let id = via_sentinel.gateway.hasher.storage_id(name).into_owned();
+        let id = via_sentinel.key_id(name);
         assert!(
             new_master.get(&format!("apikey-{id}")).await.is_some(),
             "{name} is on the new master"
@@ -476,11 +475,7 @@ async fn seed_layout_survives_a_frozen_master_in_both_modes() {
     for gw in [&via_haproxy, &via_sentinel, &fresh] {
         eventually_status(gw, "after-sentinel", 200, Duration::from_secs(1)).await;
     }
-    let id = via_sentinel
-        .gateway
-        .hasher
-        .storage_id("after-sentinel")
-        .into_owned();
+    let id = via_sentinel.key_id("after-sentinel");
     let mut inactive = seed_key();
     inactive["is_inactive"] = json!(true);
     support::redis::cmd(
@@ -547,7 +542,7 @@ async fn a_write_to_a_demoted_master_is_never_acknowledged() {
     );
     assert!(
         other
-            .get(&format!("apikey-{}", gw.gateway.hasher.storage_id("after")))
+            .get(&format!("apikey-{}", gw.key_id("after")))
             .await
             .is_none()
     );
@@ -709,7 +704,7 @@ async fn a_record_that_cannot_be_read_is_refused_and_named_never_an_outage() {
     let gw = node(&up.url(""), uncached(redis.port)).await;
     let r = gw.admin("POST", "/tyk/keys/typed", Some(seed_key())).await;
     assert_eq!(r.status, 200, "{}", r.text());
-    let id = format!("apikey-{}", gw.gateway.hasher.storage_id("typed"));
+    let id = format!("apikey-{}", gw.key_id("typed"));
     let overwrite = |field: &str, value: Value| {
         let mut record = seed_key();
         record[field] = value;

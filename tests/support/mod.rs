@@ -255,6 +255,14 @@ impl TestGateway {
     pub fn app_path(&self) -> &Path {
         &self.app_path
     }
+
+    /// The storage id of the custom key `name` written for the seed's org (`default`).
+    pub fn key_id(&self, name: &str) -> String {
+        let hasher = &self.gateway.hasher;
+        hasher
+            .storage_id(&hasher.token("default", name))
+            .into_owned()
+    }
 }
 
 /// A child process killed on drop.
