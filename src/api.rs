@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use crate::honoured;
+use crate::limits::{Policy, Rate};
 
 /// Tyk's API definition. Unmodelled fields are kept in `extra` and written back unchanged.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -46,6 +47,22 @@ pub struct ApiDefinition {
     /// Seconds a key's record lives in the store after it is written (0: as long as the key).
     #[serde(default)]
     pub session_lifetime: i64,
+    /// Tyk's API-wide rate limit, counted across every node (0 rate: none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub global_rate_limit: Option<GlobalRateLimit>,
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+/// `global_rate_limit`: `rate` requests per `per` seconds for the whole API.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct GlobalRateLimit {
+    #[serde(default)]
+    pub rate: f64,
+    #[serde(default)]
+    pub per: f64,
+    #[serde(default)]
+    pub disabled: bool,
     #[serde(flatten)]
     pub extra: Map<String, Value>,
 }
@@ -143,6 +160,8 @@ pub struct ApiSpec {
     pub key_source: Option<KeySource>,
     /// Fields the definition uses that tollgate does not honour (see `honoured`).
     pub unhonoured: Vec<String>,
+    /// The API-wide rate limit (`global_rate_limit`), resolved once.
+    pub api_limit: Option<Policy>,
 }
 
 impl ApiSpec {
@@ -204,11 +223,25 @@ impl ApiSpec {
                 cookie,
             })
         };
+        let api_limit = definition
+            .global_rate_limit
+            .as_ref()
+            .filter(|l| !l.disabled && l.rate > 0.0 && l.per > 0.0)
+            .map(|l| Policy {
+                // Tyk's name for the API's counter: `apilimiter-<org_id><api_id>`.
+                counter: format!("apilimiter-{}{}", definition.org_id, definition.api_id),
+                rate: Some(Rate {
+                    limit: l.rate,
+                    per: l.per,
+                }),
+                quota: None,
+            });
         Ok(Self {
             definition,
             target,
             key_source,
             unhonoured,
+            api_limit,
         })
     }
 

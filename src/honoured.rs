@@ -50,6 +50,9 @@ const HONOURED: &[&str] = &[
     "disable_rate_limit",
     "disable_quota",
     "session_lifetime",
+    "global_rate_limit.rate",
+    "global_rate_limit.per",
+    "global_rate_limit.disabled",
     // Nothing is recorded for analytics, so "do not record" holds.
     "do_not_track",
     // Database ids of Tyk's Dashboard: nothing for a gateway to do.

@@ -67,12 +67,15 @@ pub enum LimitError {
     RateExceeded,
     #[error("Quota exceeded")]
     QuotaExceeded,
+    /// The API's own `global_rate_limit`.
+    #[error("API Rate Limit Exceeded")]
+    ApiRateExceeded,
 }
 
 impl LimitError {
     pub fn status(&self) -> StatusCode {
         match self {
-            Self::RateExceeded => StatusCode::TOO_MANY_REQUESTS,
+            Self::RateExceeded | Self::ApiRateExceeded => StatusCode::TOO_MANY_REQUESTS,
             Self::QuotaExceeded => StatusCode::FORBIDDEN,
         }
     }

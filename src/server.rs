@@ -156,6 +156,17 @@ impl Gateway {
             return not_found();
         };
         drop(apis);
+        // The API's own limit first, as Tyk's RateLimitForAPI: it shields the key store too.
+        // Boxed: the wait would otherwise widen every request's future, limited or not.
+        if let Some(api_limit) = &spec.api_limit
+            && Box::pin(self.limiter.admit(api_limit))
+                .await
+                .verdict()
+                .is_err()
+        {
+            let e = limits::LimitError::ApiRateExceeded;
+            return error_response(e.status(), &e.to_string());
+        }
         let (parts, body) = req.into_parts();
         let cx = AuthContext {
             hasher: &self.hasher,

@@ -301,3 +301,36 @@ async fn quota_stays_correct_across_a_frozen_master() {
     // counted twice, never admitted twice.
     assert!((48..=50).contains(&total), "admitted {total} of 50");
 }
+
+#[tokio::test]
+async fn an_apis_global_rate_limit_holds_across_nodes() {
+    let redis = RedisServer::start().await;
+    let up = upstream().await;
+    let mut api = sample_api(&up.url(""));
+    api["use_keyless"] = json!(true);
+    api["global_rate_limit"] = json!({"rate": 10, "per": 60});
+    let mut nodes = Vec::new();
+    for _ in 0..2 {
+        nodes.push(
+            gateway()
+                .api(api.clone())
+                .config(redis_config(redis.port))
+                .start()
+                .await,
+        );
+    }
+    let mut counts = std::collections::BTreeMap::new();
+    for i in 0..30 {
+        let r = nodes[i % 2].get_with_key("/tyk-api-test/get", None).await;
+        if r.status == 429 {
+            assert_eq!(r.json(), json!({"error": "API Rate Limit Exceeded"}));
+        }
+        *counts.entry(r.status).or_insert(0) += 1;
+    }
+    assert_eq!(
+        counts.get(&200),
+        Some(&10),
+        "one limit for both nodes: {counts:?}"
+    );
+    assert_eq!(counts.get(&429), Some(&20), "{counts:?}");
+}
