@@ -1,7 +1,7 @@
 //! tollgate: a Tyk-compatible API gateway.
 //!
-//! A request flows `server → api match → auth → proxy`; keys live behind the
-//! [`store::SessionStore`] trait. See the README for the architecture.
+//! A request flows `server → path → api match → API limit → auth → limits → proxy`; keys
+//! live behind the [`store::SessionStore`] trait. See the README for the architecture.
 #![forbid(unsafe_code)]
 
 pub mod admin;

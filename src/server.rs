@@ -1,4 +1,4 @@
-//! The listener and the request pipeline: `api match → auth → limits → proxy`.
+//! The listener and the request pipeline: `path → api match → API limit → auth → limits → proxy`.
 //!
 //! Owns the [`Gateway`] (the shared state of one node), the accept loop, per-connection
 //! HTTP/1.1 settings, the panic guard, and how a rejection becomes a JSON response.
