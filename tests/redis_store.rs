@@ -921,3 +921,28 @@ async fn an_unknown_key_is_remembered_briefly_and_forgotten_once_written() {
     let took = eventually_status(&gw, "bytyk", 200, Duration::from_secs(1)).await;
     assert!(took < tollgate::store::cache::MISSING_FOR);
 }
+
+#[tokio::test]
+async fn idle_connections_outlive_the_seeds_haproxy_timeouts() {
+    let redis = RedisServer::start().await;
+    let haproxy = support::redis::haproxy_in_front(std::slice::from_ref(&redis)).await;
+    let up = upstream().await;
+    let gw = node(&up.url(""), uncached(haproxy.port)).await;
+    gw.add_key("idle", seed_key()).await;
+    // Over two of HAProxy's 6 s idle timeouts with no request at all.
+    tokio::time::sleep(Duration::from_secs(14)).await;
+    for i in 0..20 {
+        let r = gw.get_with_key("/tyk-api-test/get", Some("idle")).await;
+        assert_eq!(r.status, 200, "request {i}: {}", r.text());
+    }
+    let hello = gw
+        .client
+        .request("GET", &gw.url("/hello"), &[], None)
+        .await
+        .json();
+    assert_eq!(
+        hello["details"]["redis"]["last_error"],
+        Value::Null,
+        "no connection was lost: {hello}"
+    );
+}

@@ -103,6 +103,10 @@ const READ_TIMEOUT: Duration = Duration::from_millis(500);
 const RETRY_PAUSE: Duration = Duration::from_millis(200);
 /// How often the current master is re-checked with `ROLE`.
 const PROBE_EVERY: Duration = Duration::from_millis(500);
+/// How often every connection to the master is sent a `PING`, so that none sits idle long
+/// enough for a proxy in between to close it (the seed's HAProxy closes connections idle for
+/// 6 s, which would otherwise surface as a lost master on the connection's next command).
+const KEEPALIVE_EVERY: Duration = Duration::from_secs(2);
 /// How long a master without replicas is distrusted when replicas were seen before (a
 /// returning old master that Sentinel has not demoted yet looks like that).
 const LONELY_MASTER_DISTRUST: Duration = Duration::from_secs(30);
@@ -173,6 +177,28 @@ impl Link {
 
     fn request_path(&self) -> MultiplexedConnection {
         self.request_path.clone()
+    }
+
+    /// A `PING` on every connection at once; the first failure, if any.
+    async fn keep_alive(&self) -> Result<(), String> {
+        let pings = std::iter::once(&self.request_path)
+            .chain(&self.others)
+            .map(|conn| {
+                let mut conn = conn.clone();
+                async move {
+                    let ping = redis::cmd("PING");
+                    let answer = ping.query_async::<Value>(&mut conn);
+                    match tokio::time::timeout(READ_TIMEOUT, answer).await {
+                        Ok(Ok(_)) => Ok(()),
+                        Ok(Err(e)) => Err(format!("PING failed: {e}")),
+                        Err(_) => Err("PING timed out".to_owned()),
+                    }
+                }
+            });
+        futures_util::future::join_all(pings)
+            .await
+            .into_iter()
+            .collect()
     }
 
     /// The next connection in turn for work off the request path (the request-path one when
@@ -1096,6 +1122,7 @@ impl Shared {
 /// Keeps a confirmed master installed: discovers when there is none, and re-checks the one in
 /// use with `ROLE` so that a demotion is noticed even without a failed request.
 async fn maintain(shared: Arc<Shared>) {
+    let mut kept_alive = Instant::now();
     loop {
         if shared.healthy_master().is_none() {
             let outcome = tokio::select! {
@@ -1123,6 +1150,12 @@ async fn maintain(shared: Arc<Shared>) {
             Ok(Ok((role, replicas))) if role == "master" => {
                 if replicas > shared.replica_high_water.load(Ordering::Acquire) {
                     shared.learn_replicas_seen(&mut conn, replicas).await;
+                }
+                if kept_alive.elapsed() >= KEEPALIVE_EVERY {
+                    kept_alive = Instant::now();
+                    if let Err(e) = link.keep_alive().await {
+                        shared.lose_master(format!("{}: {e}", link.addr()));
+                    }
                 }
             }
             Ok(Ok((role, _))) => shared.lose_master(format!("{} is now a {role}", link.addr())),

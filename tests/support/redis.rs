@@ -435,7 +435,7 @@ impl SeedLayoutBuilder {
             })
             .await;
         }
-        let haproxy = start_haproxy(&redis).await;
+        let haproxy = haproxy_in_front(&redis).await;
         SeedLayout {
             redis,
             sentinels,
@@ -444,11 +444,13 @@ impl SeedLayoutBuilder {
     }
 }
 
-async fn start_haproxy(redis: &[RedisServer]) -> HaProxy {
+/// HAProxy routing to whichever of `redis` answers `role:master`, with the seed's
+/// `haproxy.cfg` settings: its health check and its 6 s idle timeouts.
+pub async fn haproxy_in_front(redis: &[RedisServer]) -> HaProxy {
     let port = free_port();
     let dir = tempfile::tempdir().unwrap();
     let mut conf = format!(
-        "global\n  maxconn 1024\ndefaults\n  mode tcp\n  timeout connect 2s\n  timeout client 60s\n  timeout server 60s\n\
+        "global\n  maxconn 1024\ndefaults\n  mode tcp\n  timeout connect 2s\n  timeout client 6s\n  timeout server 6s\n\
          frontend redis_front\n  bind 127.0.0.1:{port}\n  default_backend redis_back\n\
          backend redis_back\n  option tcp-check\n  tcp-check connect\n  tcp-check send PING\\r\\n\n  tcp-check expect string +PONG\n\
            tcp-check send info\\ replication\\r\\n\n  tcp-check expect string role:master\n  tcp-check send QUIT\\r\\n\n  tcp-check expect string +OK\n"
