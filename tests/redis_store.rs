@@ -946,3 +946,45 @@ async fn idle_connections_outlive_the_seeds_haproxy_timeouts() {
         "no connection was lost: {hello}"
     );
 }
+
+/// The seed's flow with a change just before the failover: `testkey` used, updated with
+/// `PUT`, then the master frozen. The writing node keeps what it wrote and confirmed, and
+/// another node, told of the change, reads it again at once: on both the key stays known,
+/// as changed, while nothing can read it (through HAProxy, only the master answers).
+#[tokio::test]
+async fn a_key_updated_just_before_the_master_freezes_stays_known_on_every_node() {
+    let layout = SeedLayout::builder().down_after(5000).start().await;
+    let up = upstream().await;
+    let writer = node(&up.url(""), direct(layout.haproxy.port)).await;
+    let other = node(&up.url(""), direct(layout.haproxy.port)).await;
+    writer.add_key("testkey", seed_key()).await;
+    for gw in [&writer, &other] {
+        eventually_status(gw, "testkey", 200, Duration::from_secs(5)).await;
+    }
+    let mut changed = seed_key();
+    changed["quota_max"] = json!(2000);
+    let r = writer
+        .admin("PUT", "/tyk/keys/testkey", Some(changed))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    layout.redis[0].freeze(6);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    for i in 0..12 {
+        for (name, gw) in [("writer", &writer), ("other", &other)] {
+            let r = gw.get_with_key("/tyk-api-test/get", Some("testkey")).await;
+            assert_eq!(
+                r.status,
+                200,
+                "{name}, request {i} during the freeze: {}",
+                r.text()
+            );
+            assert_eq!(
+                r.header("x-ratelimit-limit"),
+                Some("2000"),
+                "{name}: the changed key"
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}

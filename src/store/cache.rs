@@ -16,8 +16,9 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use compact_str::CompactString;
+use tokio::sync::mpsc;
 
-use super::{Lookup, RecordDigest, SessionStore, StoreError, StoreHealth};
+use super::{Lookup, RecordDigest, SessionStore, StoreError, StoreHealth, record_digest};
 use crate::config::LocalSessionCache;
 use crate::limits::{Policy, Usage};
 use crate::session::{Credential, KeyAccess, KeyVerifier, SessionState};
@@ -64,6 +65,8 @@ pub struct SessionCache {
     missing:
         quick_cache::sync::Cache<CompactString, Missing, quick_cache::UnitWeighter, RandomState>,
     missing_for: Duration,
+    /// Where changed keys are sent to be read again (see [`CachedStore::new`]).
+    refresh: std::sync::OnceLock<mpsc::Sender<CompactString>>,
     access_hasher: foldhash::fast::RandomState,
     fresh_for: Duration,
     stale_for: Duration,
@@ -125,6 +128,7 @@ impl SessionCache {
                 quick_cache::sync::DefaultLifecycle::default(),
             ),
             missing_for: fresh_for.min(MISSING_FOR),
+            refresh: std::sync::OnceLock::new(),
             access_hasher: foldhash::fast::RandomState::default(),
             fresh_for,
             stale_for,
@@ -228,8 +232,29 @@ impl SessionCache {
         self.settle(key_id, start);
     }
 
-    /// Drops one entry (a key changed or was deleted somewhere).
+    /// A key changed or was deleted somewhere. Its entry is no longer fresh, but it is kept
+    /// for stale-if-error and read again at once in the background (an unchanged record
+    /// is then confirmed, a changed one replaces it, a deleted one goes): so a key changed
+    /// just before the store becomes unreachable stays known.
     pub fn invalidate(&self, key_id: &str) {
+        self.changes.fetch_add(1, Ordering::SeqCst);
+        self.missing.remove(key_id);
+        let key = CompactString::from(key_id);
+        let mut cached = false;
+        // On a missing key `entry` hands back an insertion guard, dropped here unused.
+        let _ = self.entries.entry(&key, Some(Duration::ZERO), |_, entry| {
+            entry.fresh_until = 0;
+            cached = true;
+            quick_cache::sync::EntryAction::Retain(())
+        });
+        if cached && let Some(refresh) = self.refresh.get() {
+            // A full queue leaves the entry to be read again on its next use.
+            let _ = refresh.try_send(key);
+        }
+    }
+
+    /// Drops one entry: the key was deleted through this node.
+    fn forget(&self, key_id: &str) {
         self.changes.fetch_add(1, Ordering::SeqCst);
         self.entries.remove(key_id);
         self.missing.remove(key_id);
@@ -325,9 +350,74 @@ pub struct CachedStore {
     cache: Arc<SessionCache>,
 }
 
+/// Changed keys waiting to be read again; beyond it, an entry is read again on its next use.
+const REFRESH_QUEUE: usize = 4096;
+
 impl CachedStore {
+    /// Must be called within a Tokio runtime: a task reads changed keys again, one at a time
+    /// (so at most one store read of its own is in flight), until the cache is dropped.
     pub fn new(inner: Arc<dyn SessionStore>, cache: Arc<SessionCache>) -> Self {
+        let (tx, mut changed) = mpsc::channel::<CompactString>(REFRESH_QUEUE);
+        if cache.refresh.set(tx).is_ok() {
+            let (store, weak_cache) = (Arc::downgrade(&inner), Arc::downgrade(&cache));
+            tokio::spawn(async move {
+                while let Some(key_id) = changed.recv().await {
+                    let (Some(store), Some(cache)) = (store.upgrade(), weak_cache.upgrade()) else {
+                        break;
+                    };
+                    if let Some(cached) = cache.entries.get(key_id.as_str()) {
+                        let _ = revalidate(&*store, &cache, &key_id, Some(cached)).await;
+                    }
+                }
+            });
+        }
         Self { inner, cache }
+    }
+}
+
+/// Asks `store` for `key_id`, of which the cache holds `cached` (or nothing), and updates the
+/// cache with the answer; while the store is unreachable, a cached entry within
+/// `stale_if_error` answers instead.
+async fn revalidate(
+    store: &dyn SessionStore,
+    cache: &SessionCache,
+    key_id: &str,
+    cached: Option<Cached>,
+) -> Result<Option<Credential>, StoreError> {
+    let known = cached.as_ref().and_then(|c| c.digest);
+    let start = cache.begin_read();
+    match store.lookup(key_id, known).await {
+        Ok(Lookup::Found { credential, digest }) => {
+            let credential = Credential {
+                access: cache.share(credential.access),
+                verifier: credential.verifier,
+            };
+            cache.insert(key_id, credential.clone(), digest, start);
+            Ok(Some(credential))
+        }
+        Ok(Lookup::Unchanged) => match cached {
+            Some(c) => {
+                cache.confirm(key_id, c.digest, start);
+                Ok(Some(c.credential()))
+            }
+            // The store answers Unchanged only to a digest it was given, which came from
+            // `cached`; should one break that contract, read the record afresh.
+            None => store.access(key_id).await,
+        },
+        Ok(Lookup::Missing) => {
+            // Not counted as an invalidation: unknown keys are what a client can send at
+            // will, and counting them would keep concurrent reads from being cached.
+            cache.remember_missing(key_id, start);
+            Ok(None)
+        }
+        Err(StoreError::Unavailable(reason)) => match cached {
+            Some(c) if cache.age(&c) < cache.stale_for => {
+                tracing::debug!("key store unavailable ({reason}); serving a cached session");
+                Ok(Some(c.credential()))
+            }
+            _ => Err(StoreError::Unavailable(reason)),
+        },
+        Err(e) => Err(e),
     }
 }
 
@@ -346,41 +436,7 @@ impl SessionStore for CachedStore {
             None if cache.known_missing(key_id) => return Ok(None),
             _ => {}
         }
-        let known = cached.as_ref().and_then(|c| c.digest);
-        let start = cache.begin_read();
-        match self.inner.lookup(key_id, known).await {
-            Ok(Lookup::Found { credential, digest }) => {
-                let credential = Credential {
-                    access: cache.share(credential.access),
-                    verifier: credential.verifier,
-                };
-                cache.insert(key_id, credential.clone(), digest, start);
-                Ok(Some(credential))
-            }
-            Ok(Lookup::Unchanged) => match cached {
-                Some(c) => {
-                    cache.confirm(key_id, c.digest, start);
-                    Ok(Some(c.credential()))
-                }
-                // The store answers Unchanged only to a digest it was given, which came from
-                // `cached`; should one break that contract, read the record afresh.
-                None => self.inner.access(key_id).await,
-            },
-            Ok(Lookup::Missing) => {
-                // Not counted as an invalidation: unknown keys are what a client can send at
-                // will, and counting them would keep concurrent reads from being cached.
-                cache.remember_missing(key_id, start);
-                Ok(None)
-            }
-            Err(StoreError::Unavailable(reason)) => match cached {
-                Some(c) if cache.age(&c) < cache.stale_for => {
-                    tracing::debug!("key store unavailable ({reason}); serving a cached session");
-                    Ok(Some(c.credential()))
-                }
-                _ => Err(StoreError::Unavailable(reason)),
-            },
-            Err(e) => Err(e),
-        }
+        revalidate(&*self.inner, cache, key_id, cached).await
     }
 
     async fn set(
@@ -389,14 +445,26 @@ impl SessionStore for CachedStore {
         session: &SessionState,
         ttl: Option<Duration>,
     ) -> Result<(), StoreError> {
-        // Entries come from reads only: a written key is first read back from the store,
-        // so the cache never holds what the store did not confirm.
-        self.cache.invalidate(key_id);
-        self.inner.set(key_id, session, ttl).await
+        self.cache.forget(key_id);
+        let start = self.cache.begin_read();
+        self.inner.set(key_id, session, ttl).await?;
+        // Confirmed by the store (with its replicas, where it waits for them): the node keeps
+        // what it wrote, so the key stays known should the store become unreachable next.
+        // The digest is that of the text the store holds, so reading it back confirms it.
+        let digest = serde_json::to_string(session)
+            .ok()
+            .map(|json| record_digest(&json));
+        let credential = Credential::from(session);
+        let credential = Credential {
+            access: self.cache.share(credential.access),
+            ..credential
+        };
+        self.cache.insert(key_id, credential, digest, start);
+        Ok(())
     }
 
     async fn delete(&self, key_id: &str) -> Result<bool, StoreError> {
-        self.cache.invalidate(key_id);
+        self.cache.forget(key_id);
         self.inner.delete(key_id).await
     }
 

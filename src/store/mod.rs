@@ -108,6 +108,11 @@ pub trait SessionStore: Send + Sync + 'static {
 /// A fingerprint of a record as stored (128-bit murmur3 of its JSON).
 pub type RecordDigest = u128;
 
+/// The [`RecordDigest`] of a record's JSON text.
+pub fn record_digest(json: &str) -> RecordDigest {
+    murmur3::murmur3_x64_128(&mut json.as_bytes(), 0).unwrap_or_default()
+}
+
 /// What [`SessionStore::lookup`] found.
 pub enum Lookup {
     Missing,

@@ -27,7 +27,7 @@ use tokio::sync::{Notify, mpsc, watch};
 use tokio::task::JoinHandle;
 
 use super::cache::SessionCache;
-use super::{Lookup, RecordDigest, SessionStore, StoreError, StoreHealth};
+use super::{Lookup, RecordDigest, SessionStore, StoreError, StoreHealth, record_digest};
 use crate::config::{ConfigError, StorageConfig};
 use crate::limits::{Policy, Usage};
 use crate::session::{Credential, SessionState};
@@ -1326,8 +1326,7 @@ impl SessionStore for RedisStore {
         let Some(json) = self.shared.read_record(key_id).await? else {
             return Ok(Lookup::Missing);
         };
-        let digest = murmur3::murmur3_x64_128(&mut json.as_bytes(), 0)
-            .expect("reading from a slice cannot fail");
+        let digest = record_digest(&json);
         if known == Some(digest) {
             return Ok(Lookup::Unchanged);
         }
