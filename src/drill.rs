@@ -61,6 +61,10 @@ pub struct DrillReport {
     pub statuses: BTreeMap<u16, u64>,
     /// Non-2xx answers for keys used before the disruption.
     pub warm_non_2xx: BTreeMap<u16, u64>,
+    /// Warm keys changed with `PUT` in the second before the disruption.
+    pub keys_updated: u64,
+    /// Non-2xx answers for those keys (counted in `warm_non_2xx` too).
+    pub updated_non_2xx: BTreeMap<u16, u64>,
     /// Answers for keys first used during the disruption.
     pub cold_statuses: BTreeMap<u16, u64>,
     /// Requests that got no HTTP answer at all.
@@ -90,10 +94,12 @@ impl std::fmt::Display for DrillReport {
         };
         write!(
             f,
-            "drill: sent {} | statuses {} | warm non-2xx {} | cold {} | no answer {} | p50 {:.1} ms p99 {:.1} ms max {:.1} ms | keys created {} acknowledged {} readable {} usable {} lost {}",
+            "drill: sent {} | statuses {} | warm non-2xx {} | updated {} non-2xx {} | cold {} | no answer {} | p50 {:.1} ms p99 {:.1} ms max {:.1} ms | keys created {} acknowledged {} readable {} usable {} lost {}",
             self.sent,
             list(&self.statuses),
             list(&self.warm_non_2xx),
+            self.keys_updated,
+            list(&self.updated_non_2xx),
             list(&self.cold_statuses),
             self.transport_errors,
             self.p50_ms,
@@ -166,12 +172,20 @@ impl Drill {
     }
 
     async fn create(&self, key: &str) -> Option<StatusCode> {
-        let body = self.key_body();
+        self.write(Method::POST, key, &self.key_body()).await
+    }
+
+    async fn write(
+        &self,
+        method: Method,
+        key: &str,
+        body: &serde_json::Value,
+    ) -> Option<StatusCode> {
         self.send(
-            Method::POST,
+            method,
             &format!("/tyk/keys/{key}"),
             &[("x-tyk-authorization", &self.config.secret)],
-            Some(&body),
+            Some(body),
         )
         .await
     }
@@ -201,6 +215,7 @@ struct Tally {
     latencies_ms: Vec<f64>,
     statuses: BTreeMap<u16, u64>,
     warm_non_2xx: BTreeMap<u16, u64>,
+    updated_non_2xx: BTreeMap<u16, u64>,
     cold: BTreeMap<u16, u64>,
     transport_errors: u64,
 }
@@ -248,6 +263,25 @@ pub async fn run(
         tokio::time::sleep_until(disrupt_at.into()).await;
         disruption.await;
     });
+    // A tenth of the warm keys is changed in the second before the disruption: a node must
+    // keep knowing a key it was just told of (or wrote), though it cannot read it again.
+    let updated = (warm / 10).max(1).min(warm);
+    let updater = {
+        let (drill, keys) = (drill.clone(), keys.clone());
+        let lead = drill.config.disrupt_after.min(Duration::from_secs(1));
+        tokio::spawn(async move {
+            tokio::time::sleep_until((disrupt_at - lead).into()).await;
+            let mut body = drill.key_body();
+            body["rate"] = json!(100_001);
+            let mut done = 0u64;
+            for key in &keys[..updated] {
+                if drill.write(Method::PUT, key, &body).await == Some(StatusCode::OK) {
+                    done += 1;
+                }
+            }
+            done
+        })
+    };
 
     let creator = {
         let drill = drill.clone();
@@ -294,6 +328,9 @@ pub async fn run(
                         *t.cold.entry(code).or_default() += 1;
                     } else if !status.is_success() {
                         *t.warm_non_2xx.entry(code).or_default() += 1;
+                        if index < updated {
+                            *t.updated_non_2xx.entry(code).or_default() += 1;
+                        }
                     }
                 }
                 None => t.transport_errors += 1,
@@ -305,6 +342,7 @@ pub async fn run(
         let _ = handle.await;
     }
     let (attempted, acknowledged) = creator.await.unwrap_or_default();
+    let keys_updated = updater.await.unwrap_or_default();
     let _ = disruption.await;
 
     // Every acknowledged key must be readable and usable once the layout has settled.
@@ -336,6 +374,8 @@ pub async fn run(
         sent: latencies.len() as u64,
         statuses: t.statuses,
         warm_non_2xx: t.warm_non_2xx,
+        keys_updated,
+        updated_non_2xx: t.updated_non_2xx,
         cold_statuses: t.cold,
         transport_errors: t.transport_errors,
         p50_ms: percentile(&latencies, 50.0),
