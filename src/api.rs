@@ -9,12 +9,14 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use http::header::HeaderName;
-use http::uri::Scheme;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use crate::honoured;
-use crate::limits::{Policy, Rate};
+use crate::limits::{Disabled, Policy, Rate};
+use crate::target;
+pub use crate::target::Target;
+use crate::version::Versioning;
 
 /// Tyk's API definition. Unmodelled fields are kept in `extra` and written back unchanged.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -131,18 +133,6 @@ fn invalid(field: &str, reason: impl Into<String>) -> DefinitionError {
     }
 }
 
-/// The upstream an API proxies to, parsed once at load time.
-#[derive(Debug, Clone)]
-pub struct Target {
-    /// `host:port` as `target_url` names it (port 80 when absent); also the key of the
-    /// upstream connection pool.
-    pub address: Arc<str>,
-    /// The `Host` header sent upstream, built once.
-    pub host: http::HeaderValue,
-    /// Path prefix of `target_url` without a trailing slash (`""` for the root).
-    pub base_path: String,
-}
-
 /// Where a request carries its key for one API.
 #[derive(Debug, Clone)]
 pub struct KeySource {
@@ -162,6 +152,8 @@ pub struct ApiSpec {
     pub unhonoured: Vec<String>,
     /// The API-wide rate limit (`global_rate_limit`), resolved once.
     pub api_limit: Option<Policy>,
+    /// `None` for an API that is not versioned.
+    pub versioning: Option<Versioning>,
 }
 
 impl ApiSpec {
@@ -183,6 +175,12 @@ impl ApiSpec {
             ));
         }
         let unhonoured = honoured::unhonoured(&whole);
+        let versioning = Versioning::compile(
+            definition.version_data.not_versioned,
+            whole.get("definition"),
+            &definition.version_data.extra,
+        )
+        .map_err(|e| invalid(&e.field, e.reason))?;
         let listen_path = &definition.proxy.listen_path;
         if !listen_path.starts_with('/') {
             return Err(invalid("proxy.listen_path", "must start with '/'"));
@@ -193,7 +191,8 @@ impl ApiSpec {
                 "'/tyk/' is reserved for the Gateway API",
             ));
         }
-        let target = parse_target(&definition.proxy.target_url)?;
+        let target = target::parse(&definition.proxy.target_url)
+            .map_err(|reason| invalid("proxy.target_url", reason))?;
         let key_source = if definition.use_keyless {
             None
         } else {
@@ -242,6 +241,7 @@ impl ApiSpec {
             key_source,
             unhonoured,
             api_limit,
+            versioning,
         })
     }
 
@@ -249,12 +249,20 @@ impl ApiSpec {
         &self.definition.api_id
     }
 
+    /// `disable_rate_limit` and `disable_quota`.
+    pub fn disabled_limits(&self) -> Disabled {
+        Disabled {
+            rate: self.definition.disable_rate_limit,
+            quota: self.definition.disable_quota,
+        }
+    }
+
     pub fn listen_path(&self) -> &str {
         &self.definition.proxy.listen_path
     }
 
     /// The upstream path for a request path that matched this API's listen path.
-    pub fn upstream_path<'a>(&self, path: &'a str) -> std::borrow::Cow<'a, str> {
+    pub fn upstream_path<'a>(&self, target: &Target, path: &'a str) -> std::borrow::Cow<'a, str> {
         use std::borrow::Cow;
         let rest = if self.definition.proxy.strip_listen_path {
             let lp = self.listen_path().trim_end_matches('/');
@@ -262,7 +270,7 @@ impl ApiSpec {
         } else {
             path
         };
-        let base = &self.target.base_path;
+        let base = &target.base_path;
         match (base.is_empty(), rest.starts_with('/')) {
             (true, true) => Cow::Borrowed(rest),
             (true, false) => Cow::Owned(format!("/{rest}")),
@@ -284,34 +292,6 @@ fn non_empty_or(value: &str, fallback: &str) -> String {
     } else {
         value.to_owned()
     }
-}
-
-fn parse_target(url: &str) -> Result<Target, DefinitionError> {
-    let uri: http::Uri = url
-        .parse()
-        .map_err(|e| invalid("proxy.target_url", format!("{url:?} is not a URL: {e}")))?;
-    let scheme = uri
-        .scheme()
-        .cloned()
-        .ok_or_else(|| invalid("proxy.target_url", format!("{url:?} has no scheme")))?;
-    if scheme != Scheme::HTTP {
-        return Err(invalid(
-            "proxy.target_url",
-            format!("scheme {scheme} is not supported (http only)"),
-        ));
-    }
-    let authority = uri
-        .authority()
-        .cloned()
-        .ok_or_else(|| invalid("proxy.target_url", format!("{url:?} has no host")))?;
-    let host = http::HeaderValue::from_str(authority.as_str())
-        .map_err(|_| invalid("proxy.target_url", format!("{url:?} has no usable host")))?;
-    let port = authority.port_u16().unwrap_or(80);
-    Ok(Target {
-        address: format!("{}:{port}", authority.host()).into(),
-        host,
-        base_path: uri.path().trim_end_matches('/').to_owned(),
-    })
 }
 
 /// Reads and validates one definition file.
@@ -518,23 +498,18 @@ mod tests {
 
     #[test]
     fn strip_and_join_paths() {
+        let joined = |lp: &str, target: &str, strip: bool, path: &str| {
+            let s = spec(lp, target, strip);
+            s.upstream_path(&s.target, path).into_owned()
+        };
+        assert_eq!(joined("/t/", "http://u", true, "/t/get"), "/get");
+        assert_eq!(joined("/t/", "http://u", true, "/t"), "/");
+        assert_eq!(joined("/t/", "http://u/base/", true, "/t/get"), "/base/get");
         assert_eq!(
-            spec("/t/", "http://u", true).upstream_path("/t/get"),
-            "/get"
-        );
-        assert_eq!(spec("/t/", "http://u", true).upstream_path("/t"), "/");
-        assert_eq!(
-            spec("/t/", "http://u/base/", true).upstream_path("/t/get"),
-            "/base/get"
-        );
-        assert_eq!(
-            spec("/t/", "http://u/base", false).upstream_path("/t/get"),
+            joined("/t/", "http://u/base", false, "/t/get"),
             "/base/t/get"
         );
-        assert_eq!(
-            spec("/t/", "http://u", false).upstream_path("/t/get"),
-            "/t/get"
-        );
+        assert_eq!(joined("/t/", "http://u", false, "/t/get"), "/t/get");
     }
 
     #[test]

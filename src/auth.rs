@@ -15,8 +15,10 @@ use sha2::Digest;
 
 use crate::api::{ApiSpec, KeySource};
 use crate::guard::KeyGuard;
-use crate::session::{KeyAccess, unix_now};
+use crate::rights;
+use crate::session::{ApiAccess, KeyAccess, unix_now};
 use crate::store::{SessionStore, StoreError};
+use crate::version::Selected;
 
 /// Longest key accepted from a request.
 pub const MAX_KEY_LEN: usize = 1024;
@@ -30,6 +32,9 @@ pub enum AuthError {
     Malformed,
     #[error("Access to this API has been disallowed")]
     Disallowed,
+    /// The key's `allowed_urls` do not include this path and method.
+    #[error("Access to this resource has been disallowed")]
+    ResourceDisallowed,
     #[error("Key has expired, please renew")]
     Expired,
     #[error("Key is inactive, please renew")]
@@ -46,7 +51,7 @@ impl AuthError {
         match self {
             Self::Missing | Self::Expired => StatusCode::UNAUTHORIZED,
             Self::Malformed => StatusCode::BAD_REQUEST,
-            Self::Disallowed | Self::Inactive => StatusCode::FORBIDDEN,
+            Self::Disallowed | Self::ResourceDisallowed | Self::Inactive => StatusCode::FORBIDDEN,
             Self::StoreUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             Self::TooManyFailures => StatusCode::TOO_MANY_REQUESTS,
         }
@@ -277,6 +282,8 @@ pub struct AuthContext<'a> {
     pub guard: &'a KeyGuard,
     /// The client's address, for `auth_failure_limit`.
     pub client: IpAddr,
+    /// The version the request is for, on a versioned API.
+    pub version: Option<&'a Selected<'a>>,
 }
 
 /// Authenticates a request for `spec`: `Ok(None)` for keyless APIs, the session otherwise.
@@ -324,12 +331,35 @@ async fn check_key(
             None => cx.guard.weakly_bound(),
         }
         check_access(&credential.access, spec.api_id(), unix_now())?;
+        if let Some(api) = credential.access.access_to(spec.api_id()) {
+            check_rights(api, cx.version, parts)?;
+        }
         return Ok(Authenticated {
             key_id,
             access: credential.access,
         });
     }
     Err(AuthError::Disallowed)
+}
+
+/// Tyk's `AccessRightsCheck` for versions, then its `GranularAccessMiddleware`: on a versioned
+/// API the version (or, with `fallback_to_default`, the default) must be among the key's
+/// `versions`; a key with `allowed_urls` may call only those paths and methods.
+fn check_rights(
+    api: &ApiAccess,
+    version: Option<&Selected<'_>>,
+    parts: &Parts,
+) -> Result<(), AuthError> {
+    if let Some(version) = version {
+        let granted = |name: &str| api.versions.iter().any(|v| &**v == name);
+        if !granted(version.name) && !version.fallback.is_some_and(granted) {
+            return Err(AuthError::Disallowed);
+        }
+    }
+    if !rights::allowed(&api.allowed_urls, parts.method.as_str(), parts.uri.path()) {
+        return Err(AuthError::ResourceDisallowed);
+    }
+    Ok(())
 }
 
 /// Tyk's order: inactive, expired, then access rights (none at all: every API, as Tyk's

@@ -11,7 +11,6 @@ use std::sync::{Arc, Mutex};
 use http::StatusCode;
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 
-use crate::api::ApiSpec;
 use crate::session::{KeyAccess, Limits};
 use crate::store::{SessionStore, StoreError};
 
@@ -86,15 +85,28 @@ pub fn api_counter(api_id: &str, key_id: &str) -> String {
     format!("{api_id}-{key_id}")
 }
 
-/// The limits for a key with `access` calling `spec`, or `None` when none apply. Per-API
-/// limits in `access_rights[api].limit` override the key's own and are counted separately.
-pub fn policy_for(spec: &ApiSpec, access: &KeyAccess, key_id: &str) -> Option<Policy> {
+/// Which limits an API turns off (`disable_rate_limit`, `disable_quota`).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Disabled {
+    pub rate: bool,
+    pub quota: bool,
+}
+
+/// The limits for a key with `access` calling the API `api_id`, or `None` when none apply.
+/// Per-API limits in `access_rights[api].limit` override the key's own and are counted
+/// separately.
+pub fn policy_for(
+    api_id: &str,
+    disabled: Disabled,
+    access: &KeyAccess,
+    key_id: &str,
+) -> Option<Policy> {
     let api_limit = access
-        .access_to(spec.api_id())
+        .access_to(api_id)
         .and_then(|a| a.limit)
         .filter(|l| l.rate > 0.0 || l.quota_max > 0);
     let (limits, counter) = match api_limit {
-        Some(l) => (l, api_counter(spec.api_id(), key_id)),
+        Some(l) => (l, api_counter(api_id, key_id)),
         None => (access.limits, key_id.to_owned()),
     };
     let Limits {
@@ -103,9 +115,8 @@ pub fn policy_for(spec: &ApiSpec, access: &KeyAccess, key_id: &str) -> Option<Po
         quota_max,
         quota_renewal_rate: renewal,
     } = limits;
-    let rate = (!spec.definition.disable_rate_limit && rate > 0.0 && per > 0.0)
-        .then_some(Rate { limit: rate, per });
-    let quota = (!spec.definition.disable_quota && quota_max > 0).then_some(Quota {
+    let rate = (!disabled.rate && rate > 0.0 && per > 0.0).then_some(Rate { limit: rate, per });
+    let quota = (!disabled.quota && quota_max > 0).then_some(Quota {
         max: quota_max,
         renewal,
     });

@@ -23,7 +23,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tokio::task::AbortHandle;
 
-use crate::api::ApiSpec;
+use crate::api::{ApiSpec, Target};
 use crate::server::Peer;
 
 /// Why the upstream gave no response.
@@ -120,18 +120,19 @@ impl UpstreamClient {
         Self { pool, timeout }
     }
 
-    /// Sends `req` (already matched to `spec`) upstream and returns the streaming response.
+    /// Sends `req` (already matched to `spec`) to `target` (the API's, or its version's) and
+    /// returns the streaming response.
     pub async fn forward(
         &self,
         spec: &ApiSpec,
+        target: &Target,
         req: Request<Incoming>,
         peer: &Peer,
     ) -> Result<Response<UpstreamBody>, ProxyError> {
         let (parts, body) = req.into_parts();
         let (body, progress) = RequestBody::new(body);
         let mut req = Request::from_parts(parts, body);
-        let target = &spec.target;
-        let path = spec.upstream_path(req.uri().path());
+        let path = spec.upstream_path(target, req.uri().path());
         let path_and_query = match req.uri().query() {
             Some(q) => PathAndQuery::try_from(format!("{path}?{q}")),
             None => PathAndQuery::try_from(path.into_owned()),

@@ -30,6 +30,7 @@ use crate::guard::KeyGuard;
 use crate::limits::{self, Limiter};
 use crate::path;
 use crate::proxy::{UpstreamBody, UpstreamClient};
+use crate::session::unix_now;
 use crate::store::SessionStore;
 
 /// Every response body: a streamed upstream body or a small buffered one.
@@ -167,20 +168,31 @@ impl Gateway {
             let e = limits::LimitError::ApiRateExceeded;
             return error_response(e.status(), &e.to_string());
         }
-        let (parts, body) = req.into_parts();
+        let (mut parts, body) = req.into_parts();
+        let version = match &spec.versioning {
+            Some(rules) => {
+                let slug = &spec.definition.slug;
+                match rules.select(&mut parts, spec.listen_path(), slug, unix_now()) {
+                    Ok(selected) => Some(selected),
+                    Err(e) => return error_response(StatusCode::FORBIDDEN, &e.to_string()),
+                }
+            }
+            None => None,
+        };
         let cx = AuthContext {
             hasher: &self.hasher,
             sessions: &*self.sessions,
             guard: &self.guard,
             client: peer.addr.ip(),
+            version: version.as_ref(),
         };
         let caller = match auth::authenticate(&spec, &parts, cx).await {
             Ok(caller) => caller,
             Err(e) => return error_response(e.status(), &e.to_string()),
         };
-        let policy = caller
-            .as_ref()
-            .and_then(|c| limits::policy_for(&spec, &c.access, &c.key_id));
+        let policy = caller.as_ref().and_then(|c| {
+            limits::policy_for(spec.api_id(), spec.disabled_limits(), &c.access, &c.key_id)
+        });
         let limited = match policy {
             Some(policy) => {
                 let usage = self.limiter.admit(&policy).await;
@@ -194,7 +206,11 @@ impl Gateway {
             None => None,
         };
         let req = Request::from_parts(parts, body);
-        match upstream.forward(&spec, req, &peer).await {
+        let target = version
+            .as_ref()
+            .and_then(|v| v.target)
+            .unwrap_or(&spec.target);
+        match upstream.forward(&spec, target, req, &peer).await {
             Ok(response) => {
                 let mut response = response.map(Either::Left);
                 if let Some((policy, usage)) = &limited {

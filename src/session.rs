@@ -13,6 +13,8 @@ use serde::de::{IgnoredAny, MapAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::Value;
 use serde_json::value::RawValue;
+
+use crate::rights::UrlRight;
 use sha2::Digest;
 use subtle::ConstantTimeEq;
 
@@ -153,6 +155,10 @@ pub struct ApiAccess {
     api_id: Box<str>,
     /// Per-API limits that override the key's own.
     pub limit: Option<Limits>,
+    /// The versions the key may call (read for versioned APIs only).
+    pub versions: Box<[Box<str>]>,
+    /// When not empty, the only paths and methods the key may call (see `rights`).
+    pub allowed_urls: Box<[UrlRight]>,
 }
 
 /// Hashes what `==` compares, floats by their bits (a NaN limit then equals nothing, itself
@@ -165,6 +171,8 @@ impl Hash for KeyAccess {
         for api in &self.apis {
             api.api_id.hash(state);
             api.limit.hash(state);
+            api.versions.hash(state);
+            api.allowed_urls.hash(state);
         }
     }
 }
@@ -218,6 +226,16 @@ impl From<&SessionState> for KeyAccess {
                         quota_max: l.quota_max,
                         quota_renewal_rate: l.quota_renewal_rate,
                     }),
+                    versions: access.versions.iter().map(|v| v.as_str().into()).collect(),
+                    // An entry that is not `{"url", "methods"}` allows nothing.
+                    allowed_urls: access
+                        .allowed_urls
+                        .iter()
+                        .map(|v| {
+                            serde_json::from_value(v.clone())
+                                .unwrap_or_else(|_| UrlRight::new("", Vec::new()))
+                        })
+                        .collect(),
                 })
                 .collect(),
         }
@@ -406,6 +424,8 @@ struct AccessList(Vec<ApiAccess>);
 #[derive(Default)]
 struct AccessEntry {
     limit: Option<Limits>,
+    versions: Vec<String>,
+    allowed_urls: Vec<UrlRight>,
 }
 
 deserialize_record!(skip AccessRecord {
@@ -418,7 +438,11 @@ deserialize_record!(skip AccessRecord {
     access_rights,
     tollgate_key_verifier,
 });
-deserialize_record!(skip AccessEntry { limit });
+deserialize_record!(skip AccessEntry {
+    limit,
+    versions,
+    allowed_urls
+});
 deserialize_record!(skip Limits {
     rate,
     per,
@@ -439,15 +463,22 @@ impl<'de> Deserialize<'de> for AccessList {
                 while let Some((Key(api_id), entry)) = map.next_entry::<_, AccessEntry>()? {
                     // A name given twice keeps its first place and its last value, as the
                     // whole record's map does.
+                    let access = ApiAccess {
+                        api_id: api_id.as_ref().into(),
+                        limit: entry.limit,
+                        versions: entry
+                            .versions
+                            .into_iter()
+                            .map(String::into_boxed_str)
+                            .collect(),
+                        allowed_urls: entry.allowed_urls.into_boxed_slice(),
+                    };
                     match apis
                         .iter_mut()
                         .find(|a: &&mut ApiAccess| *a.api_id == *api_id)
                     {
-                        Some(known) => known.limit = entry.limit,
-                        None => apis.push(ApiAccess {
-                            api_id: api_id.as_ref().into(),
-                            limit: entry.limit,
-                        }),
+                        Some(known) => *known = access,
+                        None => apis.push(access),
                     }
                 }
                 Ok(AccessList(apis))

@@ -51,7 +51,10 @@ fn check(name: &str, report: &DrillReport) {
         "{name}: keys used before the disruption failed: {report}"
     );
     // Keys changed in the second before the disruption are warm keys too: none failed.
-    assert!(report.keys_updated > 0, "{name}: no key was updated: {report}");
+    assert!(
+        report.keys_updated > 0,
+        "{name}: no key was updated: {report}"
+    );
     assert!(
         report
             .cold_statuses
