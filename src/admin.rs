@@ -16,8 +16,11 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use tokio::sync::{Semaphore, SemaphorePermit};
 
+use std::path::PathBuf;
+
 use crate::api::{self, ApiSpec};
 use crate::limits;
+use crate::policy;
 use crate::server::{Body, Gateway, json_response};
 use crate::session::{KeyVerifier, SessionState, unix_now};
 use crate::store::StoreError;
@@ -184,7 +187,27 @@ pub async fn handle(gw: &Arc<Gateway>, req: Request<Incoming>) -> Response<Body>
                 _ => method_not_allowed(),
             }
         }
+        (["policies"], Method::GET) => list_policies(gw),
+        (["policies"], Method::POST) => match read_body(gw, req).await {
+            Ok(body) => write_policy(gw, None, &body).await,
+            Err(rejected) => rejected.into_response(),
+        },
+        (["policies", id], method) => {
+            let id = (*id).to_owned();
+            match method {
+                Method::GET => get_policy(gw, &id),
+                Method::PUT => match read_body(gw, req).await {
+                    Ok(body) => write_policy(gw, Some(&id), &body).await,
+                    Err(rejected) => rejected.into_response(),
+                },
+                Method::DELETE => delete_policy(gw, &id).await,
+                _ => method_not_allowed(),
+            }
+        }
         (["reload"] | ["reload", "group"], Method::GET) => {
+            if segments.len() == 2 {
+                gw.sessions.announce_reload().await;
+            }
             if query.flag("block") {
                 gw.reload().await;
             } else {
@@ -193,7 +216,7 @@ pub async fn handle(gw: &Arc<Gateway>, req: Request<Incoming>) -> Response<Body>
             }
             json_response(StatusCode::OK, &json!({"status": "ok", "message": ""}))
         }
-        (["keys" | "apis" | "reload", ..], _) => method_not_allowed(),
+        (["keys" | "apis" | "policies" | "reload", ..], _) => method_not_allowed(),
         _ => status_message(StatusCode::NOT_FOUND, "Not found"),
     }
 }
@@ -474,10 +497,41 @@ async fn delete_key(gw: &Gateway, key: &str, query: &Query) -> Response<Body> {
 /// Whether `session` may be written: one without access rights (a master key, which may call
 /// every API) only with `allow_master_keys`.
 fn master_key_refused(gw: &Gateway, session: &SessionState) -> bool {
-    session.access_rights.is_empty() && !gw.config.allow_master_keys
+    session.access_rights.is_empty()
+        && session.apply_policies.is_empty()
+        && session.apply_policy_id.is_empty()
+        && !gw.config.allow_master_keys
 }
 
-async fn create_key(gw: &Gateway, session: SessionState, query: &Query) -> Response<Body> {
+/// A key naming a policy that is not loaded is refused before anything is stored. A new key
+/// takes the longest `key_expires_in` of its policies when it sets no expiry of its own.
+fn check_policies(gw: &Gateway, session: &mut SessionState, new: bool) -> Result<(), Rejected> {
+    let policies = gw.policies();
+    let named = session
+        .apply_policies
+        .iter()
+        .chain(std::iter::once(&session.apply_policy_id).filter(|id| !id.is_empty()));
+    let mut expires_in = 0;
+    for id in named {
+        match policies.get(id) {
+            Some(policy) => expires_in = expires_in.max(policy.key_expires_in),
+            None => {
+                return Err(Rejected::malformed(format!(
+                    "apply_policies: policy {id:?} not found"
+                )));
+            }
+        }
+    }
+    if new && session.expires == 0 && expires_in > 0 {
+        session.expires = unix_now() + expires_in;
+    }
+    Ok(())
+}
+
+async fn create_key(gw: &Gateway, mut session: SessionState, query: &Query) -> Response<Body> {
+    if let Err(rejected) = check_policies(gw, &mut session, true) {
+        return rejected.into_response();
+    }
     if master_key_refused(gw, &session) {
         return status_message(
             StatusCode::BAD_REQUEST,
@@ -501,6 +555,9 @@ async fn put_key(
             StatusCode::BAD_REQUEST,
             "Keys are written by their name, not by hash",
         );
+    }
+    if let Err(rejected) = check_policies(gw, &mut session, create) {
+        return rejected.into_response();
     }
     if master_key_refused(gw, &session) {
         return status_message(
@@ -713,6 +770,104 @@ async fn delete_api(gw: &Gateway, id: &str) -> Response<Body> {
     let path = gw.app_path().join(file_name);
     let removed = tokio::task::spawn_blocking(move || std::fs::remove_file(path)).await;
     match removed {
+        Ok(Ok(())) => modified(id, "deleted"),
+        Ok(Err(e)) if e.kind() == std::io::ErrorKind::NotFound => {
+            status_message(StatusCode::INTERNAL_SERVER_ERROR, "Delete failed")
+        }
+        Ok(Err(e)) => file_failure(&e),
+        Err(e) => file_failure(&e),
+    }
+}
+
+// ---- policies ----
+
+fn list_policies(gw: &Gateway) -> Response<Body> {
+    let policies = gw.policies();
+    let list: Vec<&policy::PolicyDefinition> = policies.all().into_iter().map(|p| &**p).collect();
+    json_response(StatusCode::OK, &list)
+}
+
+fn get_policy(gw: &Gateway, id: &str) -> Response<Body> {
+    match gw.policies().get(id) {
+        Some(policy) => json_response(StatusCode::OK, &**policy),
+        None => status_message(StatusCode::NOT_FOUND, "Policy not found"),
+    }
+}
+
+/// Where policies are written: `policies.policy_path`, one file per policy.
+fn policy_dir(gw: &Gateway) -> Option<PathBuf> {
+    let dir = &gw.config.policies.policy_path;
+    (!dir.is_empty()).then(|| PathBuf::from(dir))
+}
+
+fn no_policy_dir() -> Response<Body> {
+    status_message(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "policies.policy_path is not set: policies are written as files there",
+    )
+}
+
+/// `POST /tyk/policies` (`path_id` None) or `PUT /tyk/policies/{id}`: validate, then write
+/// `<policy_path>/<id>.json` atomically; the change takes effect at the next reload.
+async fn write_policy(gw: &Gateway, path_id: Option<&str>, body: &[u8]) -> Response<Body> {
+    let Some(dir) = policy_dir(gw) else {
+        return no_policy_dir();
+    };
+    let mut definition = match policy::parse_policy(body) {
+        Ok(p) => p,
+        Err(reason) => return malformed(reason),
+    };
+    match path_id {
+        Some(id) if definition.id.is_empty() => definition.id = id.to_owned(),
+        Some(id) if definition.id != id => {
+            return malformed(format!(
+                "id: {:?} does not match the URL's {id:?}",
+                definition.id
+            ));
+        }
+        None if definition.id.is_empty() => {
+            definition.id = uuid::Uuid::new_v4().simple().to_string();
+        }
+        _ => {}
+    }
+    let id = definition.id.clone();
+    let Some(file_name) = api::file_name_for(&id) else {
+        return malformed("id: use letters, digits, '-', '_' and '.' (at most 128)");
+    };
+    let create = path_id.is_none();
+    let path = dir.join(file_name);
+    let written = tokio::task::spawn_blocking(move || {
+        match (path.exists(), create) {
+            (true, true) => return Ok(WriteOutcome::Exists),
+            (false, false) => return Ok(WriteOutcome::Missing),
+            _ => {}
+        }
+        let bytes = serde_json::to_vec_pretty(&definition).map_err(std::io::Error::other)?;
+        api::write_file_atomically(&path, &bytes).map(|_| WriteOutcome::Written(id))
+    })
+    .await;
+    match written {
+        Ok(Ok(WriteOutcome::Written(id))) => {
+            modified(&id, if create { "added" } else { "modified" })
+        }
+        Ok(Ok(WriteOutcome::Exists)) => {
+            status_message(StatusCode::CONFLICT, "Policy with this id already exists")
+        }
+        Ok(Ok(WriteOutcome::Missing)) => status_message(StatusCode::NOT_FOUND, "Policy not found"),
+        Ok(Err(e)) => file_failure(&e),
+        Err(e) => file_failure(&e),
+    }
+}
+
+async fn delete_policy(gw: &Gateway, id: &str) -> Response<Body> {
+    let Some(dir) = policy_dir(gw) else {
+        return no_policy_dir();
+    };
+    let Some(file_name) = api::file_name_for(id) else {
+        return status_message(StatusCode::BAD_REQUEST, "Invalid policy ID");
+    };
+    let path = dir.join(file_name);
+    match tokio::task::spawn_blocking(move || std::fs::remove_file(path)).await {
         Ok(Ok(())) => modified(id, "deleted"),
         Ok(Err(e)) if e.kind() == std::io::ErrorKind::NotFound => {
             status_message(StatusCode::INTERNAL_SERVER_ERROR, "Delete failed")

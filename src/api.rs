@@ -440,6 +440,12 @@ pub fn find_definition_file(dir: &Path, api_id: &str) -> Option<PathBuf> {
 /// Writes `definition` to `path` atomically: a temp file in the same directory, then rename.
 pub fn write_definition(path: &Path, definition: &ApiDefinition) -> std::io::Result<()> {
     let bytes = serde_json::to_vec_pretty(definition).map_err(std::io::Error::other)?;
+    write_file_atomically(path, &bytes)
+}
+
+/// Writes `bytes` to `path` atomically: a temp file in the same directory, synced, then
+/// renamed over it (definitions and policies alike).
+pub fn write_file_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let tmp = dir.join(format!(
         ".{}.tmp-{}",
@@ -449,7 +455,7 @@ pub fn write_definition(path: &Path, definition: &ApiDefinition) -> std::io::Res
     let result = (|| {
         use std::io::Write;
         let mut file = std::fs::File::create(&tmp)?;
-        file.write_all(&bytes)?;
+        file.write_all(bytes)?;
         file.sync_all()?;
         std::fs::rename(&tmp, path)
     })();
@@ -459,7 +465,7 @@ pub fn write_definition(path: &Path, definition: &ApiDefinition) -> std::io::Res
     result
 }
 
-/// The file name a new definition gets: its api_id, restricted to safe characters.
+/// The file name for an id (an API's, or a policy's): the id, restricted to safe characters.
 pub fn file_name_for(api_id: &str) -> Option<String> {
     let safe = !api_id.is_empty()
         && api_id.len() <= 128

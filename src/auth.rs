@@ -14,7 +14,10 @@ use http::request::Parts;
 use sha2::Digest;
 
 use crate::api::{ApiSpec, KeySource};
+use arc_swap::ArcSwap;
+
 use crate::guard::KeyGuard;
+use crate::policy::PolicyTable;
 use crate::rights;
 use crate::session::{ApiAccess, KeyAccess, unix_now};
 use crate::store::{SessionStore, StoreError};
@@ -284,6 +287,9 @@ pub struct AuthContext<'a> {
     pub client: IpAddr,
     /// The version the request is for, on a versioned API.
     pub version: Option<&'a Selected<'a>>,
+    /// The policies keys may name (loaded only where a key is checked, never held across a
+    /// store read).
+    pub policies: &'a ArcSwap<PolicyTable>,
 }
 
 /// Authenticates a request for `spec`: `Ok(None)` for keyless APIs, the session otherwise.
@@ -330,14 +336,17 @@ async fn check_key(
             Some(_) => {}
             None => cx.guard.weakly_bound(),
         }
-        check_access(&credential.access, spec.api_id(), unix_now())?;
-        if let Some(api) = credential.access.access_to(spec.api_id()) {
+        // A key whose policies are gone grants nothing, as in Tyk.
+        let access = cx
+            .policies
+            .load()
+            .apply(&credential.access)
+            .map_err(|_| AuthError::Disallowed)?;
+        check_access(&access, spec.api_id(), unix_now())?;
+        if let Some(api) = access.access_to(spec.api_id()) {
             check_rights(api, cx.version, parts)?;
         }
-        return Ok(Authenticated {
-            key_id,
-            access: credential.access,
-        });
+        return Ok(Authenticated { key_id, access });
     }
     Err(AuthError::Disallowed)
 }

@@ -35,6 +35,17 @@ pub struct GatewayConfig {
     pub enable_analytics: bool,
     /// tollgate: refuse a client address that keeps sending wrong keys.
     pub auth_failure_limit: AuthFailureLimit,
+    pub policies: PoliciesConfig,
+}
+
+/// `policies`: where security policies come from. Only Tyk's `file` source: a directory of
+/// policy files (`policy_path`) or one file mapping ids to policies (`policy_record_name`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct PoliciesConfig {
+    pub policy_source: String,
+    pub policy_record_name: String,
+    pub policy_path: String,
 }
 
 /// `auth_failure_limit` (tollgate's): after `max_failures` failed keys from one client
@@ -77,6 +88,7 @@ impl Default for GatewayConfig {
             proxy_default_timeout: 30.0,
             enable_analytics: false,
             auth_failure_limit: AuthFailureLimit::default(),
+            policies: PoliciesConfig::default(),
         }
     }
 }
@@ -262,9 +274,14 @@ impl GatewayConfig {
 
     /// A relative `app_path` is taken relative to the config file's directory.
     fn resolve_app_path(&mut self, base: &Path) {
-        let app = Path::new(&self.app_path);
-        if app.is_relative() {
-            self.app_path = base.join(app).to_string_lossy().into_owned();
+        for path in [
+            &mut self.app_path,
+            &mut self.policies.policy_path,
+            &mut self.policies.policy_record_name,
+        ] {
+            if !path.is_empty() && Path::new(path.as_str()).is_relative() {
+                *path = base.join(path.as_str()).to_string_lossy().into_owned();
+            }
         }
     }
 
@@ -320,6 +337,15 @@ impl GatewayConfig {
             return Err(invalid(
                 "auth_failure_limit.window",
                 "must be at least 1 second while max_failures is set",
+            ));
+        }
+        if !matches!(self.policies.policy_source.as_str(), "" | "file") {
+            return Err(invalid(
+                "policies.policy_source",
+                format!(
+                    "{:?} is not supported: tollgate reads policies from files (\"file\")",
+                    self.policies.policy_source
+                ),
             ));
         }
         if self.local_session_cache.max_entries == 0 {

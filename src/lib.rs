@@ -14,6 +14,7 @@ pub mod guard;
 pub mod honoured;
 pub mod limits;
 pub mod path;
+pub mod policy;
 pub mod proxy;
 pub mod rights;
 pub mod server;

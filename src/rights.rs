@@ -33,6 +33,24 @@ impl UrlRight {
         }
     }
 
+    pub fn pattern(&self) -> &str {
+        &self.pattern
+    }
+
+    /// This entry with the methods of `other` added (same pattern).
+    pub fn with_methods_of(&self, other: &UrlRight) -> Self {
+        let mut methods = self.methods.to_vec();
+        for m in other.methods.iter() {
+            if !methods.contains(m) {
+                methods.push(m.clone());
+            }
+        }
+        Self {
+            methods: methods.into_boxed_slice(),
+            ..self.clone()
+        }
+    }
+
     /// Whether this entry lets `method` call `path`.
     pub fn allows(&self, method: &str, path: &str) -> bool {
         self.methods.iter().any(|m| &**m == method)

@@ -29,6 +29,7 @@ use crate::connection;
 use crate::guard::KeyGuard;
 use crate::limits::{self, Limiter};
 use crate::path;
+use crate::policy::{PolicyLoadError, PolicyTable};
 use crate::proxy::{UpstreamBody, UpstreamClient};
 use crate::session::unix_now;
 use crate::store::SessionStore;
@@ -64,6 +65,7 @@ pub struct Gateway {
     /// Memory for admin request bodies being received.
     pub admin_bodies: admin::BodyBudget,
     apis: ArcSwap<ApiTable>,
+    policies: ArcSwap<PolicyTable>,
     load_errors: ArcSwap<Vec<String>>,
     /// How long to wait for an upstream's response headers.
     proxy_timeout: Duration,
@@ -83,13 +85,24 @@ impl Gateway {
             admin_bodies: admin::BodyBudget::default(),
             sessions,
             apis: ArcSwap::from_pointee(ApiTable::default()),
+            policies: ArcSwap::from_pointee(PolicyTable::default()),
             load_errors: ArcSwap::from_pointee(Vec::new()),
             proxy_timeout: timeout,
             reload_lock: tokio::sync::Mutex::new(()),
             config,
         });
-        let (table, errors) = ApiTable::load_dir(&gateway.app_path());
-        gateway.install(table, errors);
+        let loaded = load_all(&gateway.app_path(), &gateway.config.policies);
+        gateway.install(loaded);
+        if let Some(mut asked) = gateway.sessions.reloads() {
+            let node = Arc::downgrade(&gateway);
+            tokio::spawn(async move {
+                while asked.changed().await.is_ok() {
+                    let Some(gateway) = node.upgrade() else { break };
+                    tracing::info!("group reload asked for by another node");
+                    gateway.reload().await;
+                }
+            });
+        }
         gateway
     }
 
@@ -102,25 +115,40 @@ impl Gateway {
         self.apis.load()
     }
 
-    /// Definition files that failed at the last load, as `path: reason`.
+    /// The security policies in force.
+    pub fn policies(&self) -> arc_swap::Guard<Arc<PolicyTable>> {
+        self.policies.load()
+    }
+
+    /// Definition and policy files that failed at the last load, as `path: reason`.
     pub fn load_errors(&self) -> Arc<Vec<String>> {
         self.load_errors.load_full()
     }
 
-    /// Reloads the API definitions and swaps the routing table whole: requests in flight keep
-    /// the table they started with.
+    /// Reloads the API definitions and policies and swaps each table whole: requests in
+    /// flight keep the tables they started with.
     pub async fn reload(&self) {
         let _serial = self.reload_lock.lock().await;
-        let dir = self.app_path();
-        let loaded = tokio::task::spawn_blocking(move || ApiTable::load_dir(&dir)).await;
+        let (dir, policies) = (self.app_path(), self.config.policies.clone());
+        let loaded = tokio::task::spawn_blocking(move || load_all(&dir, &policies)).await;
         match loaded {
-            Ok((table, errors)) => self.install(table, errors),
+            Ok(loaded) => self.install(loaded),
             Err(e) => tracing::error!("API reload failed: {e}"),
         }
     }
 
-    fn install(&self, table: ApiTable, errors: Vec<LoadError>) {
-        for e in &errors {
+    fn install(&self, (table, errors, policies, policy_errors): Loaded) {
+        for e in &policy_errors {
+            tracing::warn!("policy skipped: {e}");
+        }
+        tracing::info!(policies = policies.all().len(), "policies loaded");
+        self.policies.store(Arc::new(policies));
+        let errors: Vec<String> = errors
+            .iter()
+            .map(ToString::to_string)
+            .chain(policy_errors.iter().map(ToString::to_string))
+            .collect();
+        for e in errors.iter().take(errors.len() - policy_errors.len()) {
             tracing::warn!("API definition skipped: {e}");
         }
         for spec in table.specs() {
@@ -134,8 +162,7 @@ impl Gateway {
         }
         tracing::info!(apis = table.len(), "API definitions loaded");
         self.apis.store(Arc::new(table));
-        self.load_errors
-            .store(Arc::new(errors.iter().map(ToString::to_string).collect()));
+        self.load_errors.store(Arc::new(errors));
     }
 
     /// One request through the pipeline; `upstream` is the calling worker's client.
@@ -185,6 +212,7 @@ impl Gateway {
             guard: &self.guard,
             client: peer.addr.ip(),
             version: version.as_ref(),
+            policies: &self.policies,
         };
         let caller = match auth::authenticate(&spec, &parts, cx).await {
             Ok(caller) => caller,
@@ -224,6 +252,15 @@ impl Gateway {
             }
         }
     }
+}
+
+/// What a load reads: the routing table, the policies, and the files that failed.
+type Loaded = (ApiTable, Vec<LoadError>, PolicyTable, Vec<PolicyLoadError>);
+
+fn load_all(app_path: &std::path::Path, policies: &crate::config::PoliciesConfig) -> Loaded {
+    let (table, errors) = ApiTable::load_dir(app_path);
+    let (policies, policy_errors) = PolicyTable::load(policies);
+    (table, errors, policies, policy_errors)
 }
 
 /// Resolves the request's dot segments in place (see [`path`]): what is routed and

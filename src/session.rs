@@ -42,6 +42,11 @@ pub struct SessionState {
     pub alias: String,
     /// Always a string, as Tyk's schema has it (`null` in a body is read as `""`).
     pub certificate: String,
+    /// Security policies whose rules the key takes (see `policy`), by id.
+    pub apply_policies: Vec<String>,
+    /// Tyk's older single policy id.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub apply_policy_id: String,
     /// Unix seconds after which the record is removed from the store (0: never).
     pub session_lifetime: i64,
     /// tollgate's check of the raw key (see [`KeyVerifier`]); Tyk ignores the field.
@@ -138,6 +143,8 @@ pub struct KeyAccess {
     pub limits: Limits,
     /// `access_rights`, by API id, in the record's order.
     apis: Box<[ApiAccess]>,
+    /// `apply_policies` (and `apply_policy_id`): applied when a request is checked.
+    pub policies: Box<[Box<str>]>,
 }
 
 /// Rate and quota settings: a session's own, or an API's in `access_rights[api].limit`.
@@ -174,6 +181,7 @@ impl Hash for KeyAccess {
             api.versions.hash(state);
             api.allowed_urls.hash(state);
         }
+        self.policies.hash(state);
     }
 }
 
@@ -197,11 +205,63 @@ impl KeyAccess {
         self.apis.is_empty()
     }
 
+    /// `access_rights`, in order.
+    pub fn apis(&self) -> &[ApiAccess] {
+        &self.apis
+    }
+
+    /// The same key with `apis` as its access rights and no policies left to apply.
+    pub fn with_apis(&self, apis: Vec<ApiAccess>) -> Self {
+        Self {
+            apis: apis.into_boxed_slice(),
+            policies: Box::new([]),
+            ..self.clone()
+        }
+    }
+
     /// The key's access to `api_id`, if it has any. A linear scan: keys name a few APIs, and
     /// their ids sit in one allocation.
     pub fn access_to(&self, api_id: &str) -> Option<&ApiAccess> {
         self.apis.iter().find(|a| &*a.api_id == api_id)
     }
+}
+
+impl ApiAccess {
+    pub fn api_id(&self) -> &str {
+        &self.api_id
+    }
+
+    /// One `access_rights` entry as requests read it.
+    pub fn from_definition(api_id: &str, access: &AccessDefinition) -> Self {
+        Self {
+            api_id: api_id.into(),
+            limit: access.limit.as_ref().map(|l| Limits {
+                rate: l.rate,
+                per: l.per,
+                quota_max: l.quota_max,
+                quota_renewal_rate: l.quota_renewal_rate,
+            }),
+            versions: access.versions.iter().map(|v| v.as_str().into()).collect(),
+            // An entry that is not `{"url", "methods"}` allows nothing.
+            allowed_urls: access
+                .allowed_urls
+                .iter()
+                .map(|v| {
+                    serde_json::from_value(v.clone())
+                        .unwrap_or_else(|_| UrlRight::new("", Vec::new()))
+                })
+                .collect(),
+        }
+    }
+}
+
+/// `apply_policies`, then `apply_policy_id` if it is not among them.
+fn policy_ids(apply_policies: &[String], apply_policy_id: &str) -> Box<[Box<str>]> {
+    let mut ids: Vec<Box<str>> = apply_policies.iter().map(|p| p.as_str().into()).collect();
+    if !apply_policy_id.is_empty() && !apply_policies.iter().any(|p| p == apply_policy_id) {
+        ids.push(apply_policy_id.into());
+    }
+    ids.into_boxed_slice()
 }
 
 impl From<&SessionState> for KeyAccess {
@@ -218,26 +278,9 @@ impl From<&SessionState> for KeyAccess {
             apis: session
                 .access_rights
                 .iter()
-                .map(|(api_id, access)| ApiAccess {
-                    api_id: api_id.as_str().into(),
-                    limit: access.limit.as_ref().map(|l| Limits {
-                        rate: l.rate,
-                        per: l.per,
-                        quota_max: l.quota_max,
-                        quota_renewal_rate: l.quota_renewal_rate,
-                    }),
-                    versions: access.versions.iter().map(|v| v.as_str().into()).collect(),
-                    // An entry that is not `{"url", "methods"}` allows nothing.
-                    allowed_urls: access
-                        .allowed_urls
-                        .iter()
-                        .map(|v| {
-                            serde_json::from_value(v.clone())
-                                .unwrap_or_else(|_| UrlRight::new("", Vec::new()))
-                        })
-                        .collect(),
-                })
+                .map(|(api_id, access)| ApiAccess::from_definition(api_id, access))
                 .collect(),
+            policies: policy_ids(&session.apply_policies, &session.apply_policy_id),
         }
     }
 }
@@ -384,6 +427,8 @@ deserialize_record!(keep SessionState {
     tags,
     alias,
     certificate,
+    apply_policies,
+    apply_policy_id,
     session_lifetime,
     tollgate_key_verifier,
 });
@@ -414,6 +459,8 @@ struct AccessRecord {
     quota_max: i64,
     quota_renewal_rate: i64,
     access_rights: AccessList,
+    apply_policies: Vec<String>,
+    apply_policy_id: String,
     tollgate_key_verifier: String,
 }
 
@@ -436,6 +483,8 @@ deserialize_record!(skip AccessRecord {
     quota_max,
     quota_renewal_rate,
     access_rights,
+    apply_policies,
+    apply_policy_id,
     tollgate_key_verifier,
 });
 deserialize_record!(skip AccessEntry {
@@ -504,6 +553,7 @@ impl<'de> Deserialize<'de> for Credential {
                 quota_renewal_rate: record.quota_renewal_rate,
             },
             apis: record.access_rights.0.into_boxed_slice(),
+            policies: policy_ids(&record.apply_policies, &record.apply_policy_id),
         };
         Ok(Self {
             access: Arc::new(access),

@@ -496,6 +496,14 @@ impl SessionStore for CachedStore {
     async fn reset_quota(&self, counter: &str) -> Result<(), StoreError> {
         self.inner.reset_quota(counter).await
     }
+
+    async fn announce_reload(&self) {
+        self.inner.announce_reload().await
+    }
+
+    fn reloads(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        self.inner.reloads()
+    }
 }
 
 #[cfg(test)]

@@ -103,6 +103,14 @@ pub trait SessionStore: Send + Sync + 'static {
     async fn quota_used(&self, counter: &str) -> Result<Option<(i64, i64)>, StoreError>;
     /// Starts a quota afresh.
     async fn reset_quota(&self, counter: &str) -> Result<(), StoreError>;
+
+    /// Tells every other node sharing the store to reload (Tyk's `GroupReload`).
+    async fn announce_reload(&self) {}
+    /// Reloads other nodes asked for: the count moves with each. `None` for a store that no
+    /// other node shares.
+    fn reloads(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        None
+    }
 }
 
 /// A fingerprint of a record as stored (128-bit murmur3 of its JSON).

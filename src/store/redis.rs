@@ -351,6 +351,8 @@ struct Shared {
     cache: Option<Arc<SessionCache>>,
     /// Marks this node's own notifications, which it skips: its cache is already current.
     node_id: String,
+    /// Counts Tyk's `GroupReload` notifications from other nodes.
+    reloads: watch::Sender<u64>,
     consume_script: redis::Script,
     add_quota_script: redis::Script,
 }
@@ -434,6 +436,7 @@ impl RedisStore {
             last_error: Mutex::new(None),
             cache,
             node_id: uuid::Uuid::new_v4().simple().to_string(),
+            reloads: watch::Sender::new(0),
             consume_script: redis::Script::new(CONSUME_SCRIPT),
             add_quota_script: redis::Script::new(ADD_QUOTA_SCRIPT),
         });
@@ -1042,12 +1045,18 @@ impl Shared {
     }
 
     async fn notify_key_change(&self, key_id: &str) {
+        self.publish("KeySpaceUpdateNotification", &format!("{key_id}:hashed"))
+            .await;
+    }
+
+    /// Publishes a notification in Tyk's shape on its channel, marked as this node's.
+    async fn publish(&self, command: &str, payload: &str) {
         let Some(link) = self.healthy_master() else {
             return;
         };
         let message = json!({
-            "command": "KeySpaceUpdateNotification",
-            "payload": format!("{key_id}:hashed"),
+            "command": command,
+            "payload": payload,
             "signature": "",
             "origin": self.node_id,
         })
@@ -1062,7 +1071,7 @@ impl Shared {
         )
         .await;
         if !matches!(sent, Ok(Ok(_))) {
-            tracing::warn!("could not publish a key change notification");
+            tracing::warn!("could not publish a {command} notification");
         }
     }
 
@@ -1234,7 +1243,7 @@ async fn follow_changes(shared: Arc<Shared>) {
             tokio::select! {
                 push = pushes.recv() => match push {
                     Some(push) if push.kind != PushKind::Disconnection => {
-                        apply_push(&cache, &shared.node_id, push);
+                        apply_push(&cache, &shared, push);
                     }
                     _ => break,
                 },
@@ -1255,7 +1264,7 @@ async fn follow_changes(shared: Arc<Shared>) {
 
 /// One message from the following connection: a tracked key's invalidation (no keys: the
 /// database was flushed) or a cluster notification.
-fn apply_push(cache: &SessionCache, node_id: &str, push: PushInfo) {
+fn apply_push(cache: &SessionCache, shared: &Shared, push: PushInfo) {
     match (push.kind, push.data.as_slice()) {
         (PushKind::Invalidate, [Value::Array(keys)]) => {
             for key in keys {
@@ -1268,7 +1277,7 @@ fn apply_push(cache: &SessionCache, node_id: &str, push: PushInfo) {
         }
         (PushKind::Invalidate, _) => cache.new_epoch(),
         (PushKind::Message, [_, Value::BulkString(payload)]) => {
-            apply_notification(cache, node_id, payload);
+            apply_notification(cache, shared, payload);
         }
         _ => {}
     }
@@ -1276,11 +1285,18 @@ fn apply_push(cache: &SessionCache, node_id: &str, push: PushInfo) {
 
 /// Tyk's `KeySpaceUpdateNotification`: a comma-separated list of keys, `:hashed` marking
 /// storage ids. Tyk ignores the extra `origin` field.
-fn apply_notification(cache: &SessionCache, node_id: &str, payload: &[u8]) {
+fn apply_notification(cache: &SessionCache, shared: &Shared, payload: &[u8]) {
     let Ok(message) = serde_json::from_slice::<serde_json::Value>(payload) else {
         return;
     };
-    if message["command"] != "KeySpaceUpdateNotification" || message["origin"] == node_id {
+    if message["origin"] == shared.node_id.as_str() {
+        return;
+    }
+    if message["command"] == "GroupReload" {
+        shared.reloads.send_modify(|n| *n = n.wrapping_add(1));
+        return;
+    }
+    if message["command"] != "KeySpaceUpdateNotification" {
         return;
     }
     for key in message["payload"].as_str().unwrap_or_default().split(',') {
@@ -1529,6 +1545,14 @@ impl SessionStore for RedisStore {
             0
         };
         Ok(used.map(|used| (used, renews)))
+    }
+
+    async fn announce_reload(&self) {
+        self.shared.publish("GroupReload", "").await;
+    }
+
+    fn reloads(&self) -> Option<watch::Receiver<u64>> {
+        Some(self.shared.reloads.subscribe())
     }
 
     async fn reset_quota(&self, counter: &str) -> Result<(), StoreError> {
