@@ -655,10 +655,13 @@ async fn store_key(
     json_response(StatusCode::OK, &body)
 }
 
-/// How long the store keeps a record: the key's own `session_lifetime`, else the longest
-/// `session_lifetime` of the APIs it may call; `None` keeps it until deleted.
+/// How long the store keeps a record, as Tyk's `Lifetime`: `global_session_lifetime` when
+/// `force_global_session_lifetime` is on; else the key's own `session_lifetime`; else the
+/// longest `session_lifetime` of the APIs it may call. `None` keeps it until deleted.
 fn record_lifetime(gw: &Gateway, session: &SessionState) -> Option<Duration> {
-    let seconds = if session.session_lifetime > 0 {
+    let seconds = if gw.config.force_global_session_lifetime {
+        gw.config.global_session_lifetime
+    } else if session.session_lifetime > 0 {
         session.session_lifetime
     } else {
         let apis = gw.apis();

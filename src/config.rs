@@ -36,6 +36,10 @@ pub struct GatewayConfig {
     /// tollgate: refuse a client address that keeps sending wrong keys.
     pub auth_failure_limit: AuthFailureLimit,
     pub policies: PoliciesConfig,
+    /// Seconds a key's record lives when `force_global_session_lifetime` is on.
+    pub global_session_lifetime: i64,
+    /// Every record lives `global_session_lifetime`, whatever the key and API say.
+    pub force_global_session_lifetime: bool,
 }
 
 /// `policies`: where security policies come from. Only Tyk's `file` source: a directory of
@@ -89,6 +93,8 @@ impl Default for GatewayConfig {
             enable_analytics: false,
             auth_failure_limit: AuthFailureLimit::default(),
             policies: PoliciesConfig::default(),
+            global_session_lifetime: 0,
+            force_global_session_lifetime: false,
         }
     }
 }

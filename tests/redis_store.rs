@@ -988,3 +988,29 @@ async fn a_key_updated_just_before_the_master_freezes_stays_known_on_every_node(
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
 }
+
+#[tokio::test]
+async fn force_global_session_lifetime_sets_every_records_ttl() {
+    let redis = RedisServer::start().await;
+    let up = upstream().await;
+    let mut config = direct(redis.port);
+    config["force_global_session_lifetime"] = json!(true);
+    config["global_session_lifetime"] = json!(100);
+    let gw = node(&up.url(""), config).await;
+    let mut key = seed_key();
+    key["session_lifetime"] = json!(5000);
+    gw.add_key("lifetime", key).await;
+    let ttl: i64 = redis::from_redis_value(
+        support::redis::cmd(
+            redis.port,
+            &["TTL", &format!("apikey-{}", gw.key_id("lifetime"))],
+        )
+        .await
+        .unwrap(),
+    )
+    .unwrap();
+    assert!(
+        (90..=100).contains(&ttl),
+        "the global lifetime wins over the key's: {ttl}"
+    );
+}
