@@ -14,14 +14,15 @@ use hyper::body::Incoming;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
-use tokio::sync::{Semaphore, SemaphorePermit};
+use tokio::sync::SemaphorePermit;
 
 use std::path::PathBuf;
 
 use crate::api::{self, ApiSpec};
+use crate::gateway::{BodyBudget, Gateway};
 use crate::limits;
 use crate::policy;
-use crate::server::{Body, Gateway, json_response};
+use crate::response::{Body, json_response};
 use crate::session::{KeyVerifier, SessionState, unix_now};
 use crate::store::StoreError;
 
@@ -29,19 +30,6 @@ use crate::store::StoreError;
 pub const MAX_ADMIN_BODY: usize = 4 * 1024 * 1024;
 /// Time an admin request body may take to arrive, from its request's head.
 pub const ADMIN_BODY_TIMEOUT: Duration = Duration::from_secs(10);
-/// Bytes of all admin request bodies being received at once, together.
-pub const ADMIN_BODIES_IN_FLIGHT: usize = 4 * MAX_ADMIN_BODY;
-
-/// The memory all admin request bodies being received may take together: each body takes its
-/// bytes from here as they arrive and gives them back once read.
-pub struct BodyBudget(Semaphore);
-
-impl Default for BodyBudget {
-    fn default() -> Self {
-        Self(Semaphore::new(ADMIN_BODIES_IN_FLIGHT))
-    }
-}
-
 /// Whether `path` is served by this module rather than proxied.
 pub fn owns(config: &crate::config::GatewayConfig, path: &str) -> bool {
     path.starts_with("/tyk/")

@@ -12,8 +12,8 @@ use http::header::HeaderName;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+use crate::counting::{Disabled, Policy, Rate};
 use crate::honoured;
-use crate::limits::{Disabled, Policy, Rate};
 use crate::target;
 pub use crate::target::Target;
 use crate::version::Versioning;

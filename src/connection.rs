@@ -13,6 +13,7 @@
 
 use std::future::poll_fn;
 use std::io;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
@@ -22,7 +23,7 @@ use std::task::{Context, Poll, Wake, Waker, ready};
 use std::time::Duration;
 
 use futures_util::task::AtomicWaker;
-use http::{Request, Response};
+use http::{HeaderValue, Request, Response};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::server::conn::http1;
 use hyper::service::Service;
@@ -31,6 +32,21 @@ use pin_project_lite::pin_project;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
+
+/// The client end of a connection, its address rendered once for `X-Forwarded-For`.
+#[derive(Clone, Debug)]
+pub struct Peer {
+    pub addr: SocketAddr,
+    pub ip: HeaderValue,
+}
+
+impl Peer {
+    pub fn new(addr: SocketAddr) -> Self {
+        let ip = HeaderValue::try_from(addr.ip().to_string())
+            .expect("an IP address is a valid header value");
+        Self { addr, ip }
+    }
+}
 
 /// A parked connection (a new one, or a keep-alive one 1-2 s after its last response) is closed
 /// after waiting this long for a request.

@@ -24,7 +24,7 @@ use tokio::net::TcpStream;
 use tokio::task::AbortHandle;
 
 use crate::api::{ApiSpec, Target};
-use crate::server::Peer;
+use crate::connection::Peer;
 
 /// Why the upstream gave no response.
 #[derive(Debug, thiserror::Error)]

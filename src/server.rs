@@ -5,166 +5,33 @@
 
 use std::convert::Infallible;
 use std::future::Future;
-use std::net::SocketAddr;
 use std::panic::AssertUnwindSafe;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use arc_swap::ArcSwap;
-use bytes::Bytes;
 use futures_util::FutureExt;
 use http::uri::PathAndQuery;
-use http::{HeaderValue, Request, Response, StatusCode, Uri, header};
-use http_body_util::{Either, Full};
+use http::{Request, Response, StatusCode, Uri};
+use http_body_util::Either;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use tokio::net::TcpListener;
 
 use crate::admin;
-use crate::api::{ApiTable, LoadError};
-use crate::auth::{self, AuthContext, KeyHasher};
-use crate::config::GatewayConfig;
-use crate::connection;
-use crate::guard::KeyGuard;
-use crate::limits::{self, Limiter};
+use crate::auth::{self, AuthContext};
+use crate::connection::{self, Peer};
+pub use crate::gateway::Gateway;
+use crate::limits;
 use crate::path;
-use crate::policy::{PolicyLoadError, PolicyTable};
-use crate::proxy::{UpstreamBody, UpstreamClient};
+use crate::proxy::UpstreamClient;
+pub use crate::response::Body;
+use crate::response::{error_response, not_found};
 use crate::session::unix_now;
-use crate::store::SessionStore;
-
-/// Every response body: a streamed upstream body or a small buffered one.
-pub type Body = Either<UpstreamBody, Full<Bytes>>;
 
 /// Largest request head (request line + headers) accepted; larger gets 431.
 pub const MAX_HEAD_BYTES: usize = 16 * 1024;
 
-/// The client end of a connection, its address rendered once for `X-Forwarded-For`.
-#[derive(Clone, Debug)]
-pub struct Peer {
-    pub addr: SocketAddr,
-    pub ip: HeaderValue,
-}
-
-impl Peer {
-    pub fn new(addr: SocketAddr) -> Self {
-        let ip = HeaderValue::try_from(addr.ip().to_string())
-            .expect("an IP address is a valid header value");
-        Self { addr, ip }
-    }
-}
-
-/// The state one gateway node shares across connections.
-pub struct Gateway {
-    pub config: GatewayConfig,
-    pub sessions: Arc<dyn SessionStore>,
-    pub hasher: KeyHasher,
-    pub limiter: Arc<Limiter>,
-    pub guard: KeyGuard,
-    /// Memory for admin request bodies being received.
-    pub admin_bodies: admin::BodyBudget,
-    apis: ArcSwap<ApiTable>,
-    policies: ArcSwap<PolicyTable>,
-    load_errors: ArcSwap<Vec<String>>,
-    /// How long to wait for an upstream's response headers.
-    proxy_timeout: Duration,
-    reload_lock: tokio::sync::Mutex<()>,
-}
-
 impl Gateway {
-    /// Builds a node and loads the API definitions in `config.app_path`.
-    pub fn new(config: GatewayConfig, sessions: Arc<dyn SessionStore>) -> Arc<Self> {
-        let timeout = Duration::from_secs_f64(config.proxy_default_timeout);
-        let limiter = Arc::new(Limiter::new(sessions.clone()));
-        limiter.spawn_flusher(Duration::from_millis(500));
-        let gateway = Arc::new(Self {
-            limiter,
-            hasher: KeyHasher::new(config.hash_keys, &config.hash_key_function),
-            guard: KeyGuard::new(&config.auth_failure_limit),
-            admin_bodies: admin::BodyBudget::default(),
-            sessions,
-            apis: ArcSwap::from_pointee(ApiTable::default()),
-            policies: ArcSwap::from_pointee(PolicyTable::default()),
-            load_errors: ArcSwap::from_pointee(Vec::new()),
-            proxy_timeout: timeout,
-            reload_lock: tokio::sync::Mutex::new(()),
-            config,
-        });
-        let loaded = load_all(&gateway.app_path(), &gateway.config.policies);
-        gateway.install(loaded);
-        if let Some(mut asked) = gateway.sessions.reloads() {
-            let node = Arc::downgrade(&gateway);
-            tokio::spawn(async move {
-                while asked.changed().await.is_ok() {
-                    let Some(gateway) = node.upgrade() else { break };
-                    tracing::info!("group reload asked for by another node");
-                    gateway.reload().await;
-                }
-            });
-        }
-        gateway
-    }
-
-    pub fn app_path(&self) -> PathBuf {
-        PathBuf::from(&self.config.app_path)
-    }
-
-    /// The routing table in force.
-    pub fn apis(&self) -> arc_swap::Guard<Arc<ApiTable>> {
-        self.apis.load()
-    }
-
-    /// The security policies in force.
-    pub fn policies(&self) -> arc_swap::Guard<Arc<PolicyTable>> {
-        self.policies.load()
-    }
-
-    /// Definition and policy files that failed at the last load, as `path: reason`.
-    pub fn load_errors(&self) -> Arc<Vec<String>> {
-        self.load_errors.load_full()
-    }
-
-    /// Reloads the API definitions and policies and swaps each table whole: requests in
-    /// flight keep the tables they started with.
-    pub async fn reload(&self) {
-        let _serial = self.reload_lock.lock().await;
-        let (dir, policies) = (self.app_path(), self.config.policies.clone());
-        let loaded = tokio::task::spawn_blocking(move || load_all(&dir, &policies)).await;
-        match loaded {
-            Ok(loaded) => self.install(loaded),
-            Err(e) => tracing::error!("API reload failed: {e}"),
-        }
-    }
-
-    fn install(&self, (table, errors, policies, policy_errors): Loaded) {
-        for e in &policy_errors {
-            tracing::warn!("policy skipped: {e}");
-        }
-        tracing::info!(policies = policies.all().len(), "policies loaded");
-        self.policies.store(Arc::new(policies));
-        let errors: Vec<String> = errors
-            .iter()
-            .map(ToString::to_string)
-            .chain(policy_errors.iter().map(ToString::to_string))
-            .collect();
-        for e in errors.iter().take(errors.len() - policy_errors.len()) {
-            tracing::warn!("API definition skipped: {e}");
-        }
-        for spec in table.specs() {
-            if !spec.unhonoured.is_empty() {
-                tracing::warn!(
-                    api = spec.api_id(),
-                    "API definition fields not honoured by tollgate (ignored): {}",
-                    spec.unhonoured.join(", ")
-                );
-            }
-        }
-        tracing::info!(apis = table.len(), "API definitions loaded");
-        self.apis.store(Arc::new(table));
-        self.load_errors.store(Arc::new(errors));
-    }
-
     /// One request through the pipeline; `upstream` is the calling worker's client.
     pub async fn handle(
         self: Arc<Self>,
@@ -254,15 +121,6 @@ impl Gateway {
     }
 }
 
-/// What a load reads: the routing table, the policies, and the files that failed.
-type Loaded = (ApiTable, Vec<LoadError>, PolicyTable, Vec<PolicyLoadError>);
-
-fn load_all(app_path: &std::path::Path, policies: &crate::config::PoliciesConfig) -> Loaded {
-    let (table, errors) = ApiTable::load_dir(app_path);
-    let (policies, policy_errors) = PolicyTable::load(policies);
-    (table, errors, policies, policy_errors)
-}
-
 /// Resolves the request's dot segments in place (see [`path`]): what is routed and
 /// authorised below is then exactly the path the upstream receives. `Err`: why the path is
 /// refused.
@@ -285,44 +143,6 @@ fn resolve_path(req: &mut Request<Incoming>) -> Result<(), &'static str> {
         }
         Err(_) => Err("Request path malformed"),
     }
-}
-
-/// A JSON response with a buffered body. Serialising writes stored JSON through as it is, so
-/// it does not fail on what the store holds; should it fail, the answer is a 500 saying so.
-pub fn json_response<T: serde::Serialize + ?Sized>(status: StatusCode, body: &T) -> Response<Body> {
-    let (status, bytes) = match serde_json::to_vec(body) {
-        Ok(bytes) => (status, bytes),
-        Err(e) => {
-            tracing::error!("response body could not be written as JSON: {e}");
-            (
-                StatusCode::INTERNAL_SERVER_ERROR,
-                br#"{"status":"error","message":"response could not be encoded"}"#.to_vec(),
-            )
-        }
-    };
-    let mut response = Response::new(Either::Right(Full::new(Bytes::from(bytes))));
-    *response.status_mut() = status;
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    response
-}
-
-/// Tyk's answer to a path no API listens on: its router's plain `Not Found`.
-fn not_found() -> Response<Body> {
-    let mut response = Response::new(Either::Right(Full::new(Bytes::from_static(b"Not Found"))));
-    *response.status_mut() = StatusCode::NOT_FOUND;
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    response
-}
-
-/// Tyk's gateway error body: `{"error": "..."}`.
-pub fn error_response(status: StatusCode, message: &str) -> Response<Body> {
-    json_response(status, &serde_json::json!({ "error": message }))
 }
 
 /// Runs `handler`, turning a panic into a 500 for this request alone. Not an `async fn`: that

@@ -14,7 +14,8 @@ use hyper::body::Incoming;
 use serde_json::{Map, Value, json};
 use tokio::net::TcpListener;
 
-use crate::server::{Body, Peer, error_response, json_response};
+use crate::connection::Peer;
+use crate::response::{Body, error_response, json_response};
 
 /// Longest `/delay/{secs}` honoured, as in httpbin.
 const MAX_DELAY_SECS: f64 = 10.0;

@@ -20,7 +20,7 @@ use tokio::sync::mpsc;
 
 use super::{Lookup, RecordDigest, SessionStore, StoreError, StoreHealth, record_digest};
 use crate::config::LocalSessionCache;
-use crate::limits::{Policy, Usage};
+use crate::counting::{Policy, Usage};
 use crate::session::{Credential, KeyAccess, KeyVerifier, SessionState};
 
 /// One cached record, held in the cache's own slot (not behind another pointer: at a

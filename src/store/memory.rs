@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 
 use super::{SessionStore, StoreError, StoreHealth};
-use crate::limits::{LocalCounters, Policy, Usage, now_secs};
+use crate::counting::{LocalCounters, Policy, Usage, now_secs};
 use crate::session::{Credential, SessionState};
 
 struct Entry {

@@ -14,7 +14,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use serde::Serialize;
 
-use crate::limits::{Policy, Usage};
+use crate::counting::{Policy, Usage};
 use crate::session::{Credential, SessionState};
 
 pub use memory::MemoryStore;

@@ -29,7 +29,7 @@ use tokio::task::JoinHandle;
 use super::cache::SessionCache;
 use super::{Lookup, RecordDigest, SessionStore, StoreError, StoreHealth, record_digest};
 use crate::config::{ConfigError, StorageConfig};
-use crate::limits::{Policy, Usage};
+use crate::counting::{Policy, Usage};
 use crate::session::{Credential, SessionState};
 
 /// Tyk's prefix for session records.

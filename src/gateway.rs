@@ -1,0 +1,150 @@
+//! One gateway node's shared state: its configuration, stores, key hasher and limiter, and
+//! the routing table and policies in force, loaded from files and swapped whole on reload.
+//! The request pipeline that reads it is `server`'s; the Gateway API that manages it, `admin`'s.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use tokio::sync::Semaphore;
+
+use crate::api::{ApiTable, LoadError};
+use crate::auth::KeyHasher;
+use crate::config::GatewayConfig;
+use crate::guard::KeyGuard;
+use crate::limits::Limiter;
+use crate::policy::{PolicyLoadError, PolicyTable};
+use crate::store::SessionStore;
+
+/// Bytes of all admin request bodies being received at once, together.
+pub const ADMIN_BODIES_IN_FLIGHT: usize = 16 * 1024 * 1024;
+
+/// The memory all admin request bodies being received may take together: each body takes its
+/// bytes from here as they arrive and gives them back once read.
+pub struct BodyBudget(pub Semaphore);
+
+impl Default for BodyBudget {
+    fn default() -> Self {
+        Self(Semaphore::new(ADMIN_BODIES_IN_FLIGHT))
+    }
+}
+
+/// The state one gateway node shares across connections.
+pub struct Gateway {
+    pub config: GatewayConfig,
+    pub sessions: Arc<dyn SessionStore>,
+    pub hasher: KeyHasher,
+    pub limiter: Arc<Limiter>,
+    pub guard: KeyGuard,
+    /// Memory for admin request bodies being received.
+    pub admin_bodies: BodyBudget,
+    pub(crate) apis: ArcSwap<ApiTable>,
+    pub(crate) policies: ArcSwap<PolicyTable>,
+    load_errors: ArcSwap<Vec<String>>,
+    /// How long to wait for an upstream's response headers.
+    pub(crate) proxy_timeout: Duration,
+    reload_lock: tokio::sync::Mutex<()>,
+}
+impl Gateway {
+    /// Builds a node and loads the API definitions in `config.app_path`.
+    pub fn new(config: GatewayConfig, sessions: Arc<dyn SessionStore>) -> Arc<Self> {
+        let timeout = Duration::from_secs_f64(config.proxy_default_timeout);
+        let limiter = Arc::new(Limiter::new(sessions.clone()));
+        limiter.spawn_flusher(Duration::from_millis(500));
+        let gateway = Arc::new(Self {
+            limiter,
+            hasher: KeyHasher::new(config.hash_keys, &config.hash_key_function),
+            guard: KeyGuard::new(&config.auth_failure_limit),
+            admin_bodies: BodyBudget::default(),
+            sessions,
+            apis: ArcSwap::from_pointee(ApiTable::default()),
+            policies: ArcSwap::from_pointee(PolicyTable::default()),
+            load_errors: ArcSwap::from_pointee(Vec::new()),
+            proxy_timeout: timeout,
+            reload_lock: tokio::sync::Mutex::new(()),
+            config,
+        });
+        let loaded = load_all(&gateway.app_path(), &gateway.config.policies);
+        gateway.install(loaded);
+        if let Some(mut asked) = gateway.sessions.reloads() {
+            let node = Arc::downgrade(&gateway);
+            tokio::spawn(async move {
+                while asked.changed().await.is_ok() {
+                    let Some(gateway) = node.upgrade() else { break };
+                    tracing::info!("group reload asked for by another node");
+                    gateway.reload().await;
+                }
+            });
+        }
+        gateway
+    }
+
+    pub fn app_path(&self) -> PathBuf {
+        PathBuf::from(&self.config.app_path)
+    }
+
+    /// The routing table in force.
+    pub fn apis(&self) -> arc_swap::Guard<Arc<ApiTable>> {
+        self.apis.load()
+    }
+
+    /// The security policies in force.
+    pub fn policies(&self) -> arc_swap::Guard<Arc<PolicyTable>> {
+        self.policies.load()
+    }
+
+    /// Definition and policy files that failed at the last load, as `path: reason`.
+    pub fn load_errors(&self) -> Arc<Vec<String>> {
+        self.load_errors.load_full()
+    }
+
+    /// Reloads the API definitions and policies and swaps each table whole: requests in
+    /// flight keep the tables they started with.
+    pub async fn reload(&self) {
+        let _serial = self.reload_lock.lock().await;
+        let (dir, policies) = (self.app_path(), self.config.policies.clone());
+        let loaded = tokio::task::spawn_blocking(move || load_all(&dir, &policies)).await;
+        match loaded {
+            Ok(loaded) => self.install(loaded),
+            Err(e) => tracing::error!("API reload failed: {e}"),
+        }
+    }
+
+    fn install(&self, (table, errors, policies, policy_errors): Loaded) {
+        for e in &policy_errors {
+            tracing::warn!("policy skipped: {e}");
+        }
+        tracing::info!(policies = policies.all().len(), "policies loaded");
+        self.policies.store(Arc::new(policies));
+        let errors: Vec<String> = errors
+            .iter()
+            .map(ToString::to_string)
+            .chain(policy_errors.iter().map(ToString::to_string))
+            .collect();
+        for e in errors.iter().take(errors.len() - policy_errors.len()) {
+            tracing::warn!("API definition skipped: {e}");
+        }
+        for spec in table.specs() {
+            if !spec.unhonoured.is_empty() {
+                tracing::warn!(
+                    api = spec.api_id(),
+                    "API definition fields not honoured by tollgate (ignored): {}",
+                    spec.unhonoured.join(", ")
+                );
+            }
+        }
+        tracing::info!(apis = table.len(), "API definitions loaded");
+        self.apis.store(Arc::new(table));
+        self.load_errors.store(Arc::new(errors));
+    }
+}
+
+/// What a load reads: the routing table, the policies, and the files that failed.
+type Loaded = (ApiTable, Vec<LoadError>, PolicyTable, Vec<PolicyLoadError>);
+
+fn load_all(app_path: &std::path::Path, policies: &crate::config::PoliciesConfig) -> Loaded {
+    let (table, errors) = ApiTable::load_dir(app_path);
+    let (policies, policy_errors) = PolicyTable::load(policies);
+    (table, errors, policies, policy_errors)
+}

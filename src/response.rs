@@ -1,0 +1,49 @@
+//! The answers the gateway makes itself: the body type every response has, JSON bodies, and
+//! Tyk's error shapes.
+
+use bytes::Bytes;
+use http::{HeaderValue, Response, StatusCode, header};
+use http_body_util::{Either, Full};
+
+use crate::proxy::UpstreamBody;
+
+/// Every response body: a streamed upstream body or a small buffered one.
+pub type Body = Either<UpstreamBody, Full<Bytes>>;
+
+/// A JSON response with a buffered body. Serialising writes stored JSON through as it is, so
+/// it does not fail on what the store holds; should it fail, the answer is a 500 saying so.
+pub fn json_response<T: serde::Serialize + ?Sized>(status: StatusCode, body: &T) -> Response<Body> {
+    let (status, bytes) = match serde_json::to_vec(body) {
+        Ok(bytes) => (status, bytes),
+        Err(e) => {
+            tracing::error!("response body could not be written as JSON: {e}");
+            (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                br#"{"status":"error","message":"response could not be encoded"}"#.to_vec(),
+            )
+        }
+    };
+    let mut response = Response::new(Either::Right(Full::new(Bytes::from(bytes))));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+/// Tyk's answer to a path no API listens on: its router's plain `Not Found`.
+pub fn not_found() -> Response<Body> {
+    let mut response = Response::new(Either::Right(Full::new(Bytes::from_static(b"Not Found"))));
+    *response.status_mut() = StatusCode::NOT_FOUND;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    response
+}
+
+/// Tyk's gateway error body: `{"error": "..."}`.
+pub fn error_response(status: StatusCode, message: &str) -> Response<Body> {
+    json_response(status, &serde_json::json!({ "error": message }))
+}
