@@ -1014,3 +1014,31 @@ async fn force_global_session_lifetime_sets_every_records_ttl() {
         "the global lifetime wins over the key's: {ttl}"
     );
 }
+
+#[tokio::test]
+async fn a_tls_sentinel_is_followed_over_tls() {
+    let redis = TlsRedisServer::start(false).await;
+    let sentinel = redis.sentinel().await;
+    let up = upstream().await;
+    let config = json!({"storage": {
+        "type": "redis", "addrs": [format!("127.0.0.1:{}", sentinel.port)], "master_name": "mymaster",
+        "timeout": 2, "use_ssl": true, "ca_file": redis.file("ca.crt"),
+    }});
+    let gw = node(&up.url(""), config).await;
+    serves(&gw, "overtls", true).await;
+    // The node listens for `+switch-master` on the sentinel: over TLS, as the sentinel
+    // speaks nothing else (the subscription was made over plain TCP before, and failed).
+    let started = Instant::now();
+    loop {
+        let reply = sentinel.cmd(&["CLIENT", "LIST"]).await.unwrap();
+        let clients = support::redis::text(&reply);
+        if clients.lines().any(|l| l.contains(" sub=1 ")) {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "no subscriber: {reply:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

@@ -536,11 +536,8 @@ impl Shared {
         settings: &RedisConnectionInfo,
         config: AsyncConnectionConfig,
     ) -> Result<MultiplexedConnection, RedisError> {
-        let addr = match &self.tls {
-            Some(tls) => tls.addr(host, port),
-            None => ConnectionAddr::Tcp(host.to_owned(), port),
-        };
-        let info = addr
+        let info = self
+            .addr(host, port)
             .into_connection_info()?
             .set_redis_settings(settings.clone());
         let client = redis::Client::open(info)?;
@@ -592,14 +589,24 @@ impl Shared {
         }
     }
 
+    /// `host:port`, over TLS when the store is configured for it.
+    fn addr(&self, host: &str, port: u16) -> ConnectionAddr {
+        match &self.tls {
+            Some(tls) => tls.addr(host, port),
+            None => ConnectionAddr::Tcp(host.to_owned(), port),
+        }
+    }
+
     async fn open_pubsub(
         &self,
         host: &str,
         port: u16,
         settings: &RedisConnectionInfo,
     ) -> Result<redis::aio::PubSub, String> {
-        let addr = ConnectionAddr::Tcp(host.to_owned(), port);
-        let info = addr
+        // With TLS like every other connection: a sentinel that speaks only TLS must still
+        // report `+switch-master`.
+        let info = self
+            .addr(host, port)
             .into_connection_info()
             .map_err(|e| e.to_string())?
             .set_redis_settings(settings.clone());

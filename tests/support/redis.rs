@@ -207,6 +207,52 @@ impl TlsRedisServer {
     pub fn file(&self, name: &str) -> String {
         self.dir.path().join(name).to_string_lossy().into_owned()
     }
+
+    /// A `redis-sentinel` that speaks only TLS (this server's certificates) and monitors this
+    /// server as `mymaster` over TLS.
+    pub async fn sentinel(&self) -> TlsSentinel {
+        let port = free_port();
+        let conf = format!(
+            "port 0\ntls-port {port}\nbind 127.0.0.1\ntls-cert-file server.crt\ntls-key-file server.key\n\
+             tls-ca-cert-file ca.crt\ntls-auth-clients no\ntls-replication yes\ndir .\n\
+             sentinel monitor mymaster 127.0.0.1 {} 1\n",
+            self.port
+        );
+        let path = self.dir.path().join(format!("sentinel-{port}.conf"));
+        std::fs::write(&path, conf).unwrap();
+        let process = spawn(
+            "redis-sentinel",
+            &[path.display().to_string()],
+            self.dir.path(),
+        );
+        assert!(
+            super::wait_for_port(([127, 0, 0, 1], port).into(), Duration::from_secs(10)).await,
+            "redis-sentinel (TLS) did not listen"
+        );
+        TlsSentinel {
+            port,
+            _process: process,
+        }
+    }
+}
+
+/// A TLS-only sentinel; see [`TlsRedisServer::sentinel`].
+pub struct TlsSentinel {
+    pub port: u16,
+    _process: Process,
+}
+
+impl TlsSentinel {
+    /// A command to the sentinel over TLS (its certificate not checked).
+    pub async fn cmd(&self, args: &[&str]) -> redis::RedisResult<Value> {
+        let client = redis::Client::open(format!("rediss://127.0.0.1:{}/#insecure", self.port))?;
+        let mut conn = client.get_multiplexed_async_connection().await?;
+        let mut command = redis::cmd(args[0]);
+        for arg in &args[1..] {
+            command.arg(*arg);
+        }
+        command.query_async(&mut conn).await
+    }
 }
 
 /// One `redis-server`, with AOF on (fsync always) so that a restart keeps every write.
