@@ -18,6 +18,7 @@ pub mod limits;
 pub mod path;
 pub mod policy;
 pub mod proxy;
+pub mod rejection;
 pub mod response;
 pub mod rights;
 pub mod server;

@@ -22,10 +22,12 @@ use crate::auth::{self, AuthContext};
 use crate::connection::{self, Peer};
 pub use crate::gateway::Gateway;
 use crate::limits;
+use crate::limits::LimitError;
 use crate::path;
 use crate::proxy::UpstreamClient;
+use crate::rejection::Rejection;
 pub use crate::response::Body;
-use crate::response::{error_response, not_found};
+use crate::response::error_response;
 use crate::session::unix_now;
 
 /// Largest request head (request line + headers) accepted; larger gets 431.
@@ -35,22 +37,35 @@ impl Gateway {
     /// One request through the pipeline; `upstream` is the calling worker's client.
     pub async fn handle(
         self: Arc<Self>,
-        mut req: Request<Incoming>,
+        req: Request<Incoming>,
         peer: Peer,
         upstream: UpstreamClient,
     ) -> Response<Body> {
-        if let Err(reason) = resolve_path(&mut req) {
-            return error_response(StatusCode::BAD_REQUEST, reason);
+        match self.pass(req, &peer, &upstream).await {
+            Ok(response) => response,
+            Err(rejection) => rejection.into_response(),
         }
+    }
+
+    /// The pipeline in Tyk's order: path → route → API limit → version → auth (key, policies,
+    /// rights) → key limits → proxy, each step refusing with its typed [`Rejection`].
+    async fn pass(
+        self: &Arc<Self>,
+        mut req: Request<Incoming>,
+        peer: &Peer,
+        upstream: &UpstreamClient,
+    ) -> Result<Response<Body>, Rejection> {
+        resolve_path(&mut req).map_err(Rejection::Path)?;
         if admin::owns(&self.config, req.uri().path()) {
             // Boxed: the admin future is large and rare; inline it would widen every request's.
-            return Box::pin(admin::handle(&self, req)).await;
+            return Ok(Box::pin(admin::handle(self, req)).await);
         }
-        let apis = self.apis.load();
-        let Some(spec) = apis.route(req.uri().path()).cloned() else {
-            return not_found();
-        };
-        drop(apis);
+        let spec = self
+            .apis
+            .load()
+            .route(req.uri().path())
+            .cloned()
+            .ok_or(Rejection::NoApi)?;
         // The API's own limit first, as Tyk's RateLimitForAPI: it shields the key store too.
         // Boxed: the wait would otherwise widen every request's future, limited or not.
         if let Some(api_limit) = &spec.api_limit
@@ -59,17 +74,17 @@ impl Gateway {
                 .verdict()
                 .is_err()
         {
-            let e = limits::LimitError::ApiRateExceeded;
-            return error_response(e.status(), &e.to_string());
+            let error = LimitError::ApiRateExceeded;
+            return Err(Rejection::Limit {
+                error,
+                counted: None,
+            });
         }
         let (mut parts, body) = req.into_parts();
         let version = match &spec.versioning {
             Some(rules) => {
                 let slug = &spec.definition.slug;
-                match rules.select(&mut parts, spec.listen_path(), slug, unix_now()) {
-                    Ok(selected) => Some(selected),
-                    Err(e) => return error_response(StatusCode::FORBIDDEN, &e.to_string()),
-                }
+                Some(rules.select(&mut parts, spec.listen_path(), slug, unix_now())?)
             }
             None => None,
         };
@@ -81,20 +96,16 @@ impl Gateway {
             version: version.as_ref(),
             policies: &self.policies,
         };
-        let caller = match auth::authenticate(&spec, &parts, cx).await {
-            Ok(caller) => caller,
-            Err(e) => return error_response(e.status(), &e.to_string()),
-        };
+        let caller = auth::authenticate(&spec, &parts, cx).await?;
         let policy = caller.as_ref().and_then(|c| {
             limits::policy_for(spec.api_id(), spec.disabled_limits(), &c.access, &c.key_id)
         });
         let limited = match policy {
             Some(policy) => {
                 let usage = self.limiter.admit(&policy).await;
-                if let Err(e) = usage.verdict() {
-                    let mut response = error_response(e.status(), &e.to_string());
-                    usage.write_headers(&policy, response.headers_mut(), limits::now_secs());
-                    return response;
+                if let Err(error) = usage.verdict() {
+                    let counted = Some(Box::new((policy, usage)));
+                    return Err(Rejection::Limit { error, counted });
                 }
                 Some((policy, usage))
             }
@@ -105,19 +116,15 @@ impl Gateway {
             .as_ref()
             .and_then(|v| v.target)
             .unwrap_or(&spec.target);
-        match upstream.forward(&spec, target, req, &peer).await {
-            Ok(response) => {
-                let mut response = response.map(Either::Left);
-                if let Some((policy, usage)) = &limited {
-                    usage.write_headers(policy, response.headers_mut(), limits::now_secs());
-                }
-                response
-            }
-            Err(e) => {
-                tracing::debug!(api = spec.api_id(), "upstream error: {e:?}");
-                error_response(e.status(), &e.to_string())
-            }
+        let response = upstream
+            .forward(&spec, target, req, peer)
+            .await
+            .inspect_err(|e| tracing::debug!(api = spec.api_id(), "upstream error: {e:?}"))?;
+        let mut response = response.map(Either::Left);
+        if let Some((policy, usage)) = &limited {
+            usage.write_headers(policy, response.headers_mut(), limits::now_secs());
         }
+        Ok(response)
     }
 }
 

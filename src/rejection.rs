@@ -1,0 +1,65 @@
+//! Every way the gateway refuses a request on its way to the upstream, typed, and the one place
+//! where each becomes Tyk's status and body.
+
+use http::{Response, StatusCode};
+
+use crate::auth::AuthError;
+use crate::counting::{LimitError, Policy, Usage, now_secs};
+use crate::proxy::ProxyError;
+use crate::response::{Body, error_response, not_found};
+use crate::version::VersionError;
+
+/// Why a request got no upstream response.
+#[derive(Debug)]
+pub enum Rejection {
+    /// The path cannot be routed as it is forwarded (see `path`).
+    Path(&'static str),
+    /// No API listens on the path.
+    NoApi,
+    Version(VersionError),
+    Auth(AuthError),
+    /// A rate limit or quota refused it; a key's limits also fill Tyk's rate-limit headers.
+    Limit {
+        error: LimitError,
+        counted: Option<Box<(Policy, Usage)>>,
+    },
+    Upstream(ProxyError),
+}
+
+impl Rejection {
+    pub fn into_response(self) -> Response<Body> {
+        match self {
+            Self::Path(reason) => error_response(StatusCode::BAD_REQUEST, reason),
+            Self::NoApi => not_found(),
+            Self::Version(e) => error_response(StatusCode::FORBIDDEN, &e.to_string()),
+            Self::Auth(e) => error_response(e.status(), &e.to_string()),
+            Self::Limit { error, counted } => {
+                let mut response = error_response(error.status(), &error.to_string());
+                if let Some(counted) = counted {
+                    let (policy, usage) = &*counted;
+                    usage.write_headers(policy, response.headers_mut(), now_secs());
+                }
+                response
+            }
+            Self::Upstream(e) => error_response(e.status(), &e.to_string()),
+        }
+    }
+}
+
+impl From<AuthError> for Rejection {
+    fn from(e: AuthError) -> Self {
+        Self::Auth(e)
+    }
+}
+
+impl From<VersionError> for Rejection {
+    fn from(e: VersionError) -> Self {
+        Self::Version(e)
+    }
+}
+
+impl From<ProxyError> for Rejection {
+    fn from(e: ProxyError) -> Self {
+        Self::Upstream(e)
+    }
+}
