@@ -304,51 +304,70 @@ pub async fn authenticate(
     if !cx.guard.admits(cx.client) {
         return Err(AuthError::TooManyFailures);
     }
-    let checked = check_key(spec, source, parts, &cx).await;
+    let checked = source.authenticate(spec, parts, &cx).await;
     if let Err(AuthError::Disallowed | AuthError::Malformed) = checked {
         cx.guard.failed(cx.client);
     }
     checked.map(Some)
 }
 
-async fn check_key(
-    spec: &ApiSpec,
-    source: &KeySource,
-    parts: &Parts,
-    cx: &AuthContext<'_>,
-) -> Result<Authenticated, AuthError> {
-    let key = extract_key(source, parts)?;
-    let (first, fallback) = cx.hasher.candidates(&spec.definition.org_id, key);
-    for stored_as in std::iter::once(&*first).chain(fallback) {
-        let key_id = cx.hasher.storage_id(stored_as).into_owned();
-        let credential = match cx.sessions.access(&key_id).await {
-            Ok(Some(credential)) => credential,
-            Ok(None) => continue,
-            Err(StoreError::Unavailable(_) | StoreError::NotDurable(_)) => {
-                return Err(AuthError::StoreUnavailable);
+/// One of Tyk's ways to authenticate a request for an API, run by [`authenticate`] after the
+/// address check and before the failure count. Token auth is the first; JWT, basic auth, HMAC
+/// and mutual TLS are to follow as more implementations.
+pub trait Authenticate {
+    /// The caller of `parts`, checked for `spec`.
+    fn authenticate(
+        &self,
+        spec: &ApiSpec,
+        parts: &Parts,
+        cx: &AuthContext<'_>,
+    ) -> impl std::future::Future<Output = Result<Authenticated, AuthError>> + Send;
+}
+
+/// Tyk's auth token: a key in a header, query parameter or cookie, looked up in the store,
+/// bound by its verifier, then its policies applied and its rights checked.
+impl Authenticate for KeySource {
+    async fn authenticate(
+        &self,
+        spec: &ApiSpec,
+        parts: &Parts,
+        cx: &AuthContext<'_>,
+    ) -> Result<Authenticated, AuthError> {
+        let key = extract_key(self, parts)?;
+        let (first, fallback) = cx.hasher.candidates(&spec.definition.org_id, key);
+        for stored_as in std::iter::once(&*first).chain(fallback) {
+            let key_id = cx.hasher.storage_id(stored_as).into_owned();
+            let credential = match cx.sessions.access(&key_id).await {
+                Ok(Some(credential)) => credential,
+                Ok(None) => continue,
+                Err(StoreError::Unavailable(_) | StoreError::NotDurable(_)) => {
+                    return Err(AuthError::StoreUnavailable);
+                }
+                // A record we cannot read grants nothing.
+                Err(StoreError::Corrupt { .. }) => return Err(AuthError::Disallowed),
+            };
+            // The storage id is a hash anyone can invert: the record must be this very key's.
+            match &credential.verifier {
+                Some(verifier) if !verifier.matches(stored_as) => {
+                    return Err(AuthError::Disallowed);
+                }
+                Some(_) => {}
+                None => cx.guard.weakly_bound(),
             }
-            // A record we cannot read grants nothing.
-            Err(StoreError::Corrupt { .. }) => return Err(AuthError::Disallowed),
-        };
-        // The storage id is a hash anyone can invert: the record must be this very key's.
-        match &credential.verifier {
-            Some(verifier) if !verifier.matches(stored_as) => return Err(AuthError::Disallowed),
-            Some(_) => {}
-            None => cx.guard.weakly_bound(),
+            // A key whose policies are gone grants nothing, as in Tyk.
+            let access = cx
+                .policies
+                .load()
+                .apply(&credential.access)
+                .map_err(|_| AuthError::Disallowed)?;
+            check_access(&access, spec.api_id(), unix_now())?;
+            if let Some(api) = access.access_to(spec.api_id()) {
+                check_rights(api, cx.version, parts)?;
+            }
+            return Ok(Authenticated { key_id, access });
         }
-        // A key whose policies are gone grants nothing, as in Tyk.
-        let access = cx
-            .policies
-            .load()
-            .apply(&credential.access)
-            .map_err(|_| AuthError::Disallowed)?;
-        check_access(&access, spec.api_id(), unix_now())?;
-        if let Some(api) = access.access_to(spec.api_id()) {
-            check_rights(api, cx.version, parts)?;
-        }
-        return Ok(Authenticated { key_id, access });
+        Err(AuthError::Disallowed)
     }
-    Err(AuthError::Disallowed)
 }
 
 /// Tyk's `AccessRightsCheck` for versions, then its `GranularAccessMiddleware`: on a versioned
