@@ -679,6 +679,27 @@ fn get_api(gw: &Gateway, id: &str) -> Response<Body> {
     }
 }
 
+/// The id a definition or policy written through the API is stored under, in its `field`: the
+/// URL's for a `PUT` (a body naming another is refused), the body's or a new one for a
+/// `POST`. Answers the file name it is written to.
+fn settle_id(field: &str, id: &mut String, path_id: Option<&str>) -> Result<String, Rejected> {
+    match path_id {
+        Some(url) if id.is_empty() => *id = url.to_owned(),
+        Some(url) if id != url => {
+            return Err(Rejected::malformed(format!(
+                "{field}: {id:?} does not match the URL's {url:?}"
+            )));
+        }
+        None if id.is_empty() => *id = uuid::Uuid::new_v4().simple().to_string(),
+        _ => {}
+    }
+    api::file_name_for(id).ok_or_else(|| {
+        Rejected::malformed(format!(
+            "{field}: use letters, digits, '-', '_' and '.' (at most 128)"
+        ))
+    })
+}
+
 /// `POST /tyk/apis` (`path_id` None) or `PUT /tyk/apis/{id}`: validate, then write the file
 /// atomically; the change takes effect at the next reload.
 async fn write_api(gw: &Gateway, path_id: Option<&str>, body: &[u8]) -> Response<Body> {
@@ -686,23 +707,11 @@ async fn write_api(gw: &Gateway, path_id: Option<&str>, body: &[u8]) -> Response
         Ok(d) => d,
         Err(e) => return malformed(e),
     };
-    match path_id {
-        Some(id) if definition.api_id.is_empty() => definition.api_id = id.to_owned(),
-        Some(id) if definition.api_id != id => {
-            return malformed(format!(
-                "api_id: {:?} does not match the URL's {id:?}",
-                definition.api_id
-            ));
-        }
-        None if definition.api_id.is_empty() => {
-            definition.api_id = uuid::Uuid::new_v4().simple().to_string();
-        }
-        _ => {}
-    }
-    let id = definition.api_id.clone();
-    let Some(file_name) = api::file_name_for(&id) else {
-        return malformed("api_id: use letters, digits, '-', '_' and '.' (at most 128)");
+    let file_name = match settle_id("api_id", &mut definition.api_id, path_id) {
+        Ok(file_name) => file_name,
+        Err(rejected) => return rejected.into_response(),
     };
+    let id = definition.api_id.clone();
     if let Err(e) = ApiSpec::from_definition(definition.clone()) {
         return malformed(e);
     }
@@ -808,23 +817,11 @@ async fn write_policy(gw: &Gateway, path_id: Option<&str>, body: &[u8]) -> Respo
         Ok(p) => p,
         Err(reason) => return malformed(reason),
     };
-    match path_id {
-        Some(id) if definition.id.is_empty() => definition.id = id.to_owned(),
-        Some(id) if definition.id != id => {
-            return malformed(format!(
-                "id: {:?} does not match the URL's {id:?}",
-                definition.id
-            ));
-        }
-        None if definition.id.is_empty() => {
-            definition.id = uuid::Uuid::new_v4().simple().to_string();
-        }
-        _ => {}
-    }
-    let id = definition.id.clone();
-    let Some(file_name) = api::file_name_for(&id) else {
-        return malformed("id: use letters, digits, '-', '_' and '.' (at most 128)");
+    let file_name = match settle_id("id", &mut definition.id, path_id) {
+        Ok(file_name) => file_name,
+        Err(rejected) => return rejected.into_response(),
     };
+    let id = definition.id.clone();
     let create = path_id.is_none();
     let path = dir.join(file_name);
     let written = tokio::task::spawn_blocking(move || {
