@@ -1,0 +1,412 @@
+//! Finding the master: asking the sentinels (or the one endpoint), confirming with `ROLE`,
+//! keeping it confirmed, and following `+switch-master`.
+
+use super::*;
+
+/// What one sentinel says about the monitored master.
+pub(super) struct SentinelView {
+    pub(super) master: (String, u16),
+    /// Replicas not flagged down or disconnected.
+    pub(super) replicas: Vec<(String, u16)>,
+    /// Every replica the sentinel knows of.
+    pub(super) known_replicas: usize,
+}
+
+/// `SENTINEL <subcommand> <name>` within `deadline`.
+pub(super) async fn sentinel_query<T: redis::FromRedisValue>(
+    sentinel: &mut MultiplexedConnection,
+    subcommand: &str,
+    name: &str,
+    deadline: Duration,
+) -> Result<T, String> {
+    let mut command = redis::cmd("SENTINEL");
+    command.arg(subcommand).arg(name);
+    tokio::time::timeout(deadline, command.query_async(sentinel))
+        .await
+        .map_err(|_| format!("SENTINEL {subcommand} timed out"))?
+        .map_err(|e| e.to_string())
+}
+
+impl Shared {
+    /// Deadline for each step of finding a master: short, so that a frozen server costs
+    /// little before the next candidate is tried.
+    pub(super) fn discovery_timeout(&self) -> Duration {
+        self.timeout.min(Duration::from_secs(1))
+    }
+
+    /// `ROLE` of a connection: the role name and, for a master, its connected replicas.
+    pub(super) async fn role(
+        &self,
+        conn: &mut MultiplexedConnection,
+    ) -> Result<(String, usize), String> {
+        let value = tokio::time::timeout(
+            self.discovery_timeout(),
+            redis::cmd("ROLE").query_async::<Value>(conn),
+        )
+        .await
+        .map_err(|_| "ROLE timed out".to_string())?
+        .map_err(|e| e.to_string())?;
+        let Value::Array(items) = value else {
+            return Err(format!("unexpected ROLE reply {value:?}"));
+        };
+        let role = match items.first() {
+            Some(Value::BulkString(b)) => String::from_utf8_lossy(b).into_owned(),
+            Some(Value::SimpleString(s)) => s.clone(),
+            other => return Err(format!("unexpected ROLE reply {other:?}")),
+        };
+        let replicas = match items.get(2) {
+            Some(Value::Array(list)) if role == "master" => list.len(),
+            _ => 0,
+        };
+        Ok((role, replicas))
+    }
+
+    /// Finds and installs the master (and, with Sentinel, the replicas).
+    pub(super) async fn discover(&self) -> Result<(), String> {
+        match &self.topology {
+            Topology::Direct { host, port } => {
+                let mut conn = self
+                    .open(host, *port, &self.settings)
+                    .await
+                    .map_err(|e| format!("{host}:{port}: {e}"))?;
+                let (role, replicas) = self.role(&mut conn).await?;
+                if role != "master" {
+                    return Err(format!("{host}:{port} is a {role}, not the master"));
+                }
+                self.learn_replicas_seen(&mut conn, replicas).await;
+                self.check_not_lonely(replicas)?;
+                self.install_master(host.clone(), *port, conn, replicas)
+                    .await;
+                Ok(())
+            }
+            Topology::Sentinel {
+                sentinels,
+                master_name,
+            } => self.discover_via_sentinels(sentinels, master_name).await,
+        }
+    }
+
+    /// Asks the sentinels every [`RETRY_PAUSE`] and probes each address they name with ROLE,
+    /// in parallel: the first confirmed master wins. During a failover the sentinels may
+    /// disagree and the old master may hang; re-asking while a probe is pending means the
+    /// promoted replica is picked up as soon as one sentinel names it. Each answer is used as
+    /// it arrives: a slow or unreachable sentinel does not hold up the others.
+    pub(super) async fn discover_via_sentinels(
+        &self,
+        sentinels: &[(String, u16)],
+        name: &str,
+    ) -> Result<(), String> {
+        let give_up = tokio::time::Instant::now() + self.discovery_timeout() * 3;
+        let ask = |index: usize| {
+            let (host, port) = &sentinels[index];
+            async move { (index, self.ask_sentinel(host, *port, name).await) }
+        };
+        let mut asks: FuturesUnordered<_> = (0..sentinels.len()).map(ask).collect();
+        let mut asking = vec![true; sentinels.len()];
+        let mut probes = FuturesUnordered::new();
+        let mut probing: Vec<(String, u16)> = Vec::new();
+        let mut errors = Vec::new();
+        let next_round = tokio::time::sleep(RETRY_PAUSE);
+        tokio::pin!(next_round);
+        loop {
+            tokio::select! {
+                Some((index, answer)) = asks.next() => {
+                    asking[index] = false;
+                    match answer {
+                        Ok(view) if !probing.contains(&view.master) => {
+                            probing.push(view.master.clone());
+                            probes.push(async move {
+                                let confirmed =
+                                    self.confirm_master(&view.master.0, view.master.1).await;
+                                (view, confirmed)
+                            });
+                        }
+                        Ok(_) => {}
+                        Err(e) => {
+                            let (host, port) = &sentinels[index];
+                            errors.push(format!("sentinel {host}:{port}: {e}"));
+                        }
+                    }
+                    // Every sentinel has answered and none named a master worth probing.
+                    if probes.is_empty() && !asking.contains(&true) {
+                        return Err(errors.join("; "));
+                    }
+                }
+                Some((view, confirmed)) = probes.next() => match confirmed {
+                    Ok((conn, replicas)) => {
+                        drop(probes);
+                        self.use_sentinel_view(view, conn, replicas).await;
+                        return Ok(());
+                    }
+                    Err(e) => {
+                        errors.push(e);
+                        probing.retain(|m| *m != view.master);
+                    }
+                },
+                () = &mut next_round => {
+                    if tokio::time::Instant::now() > give_up {
+                        return Err(errors.join("; "));
+                    }
+                    for (index, busy) in asking.iter_mut().enumerate() {
+                        if !*busy {
+                            *busy = true;
+                            asks.push(ask(index));
+                        }
+                    }
+                    next_round.as_mut().reset(tokio::time::Instant::now() + RETRY_PAUSE);
+                }
+            }
+        }
+    }
+
+    /// Connects to `host:port` and checks with ROLE that it is a master.
+    pub(super) async fn confirm_master(
+        &self,
+        host: &str,
+        port: u16,
+    ) -> Result<(MultiplexedConnection, usize), String> {
+        let mut conn = self
+            .open(host, port, &self.settings)
+            .await
+            .map_err(|e| format!("master {host}:{port}: {e}"))?;
+        let (role, replicas) = self
+            .role(&mut conn)
+            .await
+            .map_err(|e| format!("{host}:{port}: {e}"))?;
+        if role != "master" {
+            return Err(format!("{host}:{port} reports role {role}"));
+        }
+        Ok((conn, replicas))
+    }
+
+    pub(super) async fn ask_sentinel(
+        &self,
+        host: &str,
+        port: u16,
+        name: &str,
+    ) -> Result<SentinelView, String> {
+        let deadline = self.discovery_timeout();
+        let mut sentinel = self
+            .open(host, port, &self.sentinel_settings)
+            .await
+            .map_err(|e| e.to_string())?;
+        // get-master-addr-by-name already names the promoted replica during a failover;
+        // `SENTINEL master` only does after the switch.
+        let addr: Option<(String, u16)> =
+            sentinel_query(&mut sentinel, "get-master-addr-by-name", name, deadline).await?;
+        let (ip, mport) = addr.ok_or_else(|| format!("no master named {name:?}"))?;
+        let described: Vec<HashMap<String, String>> =
+            sentinel_query(&mut sentinel, "replicas", name, deadline)
+                .await
+                .unwrap_or_default();
+        let known_replicas = described.len();
+        let replicas = described
+            .iter()
+            .filter(|r| {
+                let flags = r.get("flags").map(String::as_str).unwrap_or_default();
+                !flags.contains("down") && !flags.contains("disconnected")
+            })
+            .filter_map(|r| Some((r.get("ip")?.clone(), r.get("port")?.parse().ok()?)))
+            .collect();
+        Ok(SentinelView {
+            master: (ip, mport),
+            replicas,
+            known_replicas,
+        })
+    }
+
+    pub(super) async fn use_sentinel_view(
+        &self,
+        view: SentinelView,
+        conn: MultiplexedConnection,
+        replicas: usize,
+    ) {
+        let (mhost, mport) = view.master;
+        self.replica_high_water
+            .fetch_max(view.known_replicas.max(replicas), Ordering::AcqRel);
+        self.install_master(mhost, mport, conn, replicas).await;
+        // Replica links only after the master is in use: right after a failover the sentinels
+        // list the old master as a healthy replica until it is flagged down again, and a
+        // frozen one holds its connection attempt for the whole `timeout`.
+        let opened = futures_util::future::join_all(
+            view.replicas
+                .iter()
+                .map(|(host, port)| self.open(host, *port, &self.settings)),
+        )
+        .await;
+        let links = opened
+            .into_iter()
+            .zip(view.replicas)
+            .filter_map(|(conn, (host, port))| {
+                Some(Arc::new(Link::new(host, port, conn.ok()?, Vec::new(), 0)))
+            })
+            .collect();
+        self.replicas.store(Arc::new(links));
+    }
+
+    /// Folds the layout's recorded replica count into this node's, and records a higher one.
+    pub(super) async fn learn_replicas_seen(
+        &self,
+        conn: &mut MultiplexedConnection,
+        replicas: usize,
+    ) {
+        let deadline = self.discovery_timeout();
+        let recorded: Option<usize> = tokio::time::timeout(
+            deadline,
+            redis::cmd("GET")
+                .arg(REPLICAS_SEEN_KEY)
+                .query_async::<Option<usize>>(conn),
+        )
+        .await
+        .ok()
+        .and_then(Result::ok)
+        .flatten();
+        let seen = recorded.unwrap_or(0).max(replicas);
+        let known = self
+            .replica_high_water
+            .fetch_max(seen, Ordering::AcqRel)
+            .max(seen);
+        if replicas > 0 && recorded.is_none_or(|r| r < known) {
+            // Best effort: a read-only server refuses it, and the next probe tries again.
+            let _ = tokio::time::timeout(
+                deadline,
+                redis::cmd("SET")
+                    .arg(REPLICAS_SEEN_KEY)
+                    .arg(known)
+                    .query_async::<()>(conn),
+            )
+            .await;
+        }
+    }
+
+    /// Refuses, for a while, a master with no replicas when replicas were seen before:
+    /// through HAProxy that is how a returning, not yet demoted, old master looks.
+    pub(super) fn check_not_lonely(&self, replicas: usize) -> Result<(), String> {
+        let mut since = self.lonely_since.lock().unwrap_or_else(|p| p.into_inner());
+        if replicas > 0 || self.replica_high_water.load(Ordering::Acquire) == 0 {
+            *since = None;
+            self.replica_high_water
+                .fetch_max(replicas, Ordering::AcqRel);
+            return Ok(());
+        }
+        let first = *since.get_or_insert_with(Instant::now);
+        if first.elapsed() < LONELY_MASTER_DISTRUST {
+            return Err(
+                "master reports no replicas where replicas were seen; waiting for Sentinel".into(),
+            );
+        }
+        Ok(())
+    }
+
+    /// Opens the rest of the master's pool and puts it in use. A connection that reaches
+    /// another server (HAProxy may route it elsewhere during a failover) is dropped.
+    pub(super) async fn install_master(
+        &self,
+        host: String,
+        port: u16,
+        mut first: MultiplexedConnection,
+        replicas: usize,
+    ) {
+        let deadline = self.discovery_timeout();
+        let mut others = Vec::with_capacity(self.pool_size - 1);
+        if self.pool_size > 1
+            && let Some(id) = run_id(&mut first, deadline).await
+        {
+            let opened = futures_util::future::join_all(
+                (1..self.pool_size).map(|_| self.open(&host, port, &self.settings)),
+            )
+            .await;
+            for mut conn in opened.into_iter().flatten() {
+                if run_id(&mut conn, deadline).await.as_ref() == Some(&id) {
+                    others.push(conn);
+                }
+            }
+        }
+        let link = Link::new(host, port, first, others, replicas);
+        tracing::info!(master = %link.addr(), replicas = link.replicas, connections = 1 + link.others.len(), "redis master in use");
+        self.master.store(Some(Arc::new(link)));
+        self.healthy.store(true, Ordering::Release);
+        self.master_changed
+            .send_modify(|generation| *generation += 1);
+    }
+}
+
+/// Keeps a confirmed master installed: discovers when there is none, and re-checks the one in
+/// use with `ROLE` so that a demotion is noticed even without a failed request.
+pub(super) async fn maintain(shared: Arc<Shared>) {
+    let mut kept_alive = Instant::now();
+    loop {
+        if shared.healthy_master().is_none() {
+            let outcome = tokio::select! {
+                outcome = shared.discover() => outcome,
+                () = shared.wake.notified() => continue,
+            };
+            if let Err(e) = outcome {
+                shared.record_error(e);
+                tokio::select! {
+                    () = tokio::time::sleep(RETRY_PAUSE) => {}
+                    () = shared.wake.notified() => {}
+                }
+            }
+            continue;
+        }
+        tokio::select! {
+            () = shared.wake.notified() => continue,
+            () = tokio::time::sleep(PROBE_EVERY) => {}
+        }
+        let Some(link) = shared.healthy_master() else {
+            continue;
+        };
+        let mut conn = link.conn();
+        match tokio::time::timeout(READ_TIMEOUT, shared.role(&mut conn)).await {
+            Ok(Ok((role, replicas))) if role == "master" => {
+                if replicas > shared.replica_high_water.load(Ordering::Acquire) {
+                    shared.learn_replicas_seen(&mut conn, replicas).await;
+                }
+                if kept_alive.elapsed() >= KEEPALIVE_EVERY {
+                    kept_alive = Instant::now();
+                    if let Err(e) = link.keep_alive().await {
+                        shared.lose_master(format!("{}: {e}", link.addr()));
+                    }
+                }
+            }
+            Ok(Ok((role, _))) => shared.lose_master(format!("{} is now a {role}", link.addr())),
+            Ok(Err(e)) => shared.lose_master(format!("{}: {e}", link.addr())),
+            Err(_) => shared.lose_master(format!("{} did not answer ROLE", link.addr())),
+        }
+    }
+}
+
+/// Follows `+switch-master` on any reachable sentinel.
+pub(super) async fn follow_sentinels(shared: Arc<Shared>) {
+    let Topology::Sentinel {
+        sentinels,
+        master_name,
+    } = &shared.topology
+    else {
+        return;
+    };
+    loop {
+        for (host, port) in sentinels {
+            let Ok(mut pubsub) = shared
+                .open_pubsub(host, *port, &shared.sentinel_settings)
+                .await
+            else {
+                continue;
+            };
+            if pubsub.subscribe("+switch-master").await.is_err() {
+                continue;
+            }
+            let mut messages = pubsub.into_on_message();
+            while let Some(msg) = messages.next().await {
+                let payload: String = msg.get_payload().unwrap_or_default();
+                if payload.split(' ').next() == Some(master_name.as_str()) {
+                    shared.master_switched(format!(
+                        "sentinel {host}:{port}: +switch-master {payload}"
+                    ));
+                }
+            }
+        }
+        tokio::time::sleep(RETRY_PAUSE).await;
+    }
+}
