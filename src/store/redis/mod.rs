@@ -8,7 +8,7 @@
 //! once `WAIT` confirms it on enough replicas, and follows changes to session records (Tyk's
 //! cluster notifications and Redis key tracking) into the node's [`SessionCache`].
 //!
-//! This file holds the store and its state ([`Shared`]); the parts: `discovery` (finding and
+//! This file holds the store and its state (`Shared`); the parts: `discovery` (finding and
 //! keeping the master), `link` (the connections to one server), `conn` (reads, writes,
 //! notifications and scripts on them), `follow` (changes as they happen) and `tls`.
 
