@@ -4,6 +4,7 @@
 //! Owns the admin secret check and request-body validation; stores keys through the
 //! [`SessionStore`](crate::store::SessionStore) trait and definitions through `api`.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,11 +17,9 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use tokio::sync::SemaphorePermit;
 
-use std::path::PathBuf;
-
 use crate::api::{self, ApiSpec};
+use crate::counting::api_counter;
 use crate::gateway::{BodyBudget, Gateway};
-use crate::limits;
 use crate::policy;
 use crate::response::{Body, json_response};
 use crate::session::{KeyVerifier, SessionState, unix_now};
@@ -382,7 +381,7 @@ fn stored_forms(
             id: name.to_owned(),
         }]);
     }
-    let mut orgs: Vec<String> = match org.or(query.get("org_id")) {
+    let orgs: Vec<String> = match org.or(query.get("org_id")) {
         Some(org) => vec![org.to_owned()],
         None => gw
             .apis()
@@ -391,12 +390,12 @@ fn stored_forms(
             .map(|s| s.definition.org_id.clone())
             .collect(),
     };
-    orgs.dedup();
     let mut texts: Vec<String> = orgs
         .iter()
         .map(|org| gw.hasher.candidates(org, name).0.into_owned())
         .collect();
     texts.push(name.to_owned());
+    // Orgs (and so their tokens) may repeat; each id is asked for once.
     let mut forms: Vec<StoredForm> = Vec::with_capacity(texts.len());
     for text in texts {
         let id = gw.hasher.storage_id(&text).into_owned();
@@ -451,10 +450,8 @@ async fn live_quota(gw: &Gateway, key_id: &str, session: &mut SessionState) {
     }
     for (api_id, access) in session.access_rights.iter_mut() {
         if let Some(limit) = access.limit.as_mut().filter(|l| l.quota_max > 0)
-            && let Ok(Some((used, renews))) = gw
-                .sessions
-                .quota_used(&limits::api_counter(api_id, key_id))
-                .await
+            && let Ok(Some((used, renews))) =
+                gw.sessions.quota_used(&api_counter(api_id, key_id)).await
         {
             limit.quota_remaining = (limit.quota_max - used).max(0);
             limit.quota_renews = renews;
@@ -623,7 +620,7 @@ async fn store_key(
             session
                 .access_rights
                 .keys()
-                .map(|api_id| limits::api_counter(api_id, &id)),
+                .map(|api_id| api_counter(api_id, &id)),
         );
         for counter in counters {
             if let Err(e) = gw.sessions.reset_quota(&counter).await {
@@ -717,40 +714,53 @@ async fn write_api(gw: &Gateway, path_id: Option<&str>, body: &[u8]) -> Response
     }
     let dir = gw.app_path();
     let create = path_id.is_none();
-    let written =
-        tokio::task::spawn_blocking(
-            move || match (api::find_definition_file(&dir, &id), create) {
-                (Some(_), true) => Ok(WriteOutcome::Exists),
-                (None, false) => Ok(WriteOutcome::Missing),
-                (Some(path), false) => {
-                    api::write_definition(&path, &definition).map(|_| WriteOutcome::Written(id))
-                }
-                (None, true) => api::write_definition(&dir.join(file_name), &definition)
-                    .map(|_| WriteOutcome::Written(id)),
-            },
-        )
-        .await;
+    let written = tokio::task::spawn_blocking(move || {
+        match (api::find_definition_file(&dir, &definition.api_id), create) {
+            (Some(_), true) => Ok(WriteOutcome::Exists),
+            (None, false) => Ok(WriteOutcome::Missing),
+            (Some(path), false) => {
+                api::write_definition(&path, &definition).map(|_| WriteOutcome::Written)
+            }
+            (None, true) => api::write_definition(&dir.join(file_name), &definition)
+                .map(|_| WriteOutcome::Written),
+        }
+    })
+    .await;
+    write_answer(
+        written,
+        &id,
+        create,
+        "API with this api_id already exists",
+        "API not found",
+    )
+}
+
+/// The answer to writing a definition or policy file: `exists` and `missing` are what a
+/// `POST` of a known id and a `PUT` of an unknown one are told.
+fn write_answer(
+    written: Result<std::io::Result<WriteOutcome>, tokio::task::JoinError>,
+    id: &str,
+    create: bool,
+    exists: &str,
+    missing: &str,
+) -> Response<Body> {
     match written {
-        Ok(Ok(WriteOutcome::Written(id))) => {
-            modified(&id, if create { "added" } else { "modified" })
-        }
-        Ok(Ok(WriteOutcome::Exists)) => {
-            status_message(StatusCode::CONFLICT, "API with this api_id already exists")
-        }
-        Ok(Ok(WriteOutcome::Missing)) => status_message(StatusCode::NOT_FOUND, "API not found"),
+        Ok(Ok(WriteOutcome::Written)) => modified(id, if create { "added" } else { "modified" }),
+        Ok(Ok(WriteOutcome::Exists)) => status_message(StatusCode::CONFLICT, exists),
+        Ok(Ok(WriteOutcome::Missing)) => status_message(StatusCode::NOT_FOUND, missing),
         Ok(Err(e)) => file_failure(&e),
         Err(e) => file_failure(&e),
     }
 }
 
 enum WriteOutcome {
-    Written(String),
+    Written,
     Exists,
     Missing,
 }
 
 fn file_failure(e: &dyn std::fmt::Display) -> Response<Body> {
-    tracing::error!("API definition file error: {e}");
+    tracing::error!("Gateway API file error: {e}");
     status_message(
         StatusCode::INTERNAL_SERVER_ERROR,
         "File object creation failed, write error.",
@@ -767,9 +777,13 @@ async fn delete_api(gw: &Gateway, id: &str) -> Response<Body> {
     let Some(file_name) = api::file_name_for(id) else {
         return status_message(StatusCode::BAD_REQUEST, "Invalid API ID");
     };
-    let path = gw.app_path().join(file_name);
-    let removed = tokio::task::spawn_blocking(move || std::fs::remove_file(path)).await;
-    match removed {
+    remove_written_file(gw.app_path().join(file_name), id).await
+}
+
+/// Removes a file the Gateway API wrote for `id`; one that is not there is Tyk's 500 "Delete
+/// failed".
+async fn remove_written_file(path: PathBuf, id: &str) -> Response<Body> {
+    match tokio::task::spawn_blocking(move || std::fs::remove_file(path)).await {
         Ok(Ok(())) => modified(id, "deleted"),
         Ok(Err(e)) if e.kind() == std::io::ErrorKind::NotFound => {
             status_message(StatusCode::INTERNAL_SERVER_ERROR, "Delete failed")
@@ -831,20 +845,16 @@ async fn write_policy(gw: &Gateway, path_id: Option<&str>, body: &[u8]) -> Respo
             _ => {}
         }
         let bytes = serde_json::to_vec_pretty(&definition).map_err(std::io::Error::other)?;
-        api::write_file_atomically(&path, &bytes).map(|_| WriteOutcome::Written(id))
+        api::write_file_atomically(&path, &bytes).map(|_| WriteOutcome::Written)
     })
     .await;
-    match written {
-        Ok(Ok(WriteOutcome::Written(id))) => {
-            modified(&id, if create { "added" } else { "modified" })
-        }
-        Ok(Ok(WriteOutcome::Exists)) => {
-            status_message(StatusCode::CONFLICT, "Policy with this id already exists")
-        }
-        Ok(Ok(WriteOutcome::Missing)) => status_message(StatusCode::NOT_FOUND, "Policy not found"),
-        Ok(Err(e)) => file_failure(&e),
-        Err(e) => file_failure(&e),
-    }
+    write_answer(
+        written,
+        &id,
+        create,
+        "Policy with this id already exists",
+        "Policy not found",
+    )
 }
 
 async fn delete_policy(gw: &Gateway, id: &str) -> Response<Body> {
@@ -854,15 +864,7 @@ async fn delete_policy(gw: &Gateway, id: &str) -> Response<Body> {
     let Some(file_name) = api::file_name_for(id) else {
         return status_message(StatusCode::BAD_REQUEST, "Invalid policy ID");
     };
-    let path = dir.join(file_name);
-    match tokio::task::spawn_blocking(move || std::fs::remove_file(path)).await {
-        Ok(Ok(())) => modified(id, "deleted"),
-        Ok(Err(e)) if e.kind() == std::io::ErrorKind::NotFound => {
-            status_message(StatusCode::INTERNAL_SERVER_ERROR, "Delete failed")
-        }
-        Ok(Err(e)) => file_failure(&e),
-        Err(e) => file_failure(&e),
-    }
+    remove_written_file(dir.join(file_name), id).await
 }
 
 // ---- probes ----

@@ -8,14 +8,13 @@ use std::borrow::Cow;
 use std::net::IpAddr;
 use std::sync::Arc;
 
+use arc_swap::ArcSwap;
 use base64::Engine;
 use http::StatusCode;
 use http::request::Parts;
 use sha2::Digest;
 
 use crate::api::{ApiSpec, KeySource};
-use arc_swap::ArcSwap;
-
 use crate::guard::KeyGuard;
 use crate::policy::PolicyTable;
 use crate::rights;
@@ -191,13 +190,22 @@ impl KeyHasher {
     }
 }
 
+/// The JSON object inside a base64 JSON token (`ey...`), as Tyk's `TokenOrg` and
+/// `TokenHashAlgo` read it; `None` for any other key.
+fn token_json(key: &str) -> Option<serde_json::Value> {
+    if !key.starts_with("ey") {
+        return None;
+    }
+    let json = base64::engine::general_purpose::STANDARD.decode(key).ok()?;
+    serde_json::from_slice(&json).ok()
+}
+
 /// Tyk's `TokenOrg`: the `org` of a base64 JSON token, else the first 24 characters of a
 /// longer key when they are hex (a Dashboard's organisation id), else none.
 fn token_org(key: &str) -> Option<Cow<'_, str>> {
-    if key.starts_with("ey")
-        && let Ok(json) = base64::engine::general_purpose::STANDARD.decode(key)
-        && let Ok(value) = serde_json::from_slice::<serde_json::Value>(&json)
-        && let Some(org) = value.get("org").and_then(|o| o.as_str())
+    if let Some(org) = token_json(key)
+        .as_ref()
+        .and_then(|t| t.get("org")?.as_str())
     {
         return Some(Cow::Owned(org.to_owned()));
     }
@@ -210,17 +218,11 @@ fn token_org(key: &str) -> Option<Cow<'_, str>> {
 
 /// Tyk's `TokenHashAlgo`: generated keys are base64 JSON (`ey...`) with an `h` field.
 fn algorithm_of(key: &str) -> HashAlgorithm {
-    if key.starts_with("ey")
-        && let Ok(json) = base64::engine::general_purpose::STANDARD.decode(key)
-        && let Ok(value) = serde_json::from_slice::<serde_json::Value>(&json)
-        && let Some(alg) = value
-            .get("h")
-            .and_then(|h| h.as_str())
-            .and_then(HashAlgorithm::from_name)
-    {
-        return alg;
-    }
-    HashAlgorithm::Murmur32
+    token_json(key)
+        .as_ref()
+        .and_then(|t| t.get("h")?.as_str())
+        .and_then(HashAlgorithm::from_name)
+        .unwrap_or(HashAlgorithm::Murmur32)
 }
 
 /// The key a request carries for an API: header first, then query parameter, then cookie.

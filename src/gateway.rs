@@ -46,6 +46,7 @@ pub struct Gateway {
     pub(crate) proxy_timeout: Duration,
     reload_lock: tokio::sync::Mutex<()>,
 }
+
 impl Gateway {
     /// Builds a node and loads the API definitions in `config.app_path`.
     pub fn new(config: GatewayConfig, sessions: Arc<dyn SessionStore>) -> Arc<Self> {
@@ -112,19 +113,19 @@ impl Gateway {
     }
 
     fn install(&self, (table, errors, policies, policy_errors): Loaded) {
+        for e in &errors {
+            tracing::warn!("API definition skipped: {e}");
+        }
         for e in &policy_errors {
             tracing::warn!("policy skipped: {e}");
         }
-        tracing::info!(policies = policies.all().len(), "policies loaded");
-        self.policies.store(Arc::new(policies));
         let errors: Vec<String> = errors
             .iter()
             .map(ToString::to_string)
             .chain(policy_errors.iter().map(ToString::to_string))
             .collect();
-        for e in errors.iter().take(errors.len() - policy_errors.len()) {
-            tracing::warn!("API definition skipped: {e}");
-        }
+        tracing::info!(policies = policies.len(), "policies loaded");
+        self.policies.store(Arc::new(policies));
         for spec in table.specs() {
             if !spec.unhonoured.is_empty() {
                 tracing::warn!(

@@ -8,9 +8,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-pub use crate::counting::{
-    Disabled, LimitError, LocalCounters, Policy, Quota, Rate, Usage, api_counter, now_secs,
-};
+use crate::counting::{Disabled, LocalCounters, Policy, Quota, Rate, Usage, api_counter, now_secs};
 use crate::session::{KeyAccess, Limits};
 use crate::store::{SessionStore, StoreError};
 

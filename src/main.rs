@@ -11,7 +11,8 @@ use serde_json::json;
 use tokio::net::TcpListener;
 
 use tollgate::config::{GatewayConfig, Loaded};
-use tollgate::server::{Gateway, serve_gateway};
+use tollgate::gateway::Gateway;
+use tollgate::server::serve_gateway;
 use tollgate::session::SessionState;
 use tollgate::store;
 

@@ -7,6 +7,9 @@
 //! of them sets off a dot segment (`..%2F`, `%2e%2e%5c`) is refused, as an upstream that
 //! decodes them would see a `..` that tollgate did not.
 
+use http::Uri;
+use http::uri::PathAndQuery;
+
 /// Why a path is refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum PathError {
@@ -67,6 +70,18 @@ pub fn normalize(path: &str) -> Result<Option<String>, PathError> {
         }
     }
     Ok(Some(format!("/{}", out.join("/"))))
+}
+
+/// `uri` with `path` and `query` in place of its own (scheme and authority kept), or `None`
+/// when they do not make a URI.
+pub fn with_path_and_query(uri: &Uri, path: String, query: Option<&str>) -> Option<Uri> {
+    let text = match query {
+        Some(query) => format!("{path}?{query}"),
+        None => path,
+    };
+    let mut parts = uri.clone().into_parts();
+    parts.path_and_query = Some(PathAndQuery::try_from(text).ok()?);
+    Uri::from_parts(parts).ok()
 }
 
 /// `.` or `..`, each dot plain or as `%2e` / `%2E`.

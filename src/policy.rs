@@ -146,6 +146,14 @@ impl PolicyTable {
         self.by_id.get(id)
     }
 
+    pub fn len(&self) -> usize {
+        self.by_id.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_id.is_empty()
+    }
+
     /// Policies by id.
     pub fn all(&self) -> Vec<&Arc<PolicyDefinition>> {
         let mut all: Vec<_> = self.by_id.values().collect();
@@ -213,12 +221,11 @@ impl PolicyTable {
                 }
             }
             if all || p.rate_limit {
+                // The first policy to set a rate sets it; a later one only with a faster one.
                 let faster = policy.rate > 0.0
                     && policy.per > 0.0
-                    && (!rate_set
-                        || limits.rate <= 0.0
-                        || limits.per / limits.rate > policy.per / policy.rate);
-                if faster || !rate_set {
+                    && (limits.rate <= 0.0 || limits.per / limits.rate > policy.per / policy.rate);
+                if !rate_set || faster {
                     limits.rate = policy.rate;
                     limits.per = policy.per;
                 }

@@ -1,7 +1,8 @@
-//! The listener and the request pipeline: `path → api match → API limit → auth → limits → proxy`.
+//! The listener and the request pipeline (`Gateway::handle`): `path → api match → API limit →
+//! version → auth → limits → proxy`.
 //!
-//! Owns the [`Gateway`] (the shared state of one node), the accept loop, per-connection
-//! HTTP/1.1 settings, the panic guard, and how a rejection becomes a JSON response.
+//! Owns the accept loop, per-connection HTTP/1.1 settings, the pipeline's order and the panic
+//! guard; the node's state is `gateway`'s, and how a refusal is answered is `rejection`'s.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -10,8 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::FutureExt;
-use http::uri::PathAndQuery;
-use http::{Request, Response, StatusCode, Uri};
+use http::{Request, Response, StatusCode};
 use http_body_util::Either;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
@@ -20,14 +20,13 @@ use tokio::net::TcpListener;
 use crate::admin;
 use crate::auth::{self, AuthContext};
 use crate::connection::{self, Peer};
-pub use crate::gateway::Gateway;
+use crate::counting::{LimitError, now_secs};
+use crate::gateway::Gateway;
 use crate::limits;
-use crate::limits::LimitError;
 use crate::path;
 use crate::proxy::UpstreamClient;
 use crate::rejection::Rejection;
-pub use crate::response::Body;
-use crate::response::error_response;
+use crate::response::{Body, error_response};
 use crate::session::unix_now;
 
 /// Largest request head (request line + headers) accepted; larger gets 431.
@@ -122,7 +121,7 @@ impl Gateway {
             .inspect_err(|e| tracing::debug!(api = spec.api_id(), "upstream error: {e:?}"))?;
         let mut response = response.map(Either::Left);
         if let Some((policy, usage)) = &limited {
-            usage.write_headers(policy, response.headers_mut(), limits::now_secs());
+            usage.write_headers(policy, response.headers_mut(), now_secs());
         }
         Ok(response)
     }
@@ -137,19 +136,10 @@ fn resolve_path(req: &mut Request<Incoming>) -> Result<(), &'static str> {
         Ok(Some(resolved)) => resolved,
         Err(e) => return Err(e.message()),
     };
-    let with_query = match req.uri().query() {
-        Some(query) => format!("{resolved}?{query}"),
-        None => resolved,
-    };
-    let mut parts = req.uri().clone().into_parts();
-    parts.path_and_query = PathAndQuery::try_from(with_query).ok();
-    match Uri::from_parts(parts) {
-        Ok(uri) => {
-            *req.uri_mut() = uri;
-            Ok(())
-        }
-        Err(_) => Err("Request path malformed"),
-    }
+    let uri = path::with_path_and_query(req.uri(), resolved, req.uri().query())
+        .ok_or("Request path malformed")?;
+    *req.uri_mut() = uri;
+    Ok(())
 }
 
 /// Runs `handler`, turning a panic into a 500 for this request alone. Not an `async fn`: that

@@ -13,10 +13,10 @@ use serde::de::{IgnoredAny, MapAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::Value;
 use serde_json::value::RawValue;
-
-use crate::rights::UrlRight;
 use sha2::Digest;
 use subtle::ConstantTimeEq;
+
+use crate::rights::UrlRight;
 
 /// Tyk's session object. Field names and JSON types follow `user.SessionState`.
 #[derive(Debug, Clone, Default, Serialize, PartialEq)]

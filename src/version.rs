@@ -198,29 +198,25 @@ impl Versioning {
         now: i64,
     ) -> Result<Selected<'_>, VersionError> {
         let asked = self.read(parts, listen_path, slug);
-        let name = match asked {
-            Some(name) => name,
-            None => self.default.clone().ok_or(VersionError::Missing)?,
-        };
-        let (name, version, fallback) = match self.versions.get_key_value(name.as_str()) {
-            Some((name, version)) => (name.as_str(), version, None),
-            None => {
-                let default = self
-                    .default
-                    .as_deref()
-                    .filter(|_| self.fallback_to_default)
-                    .and_then(|d| self.versions.get_key_value(d))
-                    .ok_or(VersionError::Unknown)?;
-                (default.0.as_str(), default.1, Some(default.0.as_str()))
-            }
-        };
+        let name = asked
+            .as_deref()
+            .or(self.default.as_deref())
+            .ok_or(VersionError::Missing)?;
+        // With `fallback_to_default`, the default answers for an unknown version, and the
+        // key's rights for it stand in.
+        let fallback = self.default.as_deref().filter(|_| self.fallback_to_default);
+        let (name, version) = self
+            .versions
+            .get_key_value(name)
+            .or_else(|| fallback.and_then(|d| self.versions.get_key_value(d)))
+            .ok_or(VersionError::Unknown)?;
         if version.expires.is_some_and(|at| at < now) {
             return Err(VersionError::Expired);
         }
         Ok(Selected {
             name,
             target: version.target.as_ref(),
-            fallback: fallback.or(self.default.as_deref().filter(|_| self.fallback_to_default)),
+            fallback,
         })
     }
 
@@ -280,18 +276,11 @@ impl Versioning {
     }
 }
 
+/// Puts `path` and `query` (empty: none) in place of the request's own.
 fn set_path_and_query(parts: &mut Parts, path: String, query: &str) {
-    let text = if query.is_empty() {
-        path
-    } else {
-        format!("{path}?{query}")
-    };
-    let mut uri = parts.uri.clone().into_parts();
-    if let Ok(pq) = http::uri::PathAndQuery::try_from(text) {
-        uri.path_and_query = Some(pq);
-        if let Ok(rebuilt) = http::Uri::from_parts(uri) {
-            parts.uri = rebuilt;
-        }
+    let query = Some(query).filter(|q| !q.is_empty());
+    if let Some(uri) = crate::path::with_path_and_query(&parts.uri, path, query) {
+        parts.uri = uri;
     }
 }
 

@@ -18,18 +18,17 @@ use async_trait::async_trait;
 use compact_str::CompactString;
 use tokio::sync::mpsc;
 
-use super::{Lookup, RecordDigest, SessionStore, StoreError, StoreHealth, record_digest};
+use super::{Lookup, RecordDigest, SessionStore, StoreError, StoreHealth};
 use crate::config::LocalSessionCache;
 use crate::counting::{Policy, Usage};
-use crate::session::{Credential, KeyAccess, KeyVerifier, SessionState};
+use crate::session::{Credential, KeyAccess, SessionState};
 
 /// One cached record, held in the cache's own slot (not behind another pointer: at a
 /// million keys a lookup's cost is its cache-line misses). Revalidating an unchanged record
 /// only moves `fetched`, `fresh_until` and `epoch`, in place: no decode and no new cache entry.
 #[derive(Clone)]
 struct Cached {
-    access: Arc<KeyAccess>,
-    verifier: Option<KeyVerifier>,
+    credential: Credential,
     digest: Option<RecordDigest>,
     /// Milliseconds after the cache's `started` when the store last confirmed the record.
     fetched: u64,
@@ -37,15 +36,6 @@ struct Cached {
     /// read while the store followed changes).
     fresh_until: u64,
     epoch: u64,
-}
-
-impl Cached {
-    fn credential(self) -> Credential {
-        Credential {
-            access: self.access,
-            verifier: self.verifier,
-        }
-    }
 }
 
 /// Bounded cache of sessions by storage id. Entries older than `stale_for` are served only
@@ -308,6 +298,15 @@ impl SessionCache {
         self.changes.fetch_add(1, Ordering::SeqCst);
     }
 
+    /// `credential` with the copy of its access that other keys already share, when one is
+    /// known.
+    fn shared(&self, credential: Credential) -> Credential {
+        Credential {
+            access: self.share(credential.access),
+            ..credential
+        }
+    }
+
     /// A copy of `access` that other keys already share, when one is known.
     fn share(&self, access: Arc<KeyAccess>) -> Arc<KeyAccess> {
         let hash = self.access_hasher.hash_one(&*access);
@@ -331,8 +330,7 @@ impl SessionCache {
         self.entries.insert(
             key_id.into(),
             Cached {
-                access: credential.access,
-                verifier: credential.verifier,
+                credential,
                 digest,
                 fetched: now,
                 fresh_until: self.fresh_until(start, now),
@@ -388,17 +386,14 @@ async fn revalidate(
     let start = cache.begin_read();
     match store.lookup(key_id, known).await {
         Ok(Lookup::Found { credential, digest }) => {
-            let credential = Credential {
-                access: cache.share(credential.access),
-                verifier: credential.verifier,
-            };
+            let credential = cache.shared(credential);
             cache.insert(key_id, credential.clone(), digest, start);
             Ok(Some(credential))
         }
         Ok(Lookup::Unchanged) => match cached {
             Some(c) => {
                 cache.confirm(key_id, c.digest, start);
-                Ok(Some(c.credential()))
+                Ok(Some(c.credential))
             }
             // The store answers Unchanged only to a digest it was given, which came from
             // `cached`; should one break that contract, read the record afresh.
@@ -413,7 +408,7 @@ async fn revalidate(
         Err(StoreError::Unavailable(reason)) => match cached {
             Some(c) if cache.age(&c) < cache.stale_for => {
                 tracing::debug!("key store unavailable ({reason}); serving a cached session");
-                Ok(Some(c.credential()))
+                Ok(Some(c.credential))
             }
             _ => Err(StoreError::Unavailable(reason)),
         },
@@ -432,7 +427,7 @@ impl SessionStore for CachedStore {
         let cache = &self.cache;
         let cached = cache.entries.get(key_id);
         match &cached {
-            Some(c) if cache.is_fresh(c) => return Ok(cached.map(Cached::credential)),
+            Some(c) if cache.is_fresh(c) => return Ok(cached.map(|c| c.credential)),
             None if cache.known_missing(key_id) => return Ok(None),
             _ => {}
         }
@@ -444,23 +439,16 @@ impl SessionStore for CachedStore {
         key_id: &str,
         session: &SessionState,
         ttl: Option<Duration>,
-    ) -> Result<(), StoreError> {
+    ) -> Result<Option<RecordDigest>, StoreError> {
         self.cache.forget(key_id);
         let start = self.cache.begin_read();
-        self.inner.set(key_id, session, ttl).await?;
+        let digest = self.inner.set(key_id, session, ttl).await?;
         // Confirmed by the store (with its replicas, where it waits for them): the node keeps
         // what it wrote, so the key stays known should the store become unreachable next.
-        // The digest is that of the text the store holds, so reading it back confirms it.
-        let digest = serde_json::to_string(session)
-            .ok()
-            .map(|json| record_digest(&json));
-        let credential = Credential::from(session);
-        let credential = Credential {
-            access: self.cache.share(credential.access),
-            ..credential
-        };
+        // With the stored text's digest, reading the record back confirms it.
+        let credential = self.cache.shared(Credential::from(session));
         self.cache.insert(key_id, credential, digest, start);
-        Ok(())
+        Ok(digest)
     }
 
     async fn delete(&self, key_id: &str) -> Result<bool, StoreError> {
@@ -531,7 +519,7 @@ mod tests {
             k: &str,
             s: &SessionState,
             t: Option<Duration>,
-        ) -> Result<(), StoreError> {
+        ) -> Result<Option<RecordDigest>, StoreError> {
             self.inner.set(k, s, t).await
         }
         async fn delete(&self, k: &str) -> Result<bool, StoreError> {

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 
-use super::{SessionStore, StoreError, StoreHealth};
+use super::{RecordDigest, SessionStore, StoreError, StoreHealth};
 use crate::counting::{LocalCounters, Policy, Usage, now_secs};
 use crate::session::{Credential, SessionState};
 
@@ -70,7 +70,7 @@ impl SessionStore for MemoryStore {
         key_id: &str,
         session: &SessionState,
         ttl: Option<Duration>,
-    ) -> Result<(), StoreError> {
+    ) -> Result<Option<RecordDigest>, StoreError> {
         let entry = Entry {
             session: Arc::new(session.clone()),
             credential: Credential::from(session),
@@ -83,7 +83,7 @@ impl SessionStore for MemoryStore {
             map.retain(|_, e| e.live(now));
         }
         map.insert(key_id.to_owned(), entry);
-        Ok(())
+        Ok(None)
     }
 
     async fn delete(&self, key_id: &str) -> Result<bool, StoreError> {

@@ -73,13 +73,15 @@ pub trait SessionStore: Send + Sync + 'static {
             None => Lookup::Missing,
         })
     }
-    /// Stores `session` under `key_id`; `ttl` of `None` keeps it until deleted.
+    /// Stores `session` under `key_id`; `ttl` of `None` keeps it until deleted. Answers the
+    /// digest of the record as stored, where the store keeps a stored form (see
+    /// [`SessionStore::lookup`]).
     async fn set(
         &self,
         key_id: &str,
         session: &SessionState,
         ttl: Option<Duration>,
-    ) -> Result<(), StoreError>;
+    ) -> Result<Option<RecordDigest>, StoreError>;
     /// Removes the record; `true` when one existed.
     async fn delete(&self, key_id: &str) -> Result<bool, StoreError>;
     /// Every stored key id.

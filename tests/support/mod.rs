@@ -16,7 +16,8 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 use tollgate::config::GatewayConfig;
-use tollgate::server::{Gateway, serve_gateway};
+use tollgate::gateway::Gateway;
+use tollgate::server::serve_gateway;
 use tollgate::store::{MemoryStore, SessionStore};
 
 pub use self::http::{Client, TestResponse};

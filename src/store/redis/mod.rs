@@ -336,11 +336,12 @@ impl SessionStore for RedisStore {
         key_id: &str,
         session: &SessionState,
         ttl: Option<Duration>,
-    ) -> Result<(), StoreError> {
+    ) -> Result<Option<RecordDigest>, StoreError> {
         let json = serde_json::to_string(session).map_err(|e| StoreError::Corrupt {
             key: key_id.to_owned(),
             reason: e.to_string(),
         })?;
+        let digest = record_digest(&json);
         let mut pipe = redis::pipe();
         let set = pipe.cmd("SET").arg(record_key(key_id)).arg(json);
         if let Some(ttl) = ttl {
@@ -348,7 +349,7 @@ impl SessionStore for RedisStore {
         }
         let result = self.shared.write(pipe).await;
         self.shared.notify_key_change(key_id).await;
-        result.map(|_| ())
+        result.map(|_| Some(digest))
     }
 
     async fn delete(&self, key_id: &str) -> Result<bool, StoreError> {
