@@ -917,6 +917,16 @@ async fn hello(gw: &Gateway) -> Response<Body> {
         details["apis"]["componentType"] = json!("system");
         details["apis"]["unhonoured_fields"] = Value::Object(unhonoured);
     }
+    let policies = gw.policies();
+    let unapplied: serde_json::Map<String, Value> = policies
+        .unhonoured()
+        .into_iter()
+        .map(|(id, fields)| (id.to_owned(), json!(fields)))
+        .collect();
+    if !unapplied.is_empty() {
+        details["policies"] =
+            json!({"status": "warn", "componentType": "system", "unhonoured_fields": unapplied});
+    }
     json_response(
         StatusCode::OK,
         &json!({

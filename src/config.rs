@@ -579,6 +579,23 @@ mod tests {
     }
 
     #[test]
+    fn only_file_policies_are_supported() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = |source: &str| {
+            GatewayConfig::from_value(
+                json!({"secret": "s", "app_path": dir.path(), "storage": {"type": "memory"},
+                       "policies": {"policy_source": source}}),
+                no_env,
+            )
+            .unwrap()
+            .config
+        };
+        assert!(config("file").validate().is_ok());
+        let err = config("service").validate().unwrap_err().to_string();
+        assert!(err.starts_with("policies.policy_source:"), "{err}");
+    }
+
+    #[test]
     fn env_overrides_file() {
         let env = |name: &str| match name {
             "TYK_GW_LISTENPORT" => Some("7000".to_string()),

@@ -124,6 +124,13 @@ impl Gateway {
             .map(ToString::to_string)
             .chain(policy_errors.iter().map(ToString::to_string))
             .collect();
+        for (id, fields) in policies.unhonoured() {
+            tracing::warn!(
+                policy = id,
+                "policy fields not honoured by tollgate (ignored): {}",
+                fields.join(", ")
+            );
+        }
         tracing::info!(policies = policies.len(), "policies loaded");
         self.policies.store(Arc::new(policies));
         for spec in table.specs() {

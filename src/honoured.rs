@@ -155,6 +155,11 @@ fn pattern_matches(pattern: &str, path: &str) -> bool {
     }
 }
 
+/// Whether `value` holds anything but an empty value (see [`unhonoured`]).
+pub fn in_use(value: &Value) -> bool {
+    !is_empty(value)
+}
+
 fn is_empty(value: &Value) -> bool {
     match value {
         Value::Null => true,

@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use crate::config::PoliciesConfig;
+use crate::honoured;
 use crate::rights::UrlRight;
 use crate::session::{AccessDefinition, ApiAccess, KeyAccess, Limits};
 
@@ -38,6 +39,44 @@ pub struct PolicyDefinition {
     pub meta_data: Value,
     #[serde(flatten)]
     pub extra: Map<String, Value>,
+}
+
+/// The fields of an `access_rights` entry that policies apply.
+const APPLIED_ACCESS_FIELDS: [&str; 5] =
+    ["api_id", "api_name", "versions", "allowed_urls", "limit"];
+
+impl PolicyDefinition {
+    /// The fields this policy uses that tollgate does not apply, named for the load's warning:
+    /// its fields tollgate does not model (`throttle_*` and the rest), `tags`, `meta_data`, and
+    /// the fields of its access rights other than those policies apply.
+    pub fn unhonoured(&self) -> Vec<String> {
+        let mut found: Vec<String> = self
+            .extra
+            .iter()
+            .filter(|(_, value)| honoured::in_use(value))
+            .map(|(name, _)| name.clone())
+            .collect();
+        if !self.tags.is_empty() {
+            found.push("tags".into());
+        }
+        if honoured::in_use(&self.meta_data) {
+            found.push("meta_data".into());
+        }
+        for (api_id, access) in &self.access_rights {
+            if let Ok(Value::Object(fields)) = serde_json::to_value(access) {
+                found.extend(
+                    fields
+                        .iter()
+                        .filter(|(name, value)| {
+                            !APPLIED_ACCESS_FIELDS.contains(&name.as_str())
+                                && honoured::in_use(value)
+                        })
+                        .map(|(name, _)| format!("access_rights.{api_id}.{name}")),
+                );
+            }
+        }
+        found
+    }
 }
 
 impl Default for PolicyDefinition {
@@ -152,6 +191,15 @@ impl PolicyTable {
 
     pub fn is_empty(&self) -> bool {
         self.by_id.is_empty()
+    }
+
+    /// Each policy's fields that tollgate does not apply, for those that have any, by id.
+    pub fn unhonoured(&self) -> Vec<(&str, Vec<String>)> {
+        self.all()
+            .into_iter()
+            .map(|p| (p.id.as_str(), p.unhonoured()))
+            .filter(|(_, fields)| !fields.is_empty())
+            .collect()
     }
 
     /// Policies by id.
@@ -410,6 +458,65 @@ mod tests {
             table.apply(&key(&["off"])).unwrap_err(),
             PolicyRefused::NoneValid,
             "a quota-only policy grants no API"
+        );
+    }
+
+    #[test]
+    fn fields_policies_do_not_apply_are_named() {
+        let p = policy(
+            json!({"id": "p", "rate": 5, "per": 1, "throttle_interval": 10,
+            "tags": ["gold"], "meta_data": {}, "max_query_depth": -1,
+            "access_rights": {"a": {"api_id": "a", "versions": ["v1"], "restricted_types": [{"name": "x"}]}}}),
+        );
+        let mut found = p.unhonoured();
+        found.sort();
+        assert_eq!(
+            found,
+            [
+                "access_rights.a.restricted_types",
+                "max_query_depth",
+                "tags",
+                "throttle_interval"
+            ]
+        );
+        let plain = policy(
+            json!({"id": "q", "rate": 5, "per": 1, "throttle_interval": 0,
+            "access_rights": {"a": {"api_id": "a", "allowed_urls": [], "limit": null}}}),
+        );
+        assert!(plain.unhonoured().is_empty());
+    }
+
+    #[test]
+    fn a_policy_map_names_its_policies_by_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("policies.json");
+        std::fs::write(
+            &path,
+            json!({"gold": {"rate": 5, "per": 1}, "silver": {"id": "ignored"}}).to_string(),
+        )
+        .unwrap();
+        let config = PoliciesConfig {
+            policy_record_name: path.to_string_lossy().into_owned(),
+            ..Default::default()
+        };
+        let (table, errors) = PolicyTable::load(&config);
+        assert!(errors.is_empty(), "{errors:?}");
+        assert_eq!(table.get("gold").unwrap().rate, 5.0);
+        assert!(table.get("silver").is_some() && table.get("ignored").is_none());
+        std::fs::write(&path, r#"{"gold": {"rate": "fast"}}"#).unwrap();
+        let (table, errors) = PolicyTable::load(&config);
+        assert!(table.is_empty());
+        assert!(errors[0].reason.contains("gold.rate"), "{errors:?}");
+    }
+
+    #[test]
+    fn an_inactive_policy_is_not_applied() {
+        let table = PolicyTable::new(vec![policy(
+            json!({"id": "off", "active": false, "access_rights": {"a": {"api_id": "a"}}}),
+        )]);
+        assert_eq!(
+            table.apply(&key(&["off"])).unwrap_err(),
+            PolicyRefused::NotFound("off".into())
         );
     }
 

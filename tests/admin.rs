@@ -593,3 +593,24 @@ async fn gateway_api_answers_as_tyk_does() {
     assert_eq!(r.status, 200, "{}", r.text());
     assert!(!gw.app_path().join("own.json").exists());
 }
+
+#[tokio::test]
+async fn with_allow_master_keys_a_key_without_access_rights_calls_every_api() {
+    let up = upstream().await;
+    let mut second = sample_api(&up.url(""));
+    second["api_id"] = json!("2");
+    second["proxy"]["listen_path"] = json!("/second/");
+    let gw = gateway()
+        .api(sample_api(&up.url("")))
+        .api(second)
+        .config(json!({"allow_master_keys": true}))
+        .start()
+        .await;
+    let mut master = seed_key();
+    master["access_rights"] = json!({});
+    gw.add_key("masterkey", master).await;
+    for path in ["/tyk-api-test/get", "/second/get"] {
+        let r = gw.get_with_key(path, Some("masterkey")).await;
+        assert_eq!(r.status, 200, "{path}: {}", r.text());
+    }
+}

@@ -397,3 +397,84 @@ async fn a_response_abandoned_half_read_does_not_spoil_the_next_one() {
         assert!(r.json()["url"].as_str().unwrap().ends_with("/get"));
     }
 }
+
+#[tokio::test]
+async fn the_definition_fields_that_say_where_the_key_is_and_where_it_goes() {
+    let up = upstream().await;
+    // The key in `auth_configs.authToken` (preferred over `auth`), a query parameter and a
+    // cookie; the client's Host kept.
+    let mut api = sample_api(&up.url(""));
+    api["auth_configs"] = json!({"authToken": {"auth_header_name": "x-api-key",
+        "use_param": true, "param_name": "k", "use_cookie": true, "cookie_name": "session"}});
+    api["proxy"]["preserve_host_header"] = json!(true);
+    let gw = gateway().api(api).start().await;
+    gw.add_key("fieldkey", seed_key()).await;
+    let ask = |headers: Vec<(&'static str, &'static str)>, path: &'static str| {
+        let gw = &gw;
+        async move {
+            gw.client
+                .request("GET", &gw.url(path), &headers, None)
+                .await
+        }
+    };
+    let r = ask(
+        vec![("x-api-key", "fieldkey"), ("host", "api.example")],
+        "/tyk-api-test/get",
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(
+        r.json()["headers"]["Host"],
+        "api.example",
+        "preserve_host_header"
+    );
+    assert_eq!(
+        ask(vec![("authorization", "fieldkey")], "/tyk-api-test/get")
+            .await
+            .status,
+        401
+    );
+    assert_eq!(
+        ask(vec![], "/tyk-api-test/get?k=fieldkey").await.status,
+        200
+    );
+    assert_eq!(
+        ask(
+            vec![("cookie", "a=1; session=fieldkey")],
+            "/tyk-api-test/get"
+        )
+        .await
+        .status,
+        200
+    );
+}
+
+#[tokio::test]
+async fn url_versions_after_the_slug_and_a_disabled_api_limit() {
+    let up = upstream().await;
+    let mut api = sample_api(&up.url("/anything"));
+    api["slug"] = json!("shop");
+    api["definition"] =
+        json!({"location": "url", "strip_path": true, "url_versioning_pattern": "^v[0-9]+$"});
+    api["version_data"] = json!({"not_versioned": false,
+        "versions": {"v1": {"name": "v1"}, "beta": {"name": "beta"}}});
+    api["global_rate_limit"] = json!({"rate": 1, "per": 60, "disabled": true});
+    let gw = gateway().api(api).start().await;
+    let mut key = seed_key();
+    key["access_rights"]["1"]["versions"] = json!(["v1", "beta"]);
+    gw.add_key("slugkey", key).await;
+    // The version is the first segment after `/<slug>`; `v1` matches the pattern and is
+    // stripped (`strip_path`), `beta` does not and stays.
+    for (path, upstream_path) in [
+        ("/tyk-api-test/shop/v1/x", "/anything/shop/x"),
+        ("/tyk-api-test/shop/beta/x", "/anything/shop/beta/x"),
+    ] {
+        // A disabled global_rate_limit of 1 a minute admits every request.
+        for _ in 0..3 {
+            let r = gw.get_with_key(path, Some("slugkey")).await;
+            assert_eq!(r.status, 200, "{path}: {}", r.text());
+            let url = r.json()["url"].as_str().unwrap().to_owned();
+            assert!(url.ends_with(upstream_path), "{path} reached {url}");
+        }
+    }
+}

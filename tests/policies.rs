@@ -161,3 +161,36 @@ async fn a_group_reload_carries_a_policy_change_to_every_node() {
         }
     }
 }
+
+#[tokio::test]
+async fn a_new_key_takes_its_policys_key_expires_in() {
+    let up = upstream().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut short = policy("short", "1");
+    short["key_expires_in"] = json!(3600);
+    std::fs::write(dir.path().join("short.json"), short.to_string()).unwrap();
+    let gw = gateway()
+        .api(sample_api(&up.url("")))
+        .config(json!({"policies": {"policy_source": "file", "policy_path": dir.path()}}))
+        .start()
+        .await;
+    let created = gw
+        .admin("POST", "/tyk/keys/create", Some(policy_key(&["short"])))
+        .await
+        .json();
+    let key = created["key"].as_str().unwrap().to_owned();
+    let read = gw
+        .admin("GET", &format!("/tyk/keys/{key}"), None)
+        .await
+        .json();
+    let expires = read["expires"].as_i64().unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    assert!(
+        (now + 3590..=now + 3600).contains(&expires),
+        "{expires} vs {now}"
+    );
+    assert_eq!(status(&gw, "/tyk-api-test/get", &key).await, 200);
+}
