@@ -72,7 +72,13 @@ const HONOURED: &[&str] = &[
 /// Settings of an auth method, which do nothing while the method is off (and a definition
 /// whose method is on is refused anyway): by field-name prefix.
 const AUTH_METHOD_SETTINGS: &[&str] = &[
-    "auth_configs",
+    // Every method's entry in `auth_configs` but the auth token's, whose fields are read.
+    "auth_configs.basic",
+    "auth_configs.coprocess",
+    "auth_configs.hmac",
+    "auth_configs.jwt",
+    "auth_configs.oauth",
+    "auth_configs.oidc",
     "jwt_",
     "hmac_",
     "basic_auth",
@@ -101,35 +107,30 @@ pub fn unhonoured(definition: &Map<String, Value>) -> Vec<String> {
         == Some(false);
     let mut found = Vec::new();
     for (name, value) in definition {
-        // How requests choose a version, and when one expires, matter to versioned APIs only.
+        // How requests choose a version matters to versioned APIs only.
         if !versioned && name == "definition" {
             continue;
         }
-        walk(name, value, versioned, &mut found);
+        walk(name, value, &mut found);
     }
     found
 }
 
-fn walk(path: &str, value: &Value, versioned: bool, found: &mut Vec<String>) {
+fn walk(path: &str, value: &Value, found: &mut Vec<String>) {
     if is_empty(value)
         || is_honoured(path)
         || AUTH_METHOD_SETTINGS.iter().any(|p| path.starts_with(p))
-        || (!versioned && is_version_expiry(path))
     {
         return;
     }
     match value {
         Value::Object(members) if HONOURED.iter().any(|h| covers_below(h, path)) => {
             for (name, member) in members {
-                walk(&format!("{path}.{name}"), member, versioned, found);
+                walk(&format!("{path}.{name}"), member, found);
             }
         }
         _ => found.push(path.to_owned()),
     }
-}
-
-fn is_version_expiry(path: &str) -> bool {
-    path.starts_with("version_data.versions.") && path.ends_with(".expires")
 }
 
 /// Whether `honoured` (a pattern) names `path`.
@@ -226,6 +227,21 @@ mod tests {
                 "proxy.transport",
                 "version_data.versions.Default.extended_paths",
             ]
+        );
+    }
+
+    #[test]
+    fn the_auth_tokens_own_settings_are_read_and_the_others_are_not_reported() {
+        let definition = object(json!({
+            "auth_configs": {
+                "authToken": {"auth_header_name": "x-key", "use_certificate": true},
+                "jwt": {"auth_header_name": "Authorization", "use_param": true},
+                "basic": {"auth_header_name": "Authorization"},
+            },
+        }));
+        assert_eq!(
+            unhonoured(&definition),
+            ["auth_configs.authToken.use_certificate"]
         );
     }
 
