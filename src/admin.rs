@@ -19,6 +19,7 @@ use tokio::sync::SemaphorePermit;
 
 use crate::api::{self, ApiSpec};
 use crate::counting::api_counter;
+use crate::files;
 use crate::gateway::{BodyBudget, Gateway};
 use crate::policy;
 use crate::response::{Body, json_response};
@@ -690,7 +691,7 @@ fn settle_id(field: &str, id: &mut String, path_id: Option<&str>) -> Result<Stri
         None if id.is_empty() => *id = uuid::Uuid::new_v4().simple().to_string(),
         _ => {}
     }
-    api::file_name_for(id).ok_or_else(|| {
+    files::file_name_for(id).ok_or_else(|| {
         Rejected::malformed(format!(
             "{field}: use letters, digits, '-', '_' and '.' (at most 128)"
         ))
@@ -774,7 +775,7 @@ async fn delete_api(gw: &Gateway, id: &str) -> Response<Body> {
     if gw.apis().get(id).is_none() {
         return status_message(StatusCode::NOT_FOUND, "API not found");
     }
-    let Some(file_name) = api::file_name_for(id) else {
+    let Some(file_name) = files::file_name_for(id) else {
         return status_message(StatusCode::BAD_REQUEST, "Invalid API ID");
     };
     remove_written_file(gw.app_path().join(file_name), id).await
@@ -845,7 +846,7 @@ async fn write_policy(gw: &Gateway, path_id: Option<&str>, body: &[u8]) -> Respo
             _ => {}
         }
         let bytes = serde_json::to_vec_pretty(&definition).map_err(std::io::Error::other)?;
-        api::write_file_atomically(&path, &bytes).map(|_| WriteOutcome::Written)
+        files::write_atomically(&path, &bytes).map(|_| WriteOutcome::Written)
     })
     .await;
     write_answer(
@@ -861,7 +862,7 @@ async fn delete_policy(gw: &Gateway, id: &str) -> Response<Body> {
     let Some(dir) = policy_dir(gw) else {
         return no_policy_dir();
     };
-    let Some(file_name) = api::file_name_for(id) else {
+    let Some(file_name) = files::file_name_for(id) else {
         return status_message(StatusCode::BAD_REQUEST, "Invalid policy ID");
     };
     remove_written_file(dir.join(file_name), id).await

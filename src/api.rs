@@ -13,9 +13,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use crate::counting::{Disabled, Policy, Rate};
+use crate::files;
 use crate::honoured;
-use crate::target;
-pub use crate::target::Target;
+use crate::target::{self, Target};
 use crate::version::Versioning;
 
 /// Tyk's API definition. Unmodelled fields are kept in `extra` and written back unchanged.
@@ -407,22 +407,13 @@ impl ApiTable {
 }
 
 fn definition_files(dir: &Path, errors: &mut Vec<LoadError>) -> Vec<PathBuf> {
-    let entries = match std::fs::read_dir(dir) {
-        Ok(entries) => entries,
-        Err(e) => {
-            errors.push(LoadError {
-                path: dir.to_owned(),
-                reason: e.to_string(),
-            });
-            return Vec::new();
-        }
-    };
-    let mut files: Vec<PathBuf> = entries
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|x| x == "json") && p.is_file())
-        .collect();
-    files.sort();
-    files
+    files::json_files(dir).unwrap_or_else(|e| {
+        errors.push(LoadError {
+            path: dir.to_owned(),
+            reason: e.to_string(),
+        });
+        Vec::new()
+    })
 }
 
 /// The file in `dir` that holds the definition with `api_id`, if any.
@@ -440,40 +431,7 @@ pub fn find_definition_file(dir: &Path, api_id: &str) -> Option<PathBuf> {
 /// Writes `definition` to `path` atomically: a temp file in the same directory, then rename.
 pub fn write_definition(path: &Path, definition: &ApiDefinition) -> std::io::Result<()> {
     let bytes = serde_json::to_vec_pretty(definition).map_err(std::io::Error::other)?;
-    write_file_atomically(path, &bytes)
-}
-
-/// Writes `bytes` to `path` atomically: a temp file in the same directory, synced, then
-/// renamed over it (definitions and policies alike).
-pub fn write_file_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let tmp = dir.join(format!(
-        ".{}.tmp-{}",
-        path.file_name().and_then(|n| n.to_str()).unwrap_or("api"),
-        uuid::Uuid::new_v4().simple()
-    ));
-    let result = (|| {
-        use std::io::Write;
-        let mut file = std::fs::File::create(&tmp)?;
-        file.write_all(bytes)?;
-        file.sync_all()?;
-        std::fs::rename(&tmp, path)
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
-}
-
-/// The file name for an id (an API's, or a policy's): the id, restricted to safe characters.
-pub fn file_name_for(api_id: &str) -> Option<String> {
-    let safe = !api_id.is_empty()
-        && api_id.len() <= 128
-        && api_id
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
-        && !api_id.starts_with('.');
-    safe.then(|| format!("{api_id}.json"))
+    files::write_atomically(path, &bytes)
 }
 
 #[cfg(test)]
@@ -537,12 +495,5 @@ mod tests {
         .unwrap();
         let err = ApiSpec::from_definition(def).unwrap_err();
         assert!(err.to_string().starts_with("proxy.target_url"), "{err}");
-    }
-
-    #[test]
-    fn safe_file_names_only() {
-        assert_eq!(file_name_for("abc-1").as_deref(), Some("abc-1.json"));
-        assert!(file_name_for("../etc/passwd").is_none());
-        assert!(file_name_for("").is_none());
     }
 }

@@ -11,6 +11,7 @@ pub mod config;
 pub mod connection;
 pub mod counting;
 pub mod drill;
+pub mod files;
 pub mod gateway;
 pub mod guard;
 pub mod honoured;

@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use crate::config::PoliciesConfig;
+use crate::files;
 use crate::honoured;
 use crate::rights::UrlRight;
 use crate::session::{AccessDefinition, ApiAccess, KeyAccess, Limits};
@@ -165,7 +166,14 @@ impl PolicyTable {
         let mut policies = Vec::new();
         if !config.policy_path.is_empty() {
             let dir = Path::new(&config.policy_path);
-            for path in json_files(dir, &mut errors) {
+            let paths = files::json_files(dir).unwrap_or_else(|e| {
+                errors.push(PolicyLoadError {
+                    path: dir.to_owned(),
+                    reason: e.to_string(),
+                });
+                Vec::new()
+            });
+            for path in paths {
                 match read_policy(&path) {
                     Ok(policy) => policies.push(policy),
                     Err(reason) => errors.push(PolicyLoadError { path, reason }),
@@ -334,26 +342,6 @@ fn merge_access(rights: &mut Vec<ApiAccess>, api: ApiAccess) {
     known.allowed_urls = urls.into_boxed_slice();
     if known.limit.is_none() {
         known.limit = api.limit;
-    }
-}
-
-fn json_files(dir: &Path, errors: &mut Vec<PolicyLoadError>) -> Vec<PathBuf> {
-    match std::fs::read_dir(dir) {
-        Ok(entries) => {
-            let mut files: Vec<PathBuf> = entries
-                .filter_map(|e| e.ok().map(|e| e.path()))
-                .filter(|p| p.extension().is_some_and(|x| x == "json") && p.is_file())
-                .collect();
-            files.sort();
-            files
-        }
-        Err(e) => {
-            errors.push(PolicyLoadError {
-                path: dir.to_owned(),
-                reason: e.to_string(),
-            });
-            Vec::new()
-        }
     }
 }
 

@@ -23,8 +23,9 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tokio::task::AbortHandle;
 
-use crate::api::{ApiSpec, Target};
+use crate::api::ApiSpec;
 use crate::connection::Peer;
+use crate::target::Target;
 
 /// Why the upstream gave no response.
 #[derive(Debug, thiserror::Error)]
