@@ -12,10 +12,12 @@ use http::header::HeaderName;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+use crate::auth::{AuthChain, AuthMethod, ForApi, KeySource};
 use crate::counting::{Disabled, Policy, Rate};
 use crate::files;
 use crate::honoured;
-use crate::target::{self, Target};
+use crate::pipeline::{Features, Pipeline, VersionStage};
+use crate::target::{self, Forwarding, Target};
 use crate::version::Versioning;
 
 /// Tyk's API definition. Unmodelled fields are kept in `extra` and written back unchanged.
@@ -133,27 +135,15 @@ fn invalid(field: &str, reason: impl Into<String>) -> DefinitionError {
     }
 }
 
-/// Where a request carries its key for one API.
-#[derive(Debug, Clone)]
-pub struct KeySource {
-    pub header: HeaderName,
-    pub param: Option<String>,
-    pub cookie: Option<String>,
-}
-
 /// A validated definition, ready to route and proxy.
 #[derive(Debug)]
 pub struct ApiSpec {
     pub definition: ApiDefinition,
     pub target: Target,
-    /// `None` for keyless APIs.
-    pub key_source: Option<KeySource>,
+    pub forwarding: Forwarding,
     /// Fields the definition uses that tollgate does not honour (see `honoured`).
     pub unhonoured: Vec<String>,
-    /// The API-wide rate limit (`global_rate_limit`), resolved once.
-    pub api_limit: Option<Policy>,
-    /// `None` for an API that is not versioned.
-    pub versioning: Option<Versioning>,
+    pub pipeline: Pipeline,
 }
 
 impl ApiSpec {
@@ -193,7 +183,7 @@ impl ApiSpec {
         }
         let target = target::parse(&definition.proxy.target_url)
             .map_err(|reason| invalid("proxy.target_url", reason))?;
-        let key_source = if definition.use_keyless {
+        let auth = if definition.use_keyless {
             None
         } else {
             // Tyk prefers the `authToken` entry of `auth_configs` over the legacy `auth` object.
@@ -216,11 +206,16 @@ impl ApiSpec {
             let cookie = auth
                 .use_cookie
                 .then(|| non_empty_or(&auth.cookie_name, name));
-            Some(KeySource {
+            let api = ForApi {
+                api_id: definition.api_id.as_str().into(),
+                org_id: definition.org_id.as_str().into(),
+            };
+            let token = AuthMethod::Token(KeySource {
                 header,
                 param,
                 cookie,
-            })
+            });
+            AuthChain::new(api, vec![token], 0)
         };
         let api_limit = definition
             .global_rate_limit
@@ -235,13 +230,33 @@ impl ApiSpec {
                 }),
                 quota: None,
             });
+        let forwarding = Forwarding {
+            strip: definition
+                .proxy
+                .strip_listen_path
+                .then(|| listen_path.trim_end_matches('/').into()),
+            preserve_host: definition.proxy.preserve_host_header,
+        };
+        let pipeline = Pipeline::compile(Features {
+            api_limit,
+            versioning: versioning.map(|rules| VersionStage {
+                rules,
+                listen_path: listen_path.as_str().into(),
+                slug: definition.slug.as_str().into(),
+            }),
+            auth,
+            disabled_limits: Disabled {
+                rate: definition.disable_rate_limit,
+                quota: definition.disable_quota,
+            },
+            api_id: definition.api_id.as_str().into(),
+        });
         Ok(Self {
             definition,
             target,
-            key_source,
+            forwarding,
             unhonoured,
-            api_limit,
-            versioning,
+            pipeline,
         })
     }
 
@@ -249,35 +264,8 @@ impl ApiSpec {
         &self.definition.api_id
     }
 
-    /// `disable_rate_limit` and `disable_quota`.
-    pub fn disabled_limits(&self) -> Disabled {
-        Disabled {
-            rate: self.definition.disable_rate_limit,
-            quota: self.definition.disable_quota,
-        }
-    }
-
     pub fn listen_path(&self) -> &str {
         &self.definition.proxy.listen_path
-    }
-
-    /// The upstream path for a request path that matched this API's listen path.
-    pub fn upstream_path<'a>(&self, target: &Target, path: &'a str) -> std::borrow::Cow<'a, str> {
-        use std::borrow::Cow;
-        let rest = if self.definition.proxy.strip_listen_path {
-            let lp = self.listen_path().trim_end_matches('/');
-            path.strip_prefix(lp).unwrap_or(path)
-        } else {
-            path
-        };
-        let base = &target.base_path;
-        match (base.is_empty(), rest.starts_with('/')) {
-            (true, true) => Cow::Borrowed(rest),
-            (true, false) => Cow::Owned(format!("/{rest}")),
-            (false, true) => Cow::Owned(format!("{base}{rest}")),
-            (false, false) if rest.is_empty() => Cow::Owned(format!("{base}/")),
-            (false, false) => Cow::Owned(format!("{base}/{rest}")),
-        }
     }
 
     fn matches(&self, path: &str) -> bool {
@@ -464,7 +452,7 @@ mod tests {
     fn strip_and_join_paths() {
         let joined = |lp: &str, target: &str, strip: bool, path: &str| {
             let s = spec(lp, target, strip);
-            s.upstream_path(&s.target, path).into_owned()
+            s.forwarding.upstream_path(&s.target, path).into_owned()
         };
         assert_eq!(joined("/t/", "http://u", true, "/t/get"), "/get");
         assert_eq!(joined("/t/", "http://u", true, "/t"), "/");

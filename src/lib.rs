@@ -1,7 +1,8 @@
 //! tollgate: a Tyk-compatible API gateway.
 //!
-//! A request flows `server → path → api match → API limit → auth → limits → proxy`; keys
-//! live behind the [`store::SessionStore`] trait. See the README for the architecture.
+//! A request flows `server → path → route (api) → pipeline (request stages) → proxy →
+//! pipeline (response stages)`; keys live behind the [`store::SessionStore`] trait. See the
+//! README for the architecture.
 #![forbid(unsafe_code)]
 
 pub mod admin;
@@ -17,6 +18,7 @@ pub mod guard;
 pub mod honoured;
 pub mod limits;
 pub mod path;
+pub mod pipeline;
 pub mod policy;
 pub mod proxy;
 pub mod rejection;

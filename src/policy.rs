@@ -121,6 +121,17 @@ pub enum PolicyRefused {
     NotFound(String),
     #[error("key has no valid policies to be applied")]
     NoneValid,
+    /// Tyk refuses a policy of another organisation than the API's: applying it would let
+    /// one organisation's policy grant access to another's API.
+    #[error("attempting to apply policy from different organisation to key")]
+    OtherOrg,
+}
+
+/// A key's access with its policies applied, and the organisations of the policies used.
+#[derive(Clone)]
+struct Applied {
+    access: Arc<KeyAccess>,
+    orgs: Box<[Box<str>]>,
 }
 
 /// The policies in force, by id.
@@ -128,7 +139,7 @@ pub struct PolicyTable {
     by_id: HashMap<String, Arc<PolicyDefinition>>,
     /// Applied accesses by the address of the access they were made from, which each entry
     /// keeps alive (so an address is never reused while it is a key here).
-    applied: quick_cache::sync::Cache<usize, (Arc<KeyAccess>, Arc<KeyAccess>)>,
+    applied: quick_cache::sync::Cache<usize, (Arc<KeyAccess>, Applied)>,
 }
 
 /// Distinct key accesses whose applied form is remembered.
@@ -217,28 +228,37 @@ impl PolicyTable {
         all
     }
 
-    /// `access` with the policies it names applied; `access` itself when it names none.
-    pub fn apply(&self, access: &Arc<KeyAccess>) -> Result<Arc<KeyAccess>, PolicyRefused> {
+    /// `access` with the policies it names applied, for an API of `api_org`; `access` itself
+    /// when it names none.
+    pub fn apply(
+        &self,
+        access: &Arc<KeyAccess>,
+        api_org: &str,
+    ) -> Result<Arc<KeyAccess>, PolicyRefused> {
         if access.policies.is_empty() {
             return Ok(access.clone());
         }
         let address = Arc::as_ptr(access) as usize;
-        if let Some((source, applied)) = self.applied.get(&address)
-            && Arc::ptr_eq(&source, access)
-        {
-            return Ok(applied);
+        let applied = match self.applied.get(&address) {
+            Some((source, applied)) if Arc::ptr_eq(&source, access) => applied,
+            _ => {
+                let applied = self.combine(access)?;
+                self.applied
+                    .insert(address, (access.clone(), applied.clone()));
+                applied
+            }
+        };
+        if applied.orgs.iter().any(|org| **org != *api_org) {
+            return Err(PolicyRefused::OtherOrg);
         }
-        let applied = Arc::new(self.combine(access)?);
-        self.applied
-            .insert(address, (access.clone(), applied.clone()));
-        Ok(applied)
+        Ok(applied.access)
     }
 
     /// Tyk's `Apply`: a missing policy is skipped among several and refuses a key that names
     /// only it; rate, quota and access rights come from the policies that set them (the
     /// highest rate, the largest quota, the union of access rights with their versions and
     /// URL rights merged); `is_inactive` from any.
-    fn combine(&self, key: &KeyAccess) -> Result<KeyAccess, PolicyRefused> {
+    fn combine(&self, key: &KeyAccess) -> Result<Applied, PolicyRefused> {
         let mut found = Vec::with_capacity(key.policies.len());
         for id in &key.policies {
             match self.by_id.get(&**id).filter(|p| p.active) {
@@ -305,7 +325,16 @@ impl PolicyTable {
         let mut applied = key.with_apis(apis);
         applied.limits = limits;
         applied.is_inactive = inactive;
-        Ok(applied)
+        let mut orgs: Vec<Box<str>> = Vec::new();
+        for policy in &found {
+            if !orgs.iter().any(|org| **org == *policy.org_id) {
+                orgs.push(policy.org_id.as_str().into());
+            }
+        }
+        Ok(Applied {
+            access: Arc::new(applied),
+            orgs: orgs.into(),
+        })
     }
 }
 
@@ -414,7 +443,7 @@ mod tests {
                     "allowed_urls": [{"url": "/x", "methods": ["POST"]}]}, "b": {"api_id": "b"}}})),
             policy(json!({"id": "off", "is_inactive": true, "partitions": {"quota": true}})),
         ]);
-        let applied = table.apply(&key(&["slow", "fast"])).unwrap();
+        let applied = table.apply(&key(&["slow", "fast"]), "").unwrap();
         assert_eq!(
             (applied.limits.rate, applied.limits.per),
             (100.0, 1.0),
@@ -429,21 +458,26 @@ mod tests {
         // The memo answers the same access with the same applied copy.
         let access = key(&["slow"]);
         assert!(Arc::ptr_eq(
-            &table.apply(&access).unwrap(),
-            &table.apply(&access).unwrap()
+            &table.apply(&access, "").unwrap(),
+            &table.apply(&access, "").unwrap()
         ));
 
-        assert!(table.apply(&key(&["slow", "off"])).unwrap().is_inactive);
+        assert!(table.apply(&key(&["slow", "off"]), "").unwrap().is_inactive);
+        // A policy of another organisation than the API's grants nothing, memo or not.
         assert_eq!(
-            table.apply(&key(&["gone"])).unwrap_err(),
+            table.apply(&access, "other-org").unwrap_err(),
+            PolicyRefused::OtherOrg
+        );
+        assert_eq!(
+            table.apply(&key(&["gone"]), "").unwrap_err(),
             PolicyRefused::NotFound("gone".into())
         );
         assert!(
-            table.apply(&key(&["gone", "slow"])).is_ok(),
+            table.apply(&key(&["gone", "slow"]), "").is_ok(),
             "skipped among others"
         );
         assert_eq!(
-            table.apply(&key(&["off"])).unwrap_err(),
+            table.apply(&key(&["off"]), "").unwrap_err(),
             PolicyRefused::NoneValid,
             "a quota-only policy grants no API"
         );
@@ -503,7 +537,7 @@ mod tests {
             json!({"id": "off", "active": false, "access_rights": {"a": {"api_id": "a"}}}),
         )]);
         assert_eq!(
-            table.apply(&key(&["off"])).unwrap_err(),
+            table.apply(&key(&["off"]), "").unwrap_err(),
             PolicyRefused::NotFound("off".into())
         );
     }
@@ -513,7 +547,7 @@ mod tests {
         let table = PolicyTable::new(vec![policy(json!({"id": "p", "rate": 5, "per": 1,
             "partitions": {"per_api": true},
             "access_rights": {"a": {"api_id": "a"}, "b": {"api_id": "b", "limit": {"rate": 50, "per": 1}}}}))]);
-        let applied = table.apply(&key(&["p"])).unwrap();
+        let applied = table.apply(&key(&["p"]), "").unwrap();
         assert_eq!(applied.access_to("a").unwrap().limit.unwrap().rate, 5.0);
         assert_eq!(applied.access_to("b").unwrap().limit.unwrap().rate, 50.0);
     }

@@ -23,9 +23,8 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tokio::task::AbortHandle;
 
-use crate::api::ApiSpec;
 use crate::connection::Peer;
-use crate::target::Target;
+use crate::target::{Forwarding, Target};
 
 /// Why the upstream gave no response.
 #[derive(Debug, thiserror::Error)]
@@ -121,11 +120,11 @@ impl UpstreamClient {
         Self { pool, timeout }
     }
 
-    /// Sends `req` (already matched to `spec`) to `target` (the API's, or its version's) and
-    /// returns the streaming response.
+    /// Sends `req` (rewritten as `forwarding` says) to `target` (the API's, or its
+    /// version's) and returns the streaming response.
     pub async fn forward(
         &self,
-        spec: &ApiSpec,
+        forwarding: &Forwarding,
         target: &Target,
         req: Request<Incoming>,
         peer: &Peer,
@@ -133,7 +132,7 @@ impl UpstreamClient {
         let (parts, body) = req.into_parts();
         let (body, progress) = RequestBody::new(body);
         let mut req = Request::from_parts(parts, body);
-        let path = spec.upstream_path(target, req.uri().path());
+        let path = forwarding.upstream_path(target, req.uri().path());
         let path_and_query = match req.uri().query() {
             Some(q) => PathAndQuery::try_from(format!("{path}?{q}")),
             None => PathAndQuery::try_from(path.into_owned()),
@@ -145,7 +144,7 @@ impl UpstreamClient {
         strip_hop_by_hop(headers);
         append_forwarded_for(headers, peer);
         headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
-        if !spec.definition.proxy.preserve_host_header || !headers.contains_key(header::HOST) {
+        if !forwarding.preserve_host || !headers.contains_key(header::HOST) {
             headers.insert(header::HOST, target.host.clone());
         }
 

@@ -1,5 +1,5 @@
-//! The listener and the request pipeline (`Gateway::handle`): `path → api match → API limit →
-//! version → auth → limits → proxy`.
+//! The listener and a request's way through the node (`Gateway::handle`): `path → route →
+//! the API's pipeline on the request → proxy → the pipeline on the response`.
 //!
 //! Owns the accept loop, per-connection HTTP/1.1 settings, the pipeline's order and the panic
 //! guard; the node's state is `gateway`'s, and how a refusal is answered is `rejection`'s.
@@ -18,16 +18,14 @@ use hyper::service::service_fn;
 use tokio::net::TcpListener;
 
 use crate::admin;
-use crate::auth::{self, AuthContext};
+use crate::auth::AuthContext;
 use crate::connection::{self, Peer};
-use crate::counting::{LimitError, now_secs};
 use crate::gateway::Gateway;
-use crate::limits;
 use crate::path;
+use crate::pipeline::{Exchange, Services};
 use crate::proxy::UpstreamClient;
 use crate::rejection::Rejection;
 use crate::response::{Body, error_response};
-use crate::session::unix_now;
 
 /// Largest request head (request line + headers) accepted; larger gets 431.
 pub const MAX_HEAD_BYTES: usize = 16 * 1024;
@@ -46,8 +44,8 @@ impl Gateway {
         }
     }
 
-    /// The pipeline in Tyk's order: path → route → API limit → version → auth (key, policies,
-    /// rights) → key limits → proxy, each step refusing with its typed [`Rejection`].
+    /// Path → route → the API's request stages (see `pipeline`) → proxy → its response
+    /// stages; each step refuses with its typed [`Rejection`].
     async fn pass(
         self: &Arc<Self>,
         mut req: Request<Incoming>,
@@ -65,64 +63,29 @@ impl Gateway {
             .route(req.uri().path())
             .cloned()
             .ok_or(Rejection::NoApi)?;
-        // The API's own limit first, as Tyk's RateLimitForAPI: it shields the key store too.
-        // Boxed: the wait would otherwise widen every request's future, limited or not.
-        if let Some(api_limit) = &spec.api_limit
-            && Box::pin(self.limiter.admit(api_limit))
-                .await
-                .verdict()
-                .is_err()
-        {
-            let error = LimitError::ApiRateExceeded;
-            return Err(Rejection::Limit {
-                error,
-                counted: None,
-            });
-        }
         let (mut parts, body) = req.into_parts();
-        let version = match &spec.versioning {
-            Some(rules) => {
-                let slug = &spec.definition.slug;
-                Some(rules.select(&mut parts, spec.listen_path(), slug, unix_now())?)
-            }
-            None => None,
+        let services = Services {
+            limiter: &self.limiter,
+            auth: AuthContext {
+                hasher: &self.hasher,
+                sessions: &*self.sessions,
+                guard: &self.guard,
+                client: peer.addr.ip(),
+                policies: &self.policies,
+            },
         };
-        let cx = AuthContext {
-            hasher: &self.hasher,
-            sessions: &*self.sessions,
-            guard: &self.guard,
-            client: peer.addr.ip(),
-            version: version.as_ref(),
-            policies: &self.policies,
-        };
-        let caller = auth::authenticate(&spec, &parts, cx).await?;
-        let policy = caller.as_ref().and_then(|c| {
-            limits::policy_for(spec.api_id(), spec.disabled_limits(), &c.access, &c.key_id)
-        });
-        let limited = match policy {
-            Some(policy) => {
-                let usage = self.limiter.admit(&policy).await;
-                if let Err(error) = usage.verdict() {
-                    let counted = Some(Box::new((policy, usage)));
-                    return Err(Rejection::Limit { error, counted });
-                }
-                Some((policy, usage))
-            }
-            None => None,
-        };
+        let mut exchange = Exchange::default();
+        spec.pipeline
+            .on_request(&mut parts, &mut exchange, &services)
+            .await?;
         let req = Request::from_parts(parts, body);
-        let target = version
-            .as_ref()
-            .and_then(|v| v.target)
-            .unwrap_or(&spec.target);
+        let target = exchange.target(&spec.target);
         let response = upstream
-            .forward(&spec, target, req, peer)
+            .forward(&spec.forwarding, target, req, peer)
             .await
             .inspect_err(|e| tracing::debug!(api = spec.api_id(), "upstream error: {e:?}"))?;
         let mut response = response.map(Either::Left);
-        if let Some((policy, usage)) = &limited {
-            usage.write_headers(policy, response.headers_mut(), now_secs());
-        }
+        spec.pipeline.on_response(&mut response, &exchange);
         Ok(response)
     }
 }

@@ -1,6 +1,8 @@
 //! An upstream as a definition names it (`proxy.target_url`, a version's `override_target`),
-//! parsed once when definitions load.
+//! parsed once when definitions load, and how a routed request's path and `Host` are rewritten
+//! for it.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use http::uri::Scheme;
@@ -41,4 +43,31 @@ pub fn parse(url: &str) -> Result<Target, String> {
         host,
         base_path: uri.path().trim_end_matches('/').to_owned(),
     })
+}
+
+/// How a routed request is rewritten for its upstream: `proxy.strip_listen_path` and
+/// `proxy.preserve_host_header`, resolved once.
+#[derive(Debug, Clone)]
+pub struct Forwarding {
+    /// The listen path without its trailing slash, when `strip_listen_path` is on.
+    pub strip: Option<Box<str>>,
+    pub preserve_host: bool,
+}
+
+impl Forwarding {
+    /// The upstream path for a request path that matched the API's listen path.
+    pub fn upstream_path<'a>(&self, target: &Target, path: &'a str) -> Cow<'a, str> {
+        let rest = match &self.strip {
+            Some(listen_path) => path.strip_prefix(&**listen_path).unwrap_or(path),
+            None => path,
+        };
+        let base = &target.base_path;
+        match (base.is_empty(), rest.starts_with('/')) {
+            (true, true) => Cow::Borrowed(rest),
+            (true, false) => Cow::Owned(format!("/{rest}")),
+            (false, true) => Cow::Owned(format!("{base}{rest}")),
+            (false, false) if rest.is_empty() => Cow::Owned(format!("{base}/")),
+            (false, false) => Cow::Owned(format!("{base}/{rest}")),
+        }
+    }
 }

@@ -386,6 +386,21 @@ async fn hello_and_ready() {
 }
 
 #[tokio::test]
+async fn the_readiness_check_answers_under_its_configured_name() {
+    let gw = gateway()
+        .config(json!({"readiness_check_endpoint_name": "readyz"}))
+        .start()
+        .await;
+    let r = gw
+        .client
+        .request("GET", &gw.url("/readyz"), &[], None)
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let r = gw.client.request("GET", &gw.url("/ready"), &[], None).await;
+    assert_eq!(r.status, 404, "the default name is no longer the check");
+}
+
+#[tokio::test]
 async fn raw_keys_when_hashing_is_off() {
     let up = upstream().await;
     let gw = gateway()

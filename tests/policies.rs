@@ -163,6 +163,36 @@ async fn a_group_reload_carries_a_policy_change_to_every_node() {
 }
 
 #[tokio::test]
+async fn a_policy_of_another_organisation_grants_nothing() {
+    let up = upstream().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut foreign = policy("foreign", "1");
+    foreign["org_id"] = json!("another-org");
+    std::fs::write(dir.path().join("foreign.json"), foreign.to_string()).unwrap();
+    std::fs::write(dir.path().join("own.json"), policy("own", "1").to_string()).unwrap();
+    let gw = gateway()
+        .api(sample_api(&up.url("")))
+        .config(json!({"policies": {"policy_source": "file", "policy_path": dir.path()}}))
+        .start()
+        .await;
+    gw.add_key("ownkey", policy_key(&["own"])).await;
+    assert_eq!(status(&gw, "/tyk-api-test/get", "ownkey").await, 200);
+    // As Tyk: a policy whose org_id is not the API's is refused, alone or beside another.
+    for (name, policies) in [
+        ("foreignkey", &["foreign"][..]),
+        ("mixedkey", &["own", "foreign"]),
+    ] {
+        gw.add_key(name, policy_key(policies)).await;
+        let r = gw.get_with_key("/tyk-api-test/get", Some(name)).await;
+        assert_eq!(r.status, 403, "{name}: {}", r.text());
+        assert_eq!(
+            r.json(),
+            json!({"error": "Access to this API has been disallowed"})
+        );
+    }
+}
+
+#[tokio::test]
 async fn a_new_key_takes_its_policys_key_expires_in() {
     let up = upstream().await;
     let dir = tempfile::tempdir().unwrap();

@@ -1016,6 +1016,31 @@ async fn force_global_session_lifetime_sets_every_records_ttl() {
 }
 
 #[tokio::test]
+async fn a_keys_own_session_lifetime_sets_its_ttl_unless_forced() {
+    let redis = RedisServer::start().await;
+    let up = upstream().await;
+    let mut config = direct(redis.port);
+    config["global_session_lifetime"] = json!(100);
+    let gw = node(&up.url(""), config).await;
+    let mut key = seed_key();
+    key["session_lifetime"] = json!(5000);
+    gw.add_key("ownlifetime", key).await;
+    let ttl: i64 = redis::from_redis_value(
+        support::redis::cmd(
+            redis.port,
+            &["TTL", &format!("apikey-{}", gw.key_id("ownlifetime"))],
+        )
+        .await
+        .unwrap(),
+    )
+    .unwrap();
+    assert!(
+        (4990..=5000).contains(&ttl),
+        "not forced, the key's own lifetime wins over the global one: {ttl}"
+    );
+}
+
+#[tokio::test]
 async fn a_tls_sentinel_is_followed_over_tls() {
     let redis = TlsRedisServer::start(false).await;
     let sentinel = redis.sentinel().await;

@@ -586,6 +586,24 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn the_cache_holds_at_most_max_entries() {
+        let cache = Arc::new(SessionCache::new(&LocalSessionCache {
+            max_entries: 8,
+            ..config(60, 120)
+        }));
+        let store = CachedStore::new(Arc::new(crate::store::MemoryStore::new()), cache.clone());
+        for i in 0..100 {
+            let key = format!("k{i}");
+            store
+                .set(&key, &SessionState::default(), None)
+                .await
+                .unwrap();
+            assert!(store.access(&key).await.unwrap().is_some());
+        }
+        assert!(cache.entries.len() <= 8, "{} entries", cache.entries.len());
+    }
+
+    #[tokio::test]
     async fn keys_with_the_same_access_share_one_copy() {
         let store = CachedStore::new(
             Arc::new(crate::store::MemoryStore::new()),

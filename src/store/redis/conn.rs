@@ -66,29 +66,32 @@ impl Shared {
         host: &str,
         port: u16,
         settings: &RedisConnectionInfo,
-    ) -> Result<redis::aio::PubSub, String> {
+    ) -> Result<redis::aio::PubSub, Fault> {
         // With TLS like every other connection: a sentinel that speaks only TLS must still
         // report `+switch-master`.
-        let info = self
-            .addr(host, port)
-            .into_connection_info()
-            .map_err(|e| e.to_string())?
-            .set_redis_settings(settings.clone());
-        let client = redis::Client::open(info).map_err(|e| e.to_string())?;
-        match tokio::time::timeout(self.timeout, client.get_async_pubsub()).await {
-            Ok(Ok(pubsub)) => Ok(pubsub),
-            Ok(Err(e)) => Err(e.to_string()),
-            Err(_) => Err(format!("timed out connecting to {host}:{port}")),
-        }
+        let connect = async {
+            let info = self
+                .addr(host, port)
+                .into_connection_info()?
+                .set_redis_settings(settings.clone());
+            redis::Client::open(info)?.get_async_pubsub().await
+        };
+        within(
+            || format!("{host}:{port}"),
+            "connect",
+            self.timeout,
+            connect,
+        )
+        .await
     }
 
-    pub(super) fn record_error(&self, message: String) {
-        tracing::debug!("redis: {message}");
-        *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(message);
+    pub(super) fn record_error(&self, fault: &Fault) {
+        tracing::debug!("redis: {fault}");
+        *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(fault.to_string());
     }
 
     /// Marks the master as lost and wakes the maintainer.
-    pub(super) fn lose_master(&self, why: String) {
+    pub(super) fn lose_master(&self, why: &Fault) {
         self.stop_following();
         if self.healthy.swap(false, Ordering::AcqRel) {
             tracing::warn!("redis master lost: {why}");
@@ -99,8 +102,7 @@ impl Shared {
 
     /// Sentinel announced a new master: drop the current one and restart any discovery in
     /// progress, which may be waiting on the old, unresponsive master.
-    pub(super) fn master_switched(&self, why: String) {
-        tracing::info!("{why}");
+    pub(super) fn master_switched(&self) {
         self.stop_following();
         self.healthy.store(false, Ordering::Release);
         self.wake.notify_one();
@@ -128,20 +130,11 @@ impl Shared {
             .unwrap_or_else(|| usize::from(self.replica_high_water.load(Ordering::Acquire) > 0))
     }
 
-    pub(super) async fn read(&self, link: &Link, key: &str) -> Result<Option<String>, RedisError> {
+    pub(super) async fn read(&self, link: &Link, key: &str) -> Result<Option<String>, Fault> {
         let mut conn = link.request_path();
-        match tokio::time::timeout(
-            READ_TIMEOUT,
-            redis::cmd("GET").arg(key).query_async(&mut conn),
-        )
-        .await
-        {
-            Ok(result) => result,
-            Err(_) => Err(RedisError::from(std::io::Error::new(
-                std::io::ErrorKind::TimedOut,
-                format!("GET on {} timed out", link.addr()),
-            ))),
-        }
+        let mut get = redis::cmd("GET");
+        let answer = get.arg(key).query_async(&mut conn);
+        within(|| link.addr(), "GET", READ_TIMEOUT, answer).await
     }
 
     /// The stored JSON of `key_id`: from the master, or from a replica while it is away.
@@ -150,13 +143,8 @@ impl Shared {
         if let Some(link) = self.healthy_master() {
             match self.read(&link, &key).await {
                 Ok(found) => return Ok(found),
-                Err(e) => {
-                    if means_find_master(&e) {
-                        self.lose_master(format!("read on {}: {e}", link.addr()));
-                    } else {
-                        return Err(StoreError::Unavailable(e.to_string()));
-                    }
-                }
+                Err(e) if e.means_find_master() => self.lose_master(&e),
+                Err(e) => return Err(StoreError::Unavailable(e.to_string())),
             }
         }
         match self.read_replica(&key).await {
@@ -169,10 +157,7 @@ impl Shared {
     /// `key` from the replicas, starting with the next in turn. A replica without the key
     /// may only be behind (a key written just before the master went away), so "missing"
     /// is the answer only when no replica that answers has it.
-    pub(super) async fn read_replica(
-        &self,
-        key: &str,
-    ) -> Option<Result<Option<String>, RedisError>> {
+    pub(super) async fn read_replica(&self, key: &str) -> Option<Result<Option<String>, Fault>> {
         let replicas = self.replicas.load();
         if replicas.is_empty() {
             return None;
@@ -217,10 +202,11 @@ impl Shared {
             };
             if confirmed < acks {
                 // A master that cannot reach its replicas may be about to be demoted.
-                self.lose_master(format!(
-                    "{} replicas of {acks} confirmed a write",
-                    confirmed
-                ));
+                self.lose_master(&Fault::Unconfirmed {
+                    addr: link.addr(),
+                    confirmed,
+                    required: acks,
+                });
                 return Err(StoreError::NotDurable(format!(
                     "{confirmed} of {acks} required replicas confirmed the write within {wait_ms} ms"
                 )));
@@ -281,7 +267,7 @@ impl Shared {
         &self,
         link: &Link,
         conn: MultiplexedConnection,
-        what: &str,
+        what: &'static str,
         deadline: Duration,
         command: F,
     ) -> Result<T, StoreError>
@@ -289,19 +275,14 @@ impl Shared {
         F: FnOnce(MultiplexedConnection) -> Fut,
         Fut: std::future::Future<Output = redis::RedisResult<T>>,
     {
-        match tokio::time::timeout(deadline, command(conn)).await {
-            Ok(Ok(value)) => Ok(value),
-            Ok(Err(e)) => {
-                if means_find_master(&e) {
-                    self.lose_master(format!("{what} on {}: {e}", link.addr()));
+        within(|| link.addr(), what, deadline, command(conn))
+            .await
+            .map_err(|fault| {
+                if fault.means_find_master() {
+                    self.lose_master(&fault);
                 }
-                Err(StoreError::Unavailable(e.to_string()))
-            }
-            Err(_) => {
-                self.lose_master(format!("{what} on {} timed out", link.addr()));
-                Err(StoreError::Unavailable(format!("{what} timed out")))
-            }
-        }
+                StoreError::Unavailable(fault.to_string())
+            })
     }
 
     pub(super) fn unavailable_reason(&self) -> String {

@@ -15,16 +15,20 @@ pub(super) struct SentinelView {
 /// `SENTINEL <subcommand> <name>` within `deadline`.
 pub(super) async fn sentinel_query<T: redis::FromRedisValue>(
     sentinel: &mut MultiplexedConnection,
-    subcommand: &str,
+    addr: &str,
+    subcommand: &'static str,
     name: &str,
     deadline: Duration,
-) -> Result<T, String> {
+) -> Result<T, Fault> {
     let mut command = redis::cmd("SENTINEL");
     command.arg(subcommand).arg(name);
-    tokio::time::timeout(deadline, command.query_async(sentinel))
-        .await
-        .map_err(|_| format!("SENTINEL {subcommand} timed out"))?
-        .map_err(|e| e.to_string())
+    within(
+        || addr.to_owned(),
+        subcommand,
+        deadline,
+        command.query_async(sentinel),
+    )
+    .await
 }
 
 impl Shared {
@@ -38,21 +42,21 @@ impl Shared {
     pub(super) async fn role(
         &self,
         conn: &mut MultiplexedConnection,
-    ) -> Result<(String, usize), String> {
-        let value = tokio::time::timeout(
-            self.discovery_timeout(),
-            redis::cmd("ROLE").query_async::<Value>(conn),
-        )
-        .await
-        .map_err(|_| "ROLE timed out".to_string())?
-        .map_err(|e| e.to_string())?;
+        addr: &str,
+    ) -> Result<(String, usize), Fault> {
+        let command = redis::cmd("ROLE");
+        let query = command.query_async::<Value>(conn);
+        let value = within(|| addr.to_owned(), "ROLE", self.discovery_timeout(), query).await?;
+        let reply = || Fault::RoleReply {
+            addr: addr.to_owned(),
+        };
         let Value::Array(items) = value else {
-            return Err(format!("unexpected ROLE reply {value:?}"));
+            return Err(reply());
         };
         let role = match items.first() {
             Some(Value::BulkString(b)) => String::from_utf8_lossy(b).into_owned(),
             Some(Value::SimpleString(s)) => s.clone(),
-            other => return Err(format!("unexpected ROLE reply {other:?}")),
+            _ => return Err(reply()),
         };
         let replicas = match items.get(2) {
             Some(Value::Array(list)) if role == "master" => list.len(),
@@ -62,19 +66,12 @@ impl Shared {
     }
 
     /// Finds and installs the master (and, with Sentinel, the replicas).
-    pub(super) async fn discover(&self) -> Result<(), String> {
+    pub(super) async fn discover(&self) -> Result<(), Fault> {
         match &self.topology {
             Topology::Direct { host, port } => {
-                let mut conn = self
-                    .open(host, *port, &self.settings)
-                    .await
-                    .map_err(|e| format!("{host}:{port}: {e}"))?;
-                let (role, replicas) = self.role(&mut conn).await?;
-                if role != "master" {
-                    return Err(format!("{host}:{port} is a {role}, not the master"));
-                }
+                let (mut conn, replicas) = self.confirm_master(host, *port).await?;
                 self.learn_replicas_seen(&mut conn, replicas).await;
-                self.check_not_lonely(replicas)?;
+                self.check_not_lonely(host, *port, replicas)?;
                 self.install_master(host.clone(), *port, conn, replicas)
                     .await;
                 Ok(())
@@ -95,7 +92,7 @@ impl Shared {
         &self,
         sentinels: &[(String, u16)],
         name: &str,
-    ) -> Result<(), String> {
+    ) -> Result<(), Fault> {
         let give_up = tokio::time::Instant::now() + self.discovery_timeout() * 3;
         let ask = |index: usize| {
             let (host, port) = &sentinels[index];
@@ -122,14 +119,11 @@ impl Shared {
                             });
                         }
                         Ok(_) => {}
-                        Err(e) => {
-                            let (host, port) = &sentinels[index];
-                            errors.push(format!("sentinel {host}:{port}: {e}"));
-                        }
+                        Err(e) => errors.push(e),
                     }
                     // Every sentinel has answered and none named a master worth probing.
                     if probes.is_empty() && !asking.contains(&true) {
-                        return Err(errors.join("; "));
+                        return Err(Fault::Every(errors));
                     }
                 }
                 Some((view, confirmed)) = probes.next() => match confirmed {
@@ -145,7 +139,7 @@ impl Shared {
                 },
                 () = &mut next_round => {
                     if tokio::time::Instant::now() > give_up {
-                        return Err(errors.join("; "));
+                        return Err(Fault::Every(errors));
                     }
                     for (index, busy) in asking.iter_mut().enumerate() {
                         if !*busy {
@@ -164,17 +158,15 @@ impl Shared {
         &self,
         host: &str,
         port: u16,
-    ) -> Result<(MultiplexedConnection, usize), String> {
+    ) -> Result<(MultiplexedConnection, usize), Fault> {
         let mut conn = self
             .open(host, port, &self.settings)
             .await
-            .map_err(|e| format!("master {host}:{port}: {e}"))?;
-        let (role, replicas) = self
-            .role(&mut conn)
-            .await
-            .map_err(|e| format!("{host}:{port}: {e}"))?;
+            .map_err(|e| Fault::connect(host, port, e))?;
+        let addr = format!("{host}:{port}");
+        let (role, replicas) = self.role(&mut conn, &addr).await?;
         if role != "master" {
-            return Err(format!("{host}:{port} reports role {role}"));
+            return Err(Fault::NotMaster { addr, role });
         }
         Ok((conn, replicas))
     }
@@ -184,19 +176,29 @@ impl Shared {
         host: &str,
         port: u16,
         name: &str,
-    ) -> Result<SentinelView, String> {
+    ) -> Result<SentinelView, Fault> {
         let deadline = self.discovery_timeout();
         let mut sentinel = self
             .open(host, port, &self.sentinel_settings)
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| Fault::connect(host, port, e))?;
+        let addr = format!("{host}:{port}");
         // get-master-addr-by-name already names the promoted replica during a failover;
         // `SENTINEL master` only does after the switch.
-        let addr: Option<(String, u16)> =
-            sentinel_query(&mut sentinel, "get-master-addr-by-name", name, deadline).await?;
-        let (ip, mport) = addr.ok_or_else(|| format!("no master named {name:?}"))?;
+        let master: Option<(String, u16)> = sentinel_query(
+            &mut sentinel,
+            &addr,
+            "get-master-addr-by-name",
+            name,
+            deadline,
+        )
+        .await?;
+        let (ip, mport) = master.ok_or_else(|| Fault::NoSuchMaster {
+            addr: addr.clone(),
+            name: name.to_owned(),
+        })?;
         let described: Vec<HashMap<String, String>> =
-            sentinel_query(&mut sentinel, "replicas", name, deadline)
+            sentinel_query(&mut sentinel, &addr, "replicas", name, deadline)
                 .await
                 .unwrap_or_default();
         let known_replicas = described.len();
@@ -281,7 +283,12 @@ impl Shared {
 
     /// Refuses, for a while, a master with no replicas when replicas were seen before:
     /// through HAProxy that is how a returning, not yet demoted, old master looks.
-    pub(super) fn check_not_lonely(&self, replicas: usize) -> Result<(), String> {
+    pub(super) fn check_not_lonely(
+        &self,
+        host: &str,
+        port: u16,
+        replicas: usize,
+    ) -> Result<(), Fault> {
         let mut since = self.lonely_since.lock().unwrap_or_else(|p| p.into_inner());
         if replicas > 0 || self.replica_high_water.load(Ordering::Acquire) == 0 {
             *since = None;
@@ -291,9 +298,9 @@ impl Shared {
         }
         let first = *since.get_or_insert_with(Instant::now);
         if first.elapsed() < LONELY_MASTER_DISTRUST {
-            return Err(
-                "master reports no replicas where replicas were seen; waiting for Sentinel".into(),
-            );
+            return Err(Fault::Lonely {
+                addr: format!("{host}:{port}"),
+            });
         }
         Ok(())
     }
@@ -342,7 +349,7 @@ pub(super) async fn maintain(shared: Arc<Shared>) {
                 () = shared.wake.notified() => continue,
             };
             if let Err(e) = outcome {
-                shared.record_error(e);
+                shared.record_error(&e);
                 tokio::select! {
                     () = tokio::time::sleep(RETRY_PAUSE) => {}
                     () = shared.wake.notified() => {}
@@ -358,7 +365,8 @@ pub(super) async fn maintain(shared: Arc<Shared>) {
             continue;
         };
         let mut conn = link.conn();
-        match tokio::time::timeout(READ_TIMEOUT, shared.role(&mut conn)).await {
+        let addr = link.addr();
+        match tokio::time::timeout(READ_TIMEOUT, shared.role(&mut conn, &addr)).await {
             Ok(Ok((role, replicas))) if role == "master" => {
                 if replicas > shared.replica_high_water.load(Ordering::Acquire) {
                     shared.learn_replicas_seen(&mut conn, replicas).await;
@@ -366,13 +374,13 @@ pub(super) async fn maintain(shared: Arc<Shared>) {
                 if kept_alive.elapsed() >= KEEPALIVE_EVERY {
                     kept_alive = Instant::now();
                     if let Err(e) = link.keep_alive().await {
-                        shared.lose_master(format!("{}: {e}", link.addr()));
+                        shared.lose_master(&e);
                     }
                 }
             }
-            Ok(Ok((role, _))) => shared.lose_master(format!("{} is now a {role}", link.addr())),
-            Ok(Err(e)) => shared.lose_master(format!("{}: {e}", link.addr())),
-            Err(_) => shared.lose_master(format!("{} did not answer ROLE", link.addr())),
+            Ok(Ok((role, _))) => shared.lose_master(&Fault::NotMaster { addr, role }),
+            Ok(Err(e)) => shared.lose_master(&e),
+            Err(_) => shared.lose_master(&Fault::TimedOut { addr, step: "ROLE" }),
         }
     }
 }
@@ -401,9 +409,8 @@ pub(super) async fn follow_sentinels(shared: Arc<Shared>) {
             while let Some(msg) = messages.next().await {
                 let payload: String = msg.get_payload().unwrap_or_default();
                 if payload.split(' ').next() == Some(master_name.as_str()) {
-                    shared.master_switched(format!(
-                        "sentinel {host}:{port}: +switch-master {payload}"
-                    ));
+                    tracing::info!("sentinel {host}:{port}: +switch-master {payload}");
+                    shared.master_switched();
                 }
             }
         }

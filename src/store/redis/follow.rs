@@ -14,17 +14,15 @@ impl Shared {
         link: &Link,
         pushes: mpsc::UnboundedSender<PushInfo>,
         track: bool,
-    ) -> Result<(MultiplexedConnection, bool), String> {
+    ) -> Result<(MultiplexedConnection, bool), Fault> {
         let settings = self.settings.clone().set_protocol(ProtocolVersion::RESP3);
         let config = AsyncConnectionConfig::new().set_push_sender(pushes);
         let mut conn = self
             .open_with(&link.host, link.port, &settings, config)
             .await
-            .map_err(|e| e.to_string())?;
-        tokio::time::timeout(self.timeout, conn.subscribe(NOTIFICATION_CHANNEL))
-            .await
-            .map_err(|_| "SUBSCRIBE timed out".to_string())?
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| Fault::connect(&link.host, link.port, e))?;
+        let subscribe = conn.subscribe(NOTIFICATION_CHANNEL);
+        within(|| link.addr(), "SUBSCRIBE", self.timeout, subscribe).await?;
         if !track {
             return Ok((conn, false));
         }
@@ -39,7 +37,10 @@ impl Shared {
                 );
                 Ok((conn, false))
             }
-            Err(_) => Err("CLIENT TRACKING timed out".into()),
+            Err(_) => Err(Fault::TimedOut {
+                addr: link.addr(),
+                step: "CLIENT TRACKING",
+            }),
         }
     }
 }
@@ -62,7 +63,7 @@ pub(super) async fn follow_changes(shared: Arc<Shared>) {
         let (mut conn, tracking) = match shared.follow(&link, tx, cache.follows_changes()).await {
             Ok(followed) => followed,
             Err(e) => {
-                shared.record_error(format!("following changes on {}: {e}", link.addr()));
+                shared.record_error(&e);
                 tokio::time::sleep(RETRY_PAUSE).await;
                 continue;
             }
@@ -86,9 +87,9 @@ pub(super) async fn follow_changes(shared: Arc<Shared>) {
                 _ = changed.changed() => break,
                 _ = probe.tick() => {
                     let ping = redis::cmd("PING");
-                    let answer = tokio::time::timeout(READ_TIMEOUT, ping.query_async::<Value>(&mut conn));
-                    if !matches!(answer.await, Ok(Ok(_))) {
-                        shared.record_error(format!("following changes on {}: no answer to PING", link.addr()));
+                    let answer = ping.query_async::<Value>(&mut conn);
+                    if let Err(e) = within(|| link.addr(), "PING", READ_TIMEOUT, answer).await {
+                        shared.record_error(&e);
                         break;
                     }
                 }

@@ -51,7 +51,7 @@ impl Link {
     }
 
     /// A `PING` on every connection at once; the first failure, if any.
-    pub(super) async fn keep_alive(&self) -> Result<(), String> {
+    pub(super) async fn keep_alive(&self) -> Result<(), Fault> {
         let pings = std::iter::once(&self.request_path)
             .chain(&self.others)
             .map(|conn| {
@@ -59,11 +59,9 @@ impl Link {
                 async move {
                     let ping = redis::cmd("PING");
                     let answer = ping.query_async::<Value>(&mut conn);
-                    match tokio::time::timeout(READ_TIMEOUT, answer).await {
-                        Ok(Ok(_)) => Ok(()),
-                        Ok(Err(e)) => Err(format!("PING failed: {e}")),
-                        Err(_) => Err("PING timed out".to_owned()),
-                    }
+                    within(|| self.addr(), "PING", READ_TIMEOUT, answer)
+                        .await
+                        .map(drop)
                 }
             });
         futures_util::future::join_all(pings)

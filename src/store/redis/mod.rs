@@ -10,15 +10,18 @@
 //!
 //! This file holds the store and its state (`Shared`); the parts: `discovery` (finding and
 //! keeping the master), `link` (the connections to one server), `conn` (reads, writes,
-//! notifications and scripts on them), `follow` (changes as they happen) and `tls`.
+//! notifications and scripts on them), `follow` (changes as they happen), `tls`, and `error`
+//! (what each of them reports, typed).
 
 mod conn;
 mod discovery;
+mod error;
 mod follow;
 mod link;
 mod tls;
 
 use discovery::{follow_sentinels, maintain};
+use error::{Fault, within};
 use follow::follow_changes;
 use link::{Link, MAX_POOL, run_id};
 use tls::RedisTls;
