@@ -710,7 +710,7 @@ async fn write_api(gw: &Gateway, path_id: Option<&str>, body: &[u8]) -> Response
         Err(rejected) => return rejected.into_response(),
     };
     let id = definition.api_id.clone();
-    if let Err(e) = ApiSpec::from_definition(definition.clone()) {
+    if let Err(e) = ApiSpec::from_definition(definition.clone(), &gw.config.upstream_tls()) {
         return malformed(e);
     }
     let dir = gw.app_path();

@@ -18,6 +18,7 @@ use crate::files;
 use crate::honoured;
 use crate::pipeline::{Features, Pipeline, VersionStage};
 use crate::target::{self, Forwarding, Target};
+use crate::tls::{self, client::UpstreamTls};
 use crate::version::Versioning;
 
 /// Tyk's API definition. Unmodelled fields are kept in `extra` and written back unchanged.
@@ -147,7 +148,12 @@ pub struct ApiSpec {
 }
 
 impl ApiSpec {
-    pub fn from_definition(definition: ApiDefinition) -> Result<Self, DefinitionError> {
+    /// Validates and compiles `definition`; `gateway_tls` is the gateway's `proxy_ssl_*`
+    /// and `security.certificates.upstream`, which the definition's own settings override.
+    pub fn from_definition(
+        definition: ApiDefinition,
+        gateway_tls: &UpstreamTls,
+    ) -> Result<Self, DefinitionError> {
         if definition.api_id.trim().is_empty() {
             return Err(invalid("api_id", "must not be empty"));
         }
@@ -164,11 +170,18 @@ impl ApiSpec {
                 ),
             ));
         }
-        let unhonoured = honoured::unhonoured(&whole);
+        let mut unhonoured = honoured::unhonoured(&whole);
+        let tls = upstream_tls(&definition, gateway_tls)?;
+        for cipher in tls::lacking_ciphers(&tls.ciphers) {
+            unhonoured.push(format!(
+                "proxy.transport.ssl_ciphers: {cipher} (not a suite tollgate offers)"
+            ));
+        }
         let versioning = Versioning::compile(
             definition.version_data.not_versioned,
             whole.get("definition"),
             &definition.version_data.extra,
+            &tls,
         )
         .map_err(|e| invalid(&e.field, e.reason))?;
         let listen_path = &definition.proxy.listen_path;
@@ -181,7 +194,7 @@ impl ApiSpec {
                 "'/tyk/' is reserved for the Gateway API",
             ));
         }
-        let target = target::parse(&definition.proxy.target_url)
+        let target = target::parse(&definition.proxy.target_url, &tls)
             .map_err(|reason| invalid("proxy.target_url", reason))?;
         let auth = if definition.use_keyless {
             None
@@ -274,6 +287,59 @@ impl ApiSpec {
     }
 }
 
+/// Tyk's `proxy.transport` fields read for HTTPS upstreams.
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct Transport {
+    ssl_insecure_skip_verify: bool,
+    ssl_min_version: u16,
+    ssl_max_version: u16,
+    ssl_ciphers: Vec<String>,
+}
+
+/// The API's upstream TLS as Tyk resolves it: its own `proxy.transport` values where set,
+/// else the gateway's; either `ssl_insecure_skip_verify` is enough; its
+/// `upstream_certificates` before the gateway's (none of its own with
+/// `upstream_certificates_disabled`).
+fn upstream_tls(
+    definition: &ApiDefinition,
+    gateway: &UpstreamTls,
+) -> Result<UpstreamTls, DefinitionError> {
+    fn field(name: &'static str) -> impl Fn(serde_json::Error) -> DefinitionError {
+        move |e| invalid(name, e.to_string())
+    }
+    let transport: Transport = match definition.proxy.extra.get("transport") {
+        Some(value) => serde_json::from_value(value.clone()).map_err(field("proxy.transport"))?,
+        None => Transport::default(),
+    };
+    let disabled = definition
+        .extra
+        .get("upstream_certificates_disabled")
+        .and_then(Value::as_bool)
+        == Some(true);
+    let own: BTreeMap<String, String> = match definition.extra.get("upstream_certificates") {
+        Some(value) if !disabled && !value.is_null() => {
+            serde_json::from_value(value.clone()).map_err(field("upstream_certificates"))?
+        }
+        _ => BTreeMap::new(),
+    };
+    let or = |own: u16, gateway: u16| if own != 0 { own } else { gateway };
+    Ok(UpstreamTls {
+        insecure_skip_verify: transport.ssl_insecure_skip_verify || gateway.insecure_skip_verify,
+        min_version: or(transport.ssl_min_version, gateway.min_version),
+        max_version: or(transport.ssl_max_version, gateway.max_version),
+        ciphers: if transport.ssl_ciphers.is_empty() {
+            gateway.ciphers.clone()
+        } else {
+            transport.ssl_ciphers
+        },
+        certificates: own
+            .into_iter()
+            .chain(gateway.certificates.iter().cloned())
+            .collect(),
+    })
+}
+
 fn non_empty_or(value: &str, fallback: &str) -> String {
     if value.is_empty() {
         fallback.to_owned()
@@ -283,14 +349,14 @@ fn non_empty_or(value: &str, fallback: &str) -> String {
 }
 
 /// Reads and validates one definition file.
-pub fn read_definition(path: &Path) -> Result<ApiSpec, LoadError> {
+pub fn read_definition(path: &Path, gateway_tls: &UpstreamTls) -> Result<ApiSpec, LoadError> {
     let fail = |reason: String| LoadError {
         path: path.to_owned(),
         reason,
     };
     let text = std::fs::read_to_string(path).map_err(|e| fail(e.to_string()))?;
     let definition = parse_definition(text.as_bytes()).map_err(|e| fail(e.to_string()))?;
-    ApiSpec::from_definition(definition).map_err(|e| fail(e.to_string()))
+    ApiSpec::from_definition(definition, gateway_tls).map_err(|e| fail(e.to_string()))
 }
 
 /// Parses definition JSON, naming the field at fault on a type error.
@@ -355,11 +421,11 @@ impl ApiTable {
     }
 
     /// Loads every `*.json` in `dir`, in file-name order.
-    pub fn load_dir(dir: &Path) -> (Self, Vec<LoadError>) {
+    pub fn load_dir(dir: &Path, gateway_tls: &UpstreamTls) -> (Self, Vec<LoadError>) {
         let mut errors = Vec::new();
         let mut specs = Vec::new();
         for path in definition_files(dir, &mut errors) {
-            match read_definition(&path) {
+            match read_definition(&path, gateway_tls) {
                 Ok(spec) => specs.push((path, spec)),
                 Err(e) => errors.push(e),
             }
@@ -431,7 +497,7 @@ mod tests {
             "api_id": listen_path, "proxy": {"listen_path": listen_path, "target_url": target, "strip_listen_path": strip}
         }))
         .unwrap();
-        ApiSpec::from_definition(def).unwrap()
+        ApiSpec::from_definition(def, &UpstreamTls::default()).unwrap()
     }
 
     #[test]
@@ -481,7 +547,7 @@ mod tests {
             br#"{"api_id":"1","proxy":{"listen_path":"/x/","target_url":"ftp://h"}}"#,
         )
         .unwrap();
-        let err = ApiSpec::from_definition(def).unwrap_err();
+        let err = ApiSpec::from_definition(def, &UpstreamTls::default()).unwrap_err();
         assert!(err.to_string().starts_with("proxy.target_url"), "{err}");
     }
 }

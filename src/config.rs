@@ -11,6 +11,8 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+use crate::tls::client::UpstreamTls;
+
 /// The subset of `tyk.conf` tollgate honours, plus tollgate's own additions.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default)]
@@ -40,6 +42,29 @@ pub struct GatewayConfig {
     pub global_session_lifetime: i64,
     /// Every record lives `global_session_lifetime`, whatever the key and API say.
     pub force_global_session_lifetime: bool,
+    /// HTTPS upstreams: take any certificate (an API's `proxy.transport` may also ask).
+    pub proxy_ssl_insecure_skip_verify: bool,
+    /// Tyk's TLS version numbers (771: 1.2, 772: 1.3); 0: no bound.
+    pub proxy_ssl_min_version: u16,
+    pub proxy_ssl_max_version: u16,
+    /// TLS 1.2 cipher suites for HTTPS upstreams, by Go's names.
+    pub proxy_ssl_ciphers: Vec<String>,
+    pub security: SecurityConfig,
+}
+
+/// `security`: of Tyk's settings, the client certificates for upstream mutual TLS.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct SecurityConfig {
+    pub certificates: SecurityCertificates,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct SecurityCertificates {
+    /// Host pattern (`host:port`, `host`, `*.domain`, `*`) → PEM file with a certificate and
+    /// its private key.
+    pub upstream: std::collections::BTreeMap<String, String>,
 }
 
 /// `policies`: where security policies come from. Only Tyk's `file` source: a directory of
@@ -95,6 +120,11 @@ impl Default for GatewayConfig {
             policies: PoliciesConfig::default(),
             global_session_lifetime: 0,
             force_global_session_lifetime: false,
+            proxy_ssl_insecure_skip_verify: false,
+            proxy_ssl_min_version: 0,
+            proxy_ssl_max_version: 0,
+            proxy_ssl_ciphers: Vec::new(),
+            security: SecurityConfig::default(),
         }
     }
 }
@@ -288,6 +318,23 @@ impl GatewayConfig {
             if !path.is_empty() && Path::new(path.as_str()).is_relative() {
                 *path = base.join(path.as_str()).to_string_lossy().into_owned();
             }
+        }
+    }
+
+    /// The gateway's settings for HTTPS upstreams, which each API's own override.
+    pub fn upstream_tls(&self) -> UpstreamTls {
+        UpstreamTls {
+            insecure_skip_verify: self.proxy_ssl_insecure_skip_verify,
+            min_version: self.proxy_ssl_min_version,
+            max_version: self.proxy_ssl_max_version,
+            ciphers: self.proxy_ssl_ciphers.clone(),
+            certificates: self
+                .security
+                .certificates
+                .upstream
+                .iter()
+                .map(|(pattern, pem)| (pattern.clone(), pem.clone()))
+                .collect(),
         }
     }
 

@@ -16,6 +16,7 @@ use crate::guard::KeyGuard;
 use crate::limits::Limiter;
 use crate::policy::{PolicyLoadError, PolicyTable};
 use crate::store::SessionStore;
+use crate::tls::client::UpstreamTls;
 
 /// Bytes of all admin request bodies being received at once, together.
 pub const ADMIN_BODIES_IN_FLIGHT: usize = 16 * 1024 * 1024;
@@ -66,7 +67,8 @@ impl Gateway {
             reload_lock: tokio::sync::Mutex::new(()),
             config,
         });
-        let loaded = load_all(&gateway.app_path(), &gateway.config.policies);
+        let tls = gateway.config.upstream_tls();
+        let loaded = load_all(&gateway.app_path(), &gateway.config.policies, &tls);
         gateway.install(loaded);
         if let Some(mut asked) = gateway.sessions.reloads() {
             let node = Arc::downgrade(&gateway);
@@ -105,7 +107,8 @@ impl Gateway {
     pub async fn reload(&self) {
         let _serial = self.reload_lock.lock().await;
         let (dir, policies) = (self.app_path(), self.config.policies.clone());
-        let loaded = tokio::task::spawn_blocking(move || load_all(&dir, &policies)).await;
+        let tls = self.config.upstream_tls();
+        let loaded = tokio::task::spawn_blocking(move || load_all(&dir, &policies, &tls)).await;
         match loaded {
             Ok(loaded) => self.install(loaded),
             Err(e) => tracing::error!("API reload failed: {e}"),
@@ -151,8 +154,12 @@ impl Gateway {
 /// What a load reads: the routing table, the policies, and the files that failed.
 type Loaded = (ApiTable, Vec<LoadError>, PolicyTable, Vec<PolicyLoadError>);
 
-fn load_all(app_path: &std::path::Path, policies: &crate::config::PoliciesConfig) -> Loaded {
-    let (table, errors) = ApiTable::load_dir(app_path);
+fn load_all(
+    app_path: &std::path::Path,
+    policies: &crate::config::PoliciesConfig,
+    tls: &UpstreamTls,
+) -> Loaded {
+    let (table, errors) = ApiTable::load_dir(app_path, tls);
     let (policies, policy_errors) = PolicyTable::load(policies);
     (table, errors, policies, policy_errors)
 }

@@ -28,5 +28,6 @@ pub mod server;
 pub mod session;
 pub mod store;
 pub mod target;
+pub mod tls;
 pub mod upstream;
 pub mod version;

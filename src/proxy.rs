@@ -31,6 +31,10 @@ use crate::target::{Forwarding, Target};
 pub enum ProxyError {
     #[error("Upstream unreachable")]
     Unreachable(#[source] std::io::Error),
+    /// The TLS handshake with an HTTPS upstream failed: a certificate that does not verify,
+    /// no common version or suite, a client certificate refused.
+    #[error("Upstream TLS handshake failed")]
+    Tls(#[source] std::io::Error),
     #[error("Upstream request timed out")]
     Timeout,
     #[error("Upstream request failed")]
@@ -150,7 +154,7 @@ impl UpstreamClient {
 
         // Pinned in place and awaited by reference: awaiting it by value in two branches gave
         // each branch its own copy, doubling the size of every request's future.
-        let sent = std::pin::pin!(self.send(&target.address, req));
+        let sent = std::pin::pin!(self.send(target, req));
         let sent = if self.timeout.is_zero() {
             sent.await
         } else {
@@ -168,7 +172,7 @@ impl UpstreamClient {
         strip_hop_by_hop(response.headers_mut());
         let checkin = Checkin {
             pool: self.pool.clone(),
-            address: target.address.clone(),
+            address: target.pool_key.clone(),
             connection,
             request_body: progress,
         };
@@ -181,10 +185,10 @@ impl UpstreamClient {
     /// idempotent.
     async fn send(
         &self,
-        address: &Arc<str>,
+        target: &Target,
         mut req: Request<RequestBody>,
     ) -> Result<(Response<Incoming>, Connection), ProxyError> {
-        while let Some(mut connection) = self.checkout(address) {
+        while let Some(mut connection) = self.checkout(&target.pool_key) {
             if connection.sender.ready().await.is_err() {
                 continue;
             }
@@ -198,14 +202,14 @@ impl UpstreamClient {
         }
         // Boxed: a new connection is the rare path, and its futures would otherwise widen
         // every request's.
-        Box::pin(Self::send_on_new_connection(address, req)).await
+        Box::pin(Self::send_on_new_connection(target, req)).await
     }
 
     async fn send_on_new_connection(
-        address: &str,
+        target: &Target,
         req: Request<RequestBody>,
     ) -> Result<(Response<Incoming>, Connection), ProxyError> {
-        let mut connection = connect(address).await?;
+        let mut connection = connect(target).await?;
         match connection.sender.send_request(req).await {
             Ok(response) => Ok((response, connection)),
             Err(e) => Err(ProxyError::Failed(e)),
@@ -248,19 +252,40 @@ impl IdlePool {
     }
 }
 
-/// Opens a connection to `address` and runs its HTTP/1.1 state machine on this worker.
-async fn connect(address: &str) -> Result<Connection, ProxyError> {
-    let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(address))
+/// Opens a connection to `target` (with TLS for an `https` one) and runs its HTTP/1.1
+/// state machine on this worker.
+async fn connect(target: &Target) -> Result<Connection, ProxyError> {
+    let timed_out = || std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out");
+    let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(&*target.address))
         .await
-        .map_err(|_| {
-            ProxyError::Unreachable(std::io::Error::new(
-                std::io::ErrorKind::TimedOut,
-                "connect timed out",
-            ))
-        })?
+        .map_err(|_| ProxyError::Unreachable(timed_out()))?
         .map_err(ProxyError::Unreachable)?;
     let _ = stream.set_nodelay(true);
-    let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+    let Some(tls) = &target.tls else {
+        return start(TokioIo::new(stream)).await;
+    };
+    let connector = tokio_rustls::TlsConnector::from(tls.config.clone());
+    let handshake = connector.connect(tls.server_name.clone(), stream);
+    let stream = match tokio::time::timeout(CONNECT_TIMEOUT, handshake).await {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(e)) => {
+            tracing::warn!(upstream = &*target.address, "TLS handshake failed: {e}");
+            return Err(ProxyError::Tls(e));
+        }
+        Err(_) => {
+            tracing::warn!(upstream = &*target.address, "TLS handshake timed out");
+            return Err(ProxyError::Tls(timed_out()));
+        }
+    };
+    start(TokioIo::new(stream)).await
+}
+
+/// Runs an HTTP/1.1 client connection on `io` in a task of its own.
+async fn start<T>(io: T) -> Result<Connection, ProxyError>
+where
+    T: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let (sender, connection) = hyper::client::conn::http1::handshake(io)
         .await
         .map_err(ProxyError::Failed)?;
     let task = tokio::spawn(async move {

@@ -7,20 +7,26 @@ use std::sync::Arc;
 
 use http::uri::Scheme;
 
+use crate::tls::client::{ClientTls, UpstreamTls};
+
 /// The upstream an API proxies to, parsed once at load time.
 #[derive(Debug, Clone)]
 pub struct Target {
-    /// `host:port` as `target_url` names it (port 80 when absent); also the key of the
-    /// upstream connection pool.
+    /// `host:port` as `target_url` names it (port 80, or 443 for `https`, when absent).
     pub address: Arc<str>,
+    /// The key of the upstream connection pool: the address, and for HTTPS the TLS settings
+    /// too, so that a connection is only reused under the settings it was made with.
+    pub pool_key: Arc<str>,
+    /// `Some` for an `https` target.
+    pub tls: Option<Arc<ClientTls>>,
     /// The `Host` header sent upstream, built once.
     pub host: http::HeaderValue,
     /// Path prefix of `target_url` without a trailing slash (`""` for the root).
     pub base_path: String,
 }
 
-/// Parses `target_url`; `Err` says why it cannot be used.
-pub fn parse(url: &str) -> Result<Target, String> {
+/// Parses `target_url`, with `tls` for an `https` one; `Err` says why it cannot be used.
+pub fn parse(url: &str, tls: &UpstreamTls) -> Result<Target, String> {
     let uri: http::Uri = url
         .parse()
         .map_err(|e| format!("{url:?} is not a URL: {e}"))?;
@@ -28,8 +34,9 @@ pub fn parse(url: &str) -> Result<Target, String> {
         .scheme()
         .cloned()
         .ok_or_else(|| format!("{url:?} has no scheme"))?;
-    if scheme != Scheme::HTTP {
-        return Err(format!("scheme {scheme} is not supported (http only)"));
+    let secure = scheme == Scheme::HTTPS;
+    if !secure && scheme != Scheme::HTTP {
+        return Err(format!("scheme {scheme} is not supported (http or https)"));
     }
     let authority = uri
         .authority()
@@ -37,9 +44,23 @@ pub fn parse(url: &str) -> Result<Target, String> {
         .ok_or_else(|| format!("{url:?} has no host"))?;
     let host = http::HeaderValue::from_str(authority.as_str())
         .map_err(|_| format!("{url:?} has no usable host"))?;
-    let port = authority.port_u16().unwrap_or(80);
+    let port = authority
+        .port_u16()
+        .unwrap_or(if secure { 443 } else { 80 });
+    let address: Arc<str> = format!("{}:{port}", authority.host()).into();
+    let (pool_key, tls) = if secure {
+        let client = tls
+            .connect_to(authority.host(), port)
+            .map_err(|e| e.to_string())?;
+        let key = format!("https://{address} {}", tls.fingerprint());
+        (key.into(), Some(Arc::new(client)))
+    } else {
+        (address.clone(), None)
+    };
     Ok(Target {
-        address: format!("{}:{port}", authority.host()).into(),
+        address,
+        pool_key,
+        tls,
         host,
         base_path: uri.path().trim_end_matches('/').to_owned(),
     })

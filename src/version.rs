@@ -12,6 +12,7 @@ use serde::Deserialize;
 use serde_json::{Map, Value};
 
 use crate::target::{self, Target};
+use crate::tls::client::UpstreamTls;
 
 /// A field of a definition that makes it unusable, and why.
 #[derive(Debug)]
@@ -101,11 +102,13 @@ struct VersionFields {
 
 impl Versioning {
     /// The rules of a definition: `None` when it is not versioned. `definition` and
-    /// `version_data` are the definition's objects of those names.
+    /// `version_data` are the definition's objects of those names; `tls` is how the API
+    /// reaches an `https` `override_target`.
     pub fn compile(
         not_versioned: bool,
         definition: Option<&Value>,
         version_data: &Map<String, Value>,
+        tls: &UpstreamTls,
     ) -> Result<Option<Self>, InvalidField> {
         let fields: DefinitionFields = match definition {
             Some(value) => serde_json::from_value(value.clone())
@@ -159,7 +162,7 @@ impl Versioning {
                 let target = match v.override_target.as_str() {
                     "" => None,
                     url => Some(
-                        target::parse(url)
+                        target::parse(url, tls)
                             .map_err(|reason| invalid(&field("override_target"), reason))?,
                     ),
                 };
@@ -305,7 +308,7 @@ mod tests {
         let Value::Object(data) = version_data else {
             unreachable!()
         };
-        Versioning::compile(false, Some(&definition), &data)
+        Versioning::compile(false, Some(&definition), &data, &UpstreamTls::default())
             .unwrap()
             .unwrap()
     }
@@ -386,8 +389,20 @@ mod tests {
     #[test]
     fn unversioned_apis_have_no_rules_and_new_versioning_fails_closed() {
         let empty = Map::new();
-        assert!(Versioning::compile(true, None, &empty).unwrap().is_none());
-        assert!(Versioning::compile(true, Some(&json!({"enabled": true})), &empty).is_err());
+        assert!(
+            Versioning::compile(true, None, &empty, &UpstreamTls::default())
+                .unwrap()
+                .is_none()
+        );
+        assert!(
+            Versioning::compile(
+                true,
+                Some(&json!({"enabled": true})),
+                &empty,
+                &UpstreamTls::default()
+            )
+            .is_err()
+        );
         assert_eq!(expiry("3000-01-02 15:04"), Some(32_503_820_640));
         assert_eq!(expiry("not a date"), Some(0));
         assert_eq!(expiry("-1"), None);

@@ -4,6 +4,7 @@
 
 pub mod http;
 pub mod redis;
+pub mod tls;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

@@ -74,93 +74,10 @@ pub struct TlsRedisServer {
 
 impl TlsRedisServer {
     pub async fn start(require_client_certificate: bool) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let openssl = |args: &[&str]| {
-            let out = Command::new("openssl")
-                .args(args)
-                .current_dir(dir.path())
-                .output()
-                .unwrap_or_else(|e| {
-                    panic!("cannot run openssl (run scripts/test to install it): {e}")
-                });
-            assert!(
-                out.status.success(),
-                "openssl {args:?}: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        };
-        let new_key = [
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-        ];
-        openssl(
-            &[
-                &["req", "-x509"][..],
-                &new_key,
-                &[
-                    "-keyout",
-                    "ca.key",
-                    "-out",
-                    "ca.crt",
-                    "-days",
-                    "2",
-                    "-subj",
-                    "/CN=tollgate test CA",
-                ],
-            ]
-            .concat(),
-        );
-        // Extensions make X.509 v3 certificates, the only version rustls accepts.
-        for (name, extensions) in [
-            (
-                "server",
-                "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n",
-            ),
-            ("client", "extendedKeyUsage=clientAuth\n"),
-        ] {
-            let (key, csr, crt, ext) = (
-                format!("{name}.key"),
-                format!("{name}.csr"),
-                format!("{name}.crt"),
-                format!("{name}.ext"),
-            );
-            std::fs::write(dir.path().join(&ext), extensions).unwrap();
-            openssl(
-                &[
-                    &["req"][..],
-                    &new_key,
-                    &[
-                        "-keyout",
-                        &key,
-                        "-out",
-                        &csr,
-                        "-subj",
-                        &format!("/CN=tollgate test {name}"),
-                    ],
-                ]
-                .concat(),
-            );
-            openssl(&[
-                "x509",
-                "-req",
-                "-in",
-                &csr,
-                "-CA",
-                "ca.crt",
-                "-CAkey",
-                "ca.key",
-                "-CAcreateserial",
-                "-out",
-                &crt,
-                "-days",
-                "2",
-                "-extfile",
-                &ext,
-            ]);
-        }
+        let ca = super::tls::TestCa::new();
+        ca.issue_server("server");
+        ca.issue_client("client");
+        let dir = ca.dir;
         let port = free_port();
         let args: Vec<String> = [
             "--port",

@@ -1,0 +1,202 @@
+//! The transport: HTTPS upstreams (verification, pooling, client certificates).
+
+mod support;
+
+use std::net::SocketAddr;
+use std::process::{Command, Stdio};
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use support::tls::{TestCa, TlsFront};
+use support::{Client, Process, free_port, gateway, sample_api, upstream, wait_for_port};
+
+/// A keyless API on `listen_path` proxying to `target`.
+fn api(id: &str, listen_path: &str, target: &str) -> Value {
+    let mut api = sample_api(target);
+    api["api_id"] = json!(id);
+    api["use_keyless"] = json!(true);
+    api["proxy"]["listen_path"] = json!(listen_path);
+    api
+}
+
+#[tokio::test]
+async fn an_https_upstream_is_verified_and_its_connections_reused() {
+    let up = upstream().await;
+    let ca = TestCa::new();
+    ca.issue_server("upstream");
+    let front = TlsFront::start(
+        &ca.file("upstream.crt"),
+        &ca.file("upstream.key"),
+        None,
+        up.addr,
+    )
+    .await;
+    let target = front.url("");
+    let mut lax = api("lax", "/lax/", &target);
+    lax["proxy"]["transport"] = json!({"ssl_insecure_skip_verify": true});
+    let gw = gateway()
+        .api(api("strict", "/strict/", &target))
+        .api(lax)
+        .start()
+        .await;
+
+    // The test CA is not among the system's roots: the certificate does not verify.
+    let r = gw.get_with_key("/strict/get", None).await;
+    assert_eq!(r.status, 502, "{}", r.text());
+    assert_eq!(r.json(), json!({"error": "Upstream TLS handshake failed"}));
+    assert_eq!(front.handshakes.load(Ordering::SeqCst), 0);
+
+    for _ in 0..3 {
+        let r = gw.get_with_key("/lax/get", None).await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert_eq!(
+            r.json()["headers"]["Host"],
+            format!("localhost:{}", front.addr.port())
+        );
+    }
+    assert_eq!(
+        front.handshakes.load(Ordering::SeqCst),
+        1,
+        "one TLS connection, kept alive and reused"
+    );
+    // The strict API never borrows the lax API's unverified connection.
+    assert_eq!(gw.get_with_key("/strict/get", None).await.status, 502);
+}
+
+#[tokio::test]
+async fn an_upstream_asking_for_a_client_certificate_gets_the_configured_one() {
+    let up = upstream().await;
+    let ca = TestCa::new();
+    ca.issue_server("upstream");
+    ca.issue_client("gateway");
+    let front = TlsFront::start(
+        &ca.file("upstream.crt"),
+        &ca.file("upstream.key"),
+        Some(&ca.file("ca.crt")),
+        up.addr,
+    )
+    .await;
+    let target = front.url("");
+    let skip = json!({"ssl_insecure_skip_verify": true});
+    let mut without = api("without", "/without/", &target);
+    without["proxy"]["transport"] = skip.clone();
+    let mut own = api("own", "/own/", &target);
+    own["proxy"]["transport"] = skip.clone();
+    own["upstream_certificates"] = json!({"localhost": ca.file("gateway.pem")});
+    let mut disabled = api("disabled", "/disabled/", &target);
+    disabled["proxy"]["transport"] = skip;
+    disabled["upstream_certificates"] = json!({"*": ca.file("gateway.pem")});
+    disabled["upstream_certificates_disabled"] = json!(true);
+    let gw = gateway()
+        .api(without.clone())
+        .api(own)
+        .api(disabled)
+        .start()
+        .await;
+    assert_eq!(gw.get_with_key("/without/get", None).await.status, 502);
+    assert_eq!(gw.get_with_key("/disabled/get", None).await.status, 502);
+    let r = gw.get_with_key("/own/get", None).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+
+    // The gateway-wide map, `security.certificates.upstream`, serves every API.
+    let gw = gateway()
+        .api(without)
+        .config(json!({"security": {"certificates": {"upstream": {"*": ca.file("gateway.pem")}}}}))
+        .start()
+        .await;
+    let r = gw.get_with_key("/without/get", None).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+}
+
+#[tokio::test]
+async fn bad_upstream_tls_settings_are_load_errors_naming_the_field() {
+    let up = upstream().await;
+    let ca = TestCa::new();
+    let target = "https://localhost:1";
+    let mut old = api("old", "/old/", target);
+    old["proxy"]["transport"] = json!({"ssl_max_version": 770});
+    let mut ciphers = api("ciphers", "/ciphers/", target);
+    ciphers["proxy"]["transport"] = json!({"ssl_ciphers": ["TLS_RSA_WITH_RC4_128_SHA"]});
+    let mut missing = api("missing", "/missing/", target);
+    missing["upstream_certificates"] = json!({"*": ca.file("nothing.pem")});
+    let mut some = api("some", "/some/", target);
+    some["proxy"]["transport"] = json!({"ssl_ciphers": [
+        "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256", "TLS_RSA_WITH_AES_128_CBC_SHA"]});
+    let gw = gateway()
+        .api(old)
+        .api(ciphers)
+        .api(missing)
+        .api(some)
+        .api(api("fine", "/fine/", &up.url("")))
+        .start()
+        .await;
+    let hello = gw
+        .client
+        .request("GET", &gw.url("/hello"), &[], None)
+        .await
+        .json();
+    let report = hello.to_string();
+    for field in [
+        "proxy.transport.ssl_max_version",
+        "proxy.transport.ssl_ciphers",
+        "upstream_certificates.*",
+    ] {
+        assert!(report.contains(field), "{field} named: {hello}");
+    }
+    // A suite rustls lacks beside one it has: loaded, the lacking one reported.
+    assert!(
+        report.contains("TLS_RSA_WITH_AES_128_CBC_SHA (not a suite tollgate offers)"),
+        "{hello}"
+    );
+    assert_eq!(gw.get_with_key("/fine/get", None).await.status, 200);
+}
+
+#[tokio::test]
+async fn the_systems_roots_from_ssl_cert_file_verify_an_https_upstream() {
+    let up = upstream().await;
+    let ca = TestCa::new();
+    ca.issue_server("upstream");
+    let front = TlsFront::start(
+        &ca.file("upstream.crt"),
+        &ca.file("upstream.key"),
+        None,
+        up.addr,
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let apps = dir.path().join("apps");
+    std::fs::create_dir(&apps).unwrap();
+    let mut tls13 = api("tls13", "/tls13/", &front.url(""));
+    tls13["proxy"]["transport"] = json!({"ssl_min_version": 772});
+    std::fs::write(
+        apps.join("a.json"),
+        api("a", "/a/", &front.url("")).to_string(),
+    )
+    .unwrap();
+    std::fs::write(apps.join("b.json"), tls13.to_string()).unwrap();
+    let port = free_port();
+    let conf = dir.path().join("tyk.conf");
+    let config = json!({"listen_address": "127.0.0.1", "listen_port": port, "secret": "s",
+        "app_path": "apps", "storage": {"type": "memory"}});
+    std::fs::write(&conf, config.to_string()).unwrap();
+    let _gw = Process {
+        child: Command::new(env!("CARGO_BIN_EXE_tollgate"))
+            .args(["serve", "--conf"])
+            .arg(&conf)
+            // As Go does for Tyk, the system's roots are read from SSL_CERT_FILE when set.
+            .env("SSL_CERT_FILE", ca.file("ca.crt"))
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    };
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    assert!(wait_for_port(addr, Duration::from_secs(10)).await);
+    for path in ["/a/get", "/tls13/get"] {
+        let r = Client::new()
+            .request("GET", &format!("http://{addr}{path}"), &[], None)
+            .await;
+        assert_eq!(r.status, 200, "{path}: {}", r.text());
+    }
+}
