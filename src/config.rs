@@ -7,11 +7,14 @@
 //! caller can warn once.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+use crate::tls::TlsError;
 use crate::tls::client::UpstreamTls;
+use crate::tls::server::{CertificateFiles, ListenerTlsSettings, listener_config};
 
 /// The subset of `tyk.conf` tollgate honours, plus tollgate's own additions.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -50,6 +53,21 @@ pub struct GatewayConfig {
     /// TLS 1.2 cipher suites for HTTPS upstreams, by Go's names.
     pub proxy_ssl_ciphers: Vec<String>,
     pub security: SecurityConfig,
+    pub http_server_options: HttpServerOptions,
+}
+
+/// `http_server_options`: of Tyk's, the TLS listener's settings.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct HttpServerOptions {
+    pub use_ssl: bool,
+    pub certificates: Vec<CertificateFiles>,
+    /// PEM files each holding a certificate and its key, serving the names in it.
+    pub ssl_certificates: Vec<String>,
+    /// Tyk's TLS version numbers (771: 1.2, 772: 1.3); 0: no bound.
+    pub min_version: u16,
+    pub max_version: u16,
+    pub ssl_ciphers: Vec<String>,
 }
 
 /// `security`: of Tyk's settings, the client certificates for upstream mutual TLS.
@@ -125,6 +143,7 @@ impl Default for GatewayConfig {
             proxy_ssl_max_version: 0,
             proxy_ssl_ciphers: Vec::new(),
             security: SecurityConfig::default(),
+            http_server_options: HttpServerOptions::default(),
         }
     }
 }
@@ -308,17 +327,45 @@ impl GatewayConfig {
         })
     }
 
-    /// A relative `app_path` is taken relative to the config file's directory.
+    /// A relative `app_path` (and policy and certificate path) is taken relative to the
+    /// config file's directory.
     fn resolve_app_path(&mut self, base: &Path) {
+        let options = &mut self.http_server_options;
+        let certificates = options
+            .certificates
+            .iter_mut()
+            .flat_map(|c| [&mut c.cert_file, &mut c.key_file]);
         for path in [
             &mut self.app_path,
             &mut self.policies.policy_path,
             &mut self.policies.policy_record_name,
-        ] {
+        ]
+        .into_iter()
+        .chain(certificates)
+        .chain(options.ssl_certificates.iter_mut())
+        {
             if !path.is_empty() && Path::new(path.as_str()).is_relative() {
                 *path = base.join(path.as_str()).to_string_lossy().into_owned();
             }
         }
+    }
+
+    /// The TLS listener's rustls config when `http_server_options.use_ssl` is on, every
+    /// certificate and key read now.
+    pub fn listener_tls(&self) -> Result<Option<Arc<rustls::ServerConfig>>, ConfigError> {
+        let options = &self.http_server_options;
+        if !options.use_ssl {
+            return Ok(None);
+        }
+        listener_config(&ListenerTlsSettings {
+            certificates: &options.certificates,
+            ssl_certificates: &options.ssl_certificates,
+            min_version: options.min_version,
+            max_version: options.max_version,
+            ciphers: &options.ssl_ciphers,
+        })
+        .map(Some)
+        .map_err(|TlsError { field, reason }| ConfigError::InvalidField { field, reason })
     }
 
     /// The gateway's settings for HTTPS upstreams, which each API's own override.
@@ -407,6 +454,7 @@ impl GatewayConfig {
                 "must be at least 1",
             ));
         }
+        self.listener_tls()?;
         self.storage.validate()
     }
 

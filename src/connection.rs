@@ -38,13 +38,15 @@ use tokio::sync::watch;
 pub struct Peer {
     pub addr: SocketAddr,
     pub ip: HeaderValue,
+    /// Whether the client connected over TLS (`X-Forwarded-Proto: https`).
+    pub tls: bool,
 }
 
 impl Peer {
-    pub fn new(addr: SocketAddr) -> Self {
+    pub fn new(addr: SocketAddr, tls: bool) -> Self {
         let ip = HeaderValue::try_from(addr.ip().to_string())
             .expect("an IP address is a valid header value");
-        Self { addr, ip }
+        Self { addr, ip, tls }
     }
 }
 
@@ -103,13 +105,42 @@ impl Activity {
     }
 }
 
+/// A client connection's bytes: plain TCP, or TLS over it.
+pub trait ClientStream: AsyncRead + AsyncWrite + Unpin + Send + 'static {
+    /// Waits until the client has sent something not yet read (or closed: `false`), without
+    /// reading it.
+    fn wait_for_bytes(&mut self) -> impl Future<Output = bool> + Send;
+}
+
+impl ClientStream for TcpStream {
+    async fn wait_for_bytes(&mut self) -> bool {
+        // A peek, not `readable()`: tokio takes a new socket as readable until a read says
+        // otherwise. No bytes means the client closed.
+        let mut first = [0; 1];
+        matches!(self.peek(&mut first).await, Ok(1))
+    }
+}
+
+impl ClientStream for tokio_rustls::server::TlsStream<TcpStream> {
+    async fn wait_for_bytes(&mut self) -> bool {
+        let (socket, tls) = self.get_mut();
+        // Records already received may hold a request that was never read: the socket would
+        // then stay quiet although there is a request to serve.
+        let buffered = tls
+            .process_new_packets()
+            .is_ok_and(|state| state.plaintext_bytes_to_read() > 0);
+        buffered || socket.wait_for_bytes().await
+    }
+}
+
 /// Serves one accepted connection until it closes or `shutdown` turns true.
-pub async fn run<S, B>(
-    mut stream: TcpStream,
+pub async fn run<T, S, B>(
+    mut stream: T,
     http: Arc<http1::Builder>,
     service: S,
     mut shutdown: watch::Receiver<bool>,
 ) where
+    T: ClientStream,
     S: Service<Request<Incoming>, Response = Response<B>> + Clone + Unpin,
     S::Future: Unpin,
     S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
@@ -122,14 +153,12 @@ pub async fn run<S, B>(
         if *shutdown.borrow() {
             return;
         }
-        let mut first = [0; 1];
         tokio::select! {
             biased;
             _ = shutdown.changed() => return,
-            // A peek, not `readable()`: tokio takes a new socket as readable until a read
-            // says otherwise. No bytes (the client closed), an error or the timeout: close.
-            peeked = tokio::time::timeout(KEEP_ALIVE_TIMEOUT, stream.peek(&mut first)) => {
-                if !matches!(peeked, Ok(Ok(1))) {
+            // The client closed, an error, or the timeout: close.
+            sent = tokio::time::timeout(KEEP_ALIVE_TIMEOUT, stream.wait_for_bytes()) => {
+                if !matches!(sent, Ok(true)) {
                     return;
                 }
             }
@@ -188,12 +217,13 @@ enum Served {
 
 /// Drives hyper until the connection ends, parking it once idle and starting a graceful close
 /// when `shutdown` turns true.
-async fn serve_until_idle<S, B>(
-    conn: &mut http1::Connection<TokioIo<WatchedStream>, TrackedService<S>>,
+async fn serve_until_idle<T, S, B>(
+    conn: &mut http1::Connection<TokioIo<WatchedStream<T>>, TrackedService<S>>,
     activity: &Activity,
     shutdown: &mut watch::Receiver<bool>,
 ) -> Served
 where
+    T: ClientStream,
     S: Service<Request<Incoming>, Response = Response<B>> + Unpin,
     S::Future: Unpin,
     S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
@@ -296,12 +326,12 @@ impl Wake for SideWake {
 }
 
 /// The socket as hyper sees it, reporting reads and refused writes to [`Activity`].
-struct WatchedStream {
-    stream: TcpStream,
+struct WatchedStream<T> {
+    stream: T,
     activity: Arc<Activity>,
 }
 
-impl AsyncRead for WatchedStream {
+impl<T: ClientStream> AsyncRead for WatchedStream<T> {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -323,7 +353,7 @@ impl AsyncRead for WatchedStream {
     }
 }
 
-impl WatchedStream {
+impl<T> WatchedStream<T> {
     /// Notes whether the socket refused a write, and counts the ones it took.
     fn noted(&self, polled: Poll<io::Result<usize>>) -> Poll<io::Result<usize>> {
         let activity = &self.activity;
@@ -338,7 +368,7 @@ impl WatchedStream {
     }
 }
 
-impl AsyncWrite for WatchedStream {
+impl<T: ClientStream> AsyncWrite for WatchedStream<T> {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,

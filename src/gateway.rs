@@ -11,7 +11,7 @@ use tokio::sync::Semaphore;
 
 use crate::api::{ApiTable, LoadError};
 use crate::auth::KeyHasher;
-use crate::config::GatewayConfig;
+use crate::config::{ConfigError, GatewayConfig};
 use crate::guard::KeyGuard;
 use crate::limits::Limiter;
 use crate::policy::{PolicyLoadError, PolicyTable};
@@ -45,12 +45,20 @@ pub struct Gateway {
     load_errors: ArcSwap<Vec<String>>,
     /// How long to wait for an upstream's response headers.
     pub(crate) proxy_timeout: Duration,
+    /// The TLS listener's config (`http_server_options.use_ssl`), its certificates re-read
+    /// at each reload; `None` for plain HTTP.
+    pub listener_tls: Option<ArcSwap<rustls::ServerConfig>>,
     reload_lock: tokio::sync::Mutex<()>,
 }
 
 impl Gateway {
-    /// Builds a node and loads the API definitions in `config.app_path`.
-    pub fn new(config: GatewayConfig, sessions: Arc<dyn SessionStore>) -> Arc<Self> {
+    /// Builds a node and loads the API definitions in `config.app_path`; `Err` when the
+    /// TLS listener's certificates cannot be used.
+    pub fn new(
+        config: GatewayConfig,
+        sessions: Arc<dyn SessionStore>,
+    ) -> Result<Arc<Self>, ConfigError> {
+        let listener_tls = config.listener_tls()?.map(ArcSwap::new);
         let timeout = Duration::from_secs_f64(config.proxy_default_timeout);
         let limiter = Arc::new(Limiter::new(sessions.clone()));
         limiter.spawn_flusher(Duration::from_millis(500));
@@ -64,6 +72,7 @@ impl Gateway {
             policies: ArcSwap::from_pointee(PolicyTable::default()),
             load_errors: ArcSwap::from_pointee(Vec::new()),
             proxy_timeout: timeout,
+            listener_tls,
             reload_lock: tokio::sync::Mutex::new(()),
             config,
         });
@@ -80,7 +89,7 @@ impl Gateway {
                 }
             });
         }
-        gateway
+        Ok(gateway)
     }
 
     pub fn app_path(&self) -> PathBuf {
@@ -112,6 +121,15 @@ impl Gateway {
         match loaded {
             Ok(loaded) => self.install(loaded),
             Err(e) => tracing::error!("API reload failed: {e}"),
+        }
+        // New certificates for new connections; open ones keep theirs. A file that cannot be
+        // used keeps the ones in force.
+        if let Some(current) = &self.listener_tls {
+            match self.config.listener_tls() {
+                Ok(Some(renewed)) => current.store(renewed),
+                Ok(None) => {}
+                Err(e) => tracing::error!("TLS certificates not reloaded: {e}"),
+            }
         }
     }
 

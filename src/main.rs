@@ -327,7 +327,7 @@ async fn start_gateway(loaded: Loaded) -> Result<Arc<Gateway>, Failure> {
         );
     }
     let sessions = store::open(&loaded.config).await.map_err(Failure::Config)?;
-    let gateway = Gateway::new(loaded.config, sessions);
+    let gateway = Gateway::new(loaded.config, sessions).map_err(Failure::Config)?;
     let reloader = gateway.clone();
     tokio::spawn(async move { reload_on_sighup(reloader).await });
     Ok(gateway)

@@ -147,7 +147,8 @@ impl UpstreamClient {
         let headers = req.headers_mut();
         strip_hop_by_hop(headers);
         append_forwarded_for(headers, peer);
-        headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
+        let proto = if peer.tls { "https" } else { "http" };
+        headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(proto));
         if !forwarding.preserve_host || !headers.contains_key(header::HOST) {
             headers.insert(header::HOST, target.host.clone());
         }
@@ -561,7 +562,7 @@ mod tests {
     #[test]
     fn forwarded_for_appends() {
         let mut h = HeaderMap::new();
-        let peer = Peer::new("10.0.0.2:5000".parse().unwrap());
+        let peer = Peer::new("10.0.0.2:5000".parse().unwrap(), false);
         append_forwarded_for(&mut h, &peer);
         assert_eq!(h["x-forwarded-for"], "10.0.0.2");
         h.insert("x-forwarded-for", HeaderValue::from_static("1.1.1.1"));

@@ -10,12 +10,15 @@ use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use futures_util::FutureExt;
 use http::{Request, Response, StatusCode};
 use http_body_util::Either;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
+use rustls::ServerConfig;
 use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
 
 use crate::admin;
 use crate::auth::AuthContext;
@@ -123,10 +126,18 @@ where
         })
 }
 
+/// How long a TLS client has to complete its handshake.
+pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Accepts HTTP/1.1 connections until `shutdown` resolves, answers each request with
-/// `handler` (panics become a 500), then lets open connections finish.
-pub async fn serve<H, F>(listener: TcpListener, handler: H, shutdown: impl Future<Output = ()>)
-where
+/// `handler` (panics become a 500), then lets open connections finish. With `tls` (read at
+/// each accept, so new certificates serve new connections), each connection is TLS.
+pub async fn serve<H, F>(
+    listener: TcpListener,
+    tls: Option<&ArcSwap<ServerConfig>>,
+    handler: H,
+    shutdown: impl Future<Output = ()>,
+) where
     H: Fn(Request<Incoming>, Peer) -> F + Clone + Send + Sync + Unpin + 'static,
     F: Future<Output = Response<Body>> + Send + 'static,
 {
@@ -158,17 +169,29 @@ where
         };
         let _ = stream.set_nodelay(true);
         let handler = handler.clone();
-        let client = Peer::new(peer);
+        let client = Peer::new(peer, tls.is_some());
         let service = service_fn(move |req| {
             // Boxed so that an idle connection does not carry room for a whole request future.
             Box::pin(guarded(handler(req, client.clone()))).map(Ok::<_, Infallible>)
         });
-        tokio::spawn(connection::run(
-            stream,
-            http.clone(),
-            service,
-            closing_seen.clone(),
-        ));
+        let (http, closing) = (http.clone(), closing_seen.clone());
+        match tls {
+            None => {
+                tokio::spawn(connection::run(stream, http, service, closing));
+            }
+            Some(config) => {
+                let acceptor = TlsAcceptor::from(config.load_full());
+                tokio::spawn(async move {
+                    // In the connection's own task: a slow or broken handshake holds up no one.
+                    match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await
+                    {
+                        Ok(Ok(stream)) => connection::run(stream, http, service, closing).await,
+                        Ok(Err(e)) => tracing::debug!(%peer, "TLS handshake failed: {e}"),
+                        Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                    }
+                });
+            }
+        }
     }
     drop(listener);
     drop(closing_seen);
@@ -189,12 +212,11 @@ pub async fn serve_gateway(
     shutdown: impl Future<Output = ()>,
 ) {
     let upstream = UpstreamClient::new(gateway.proxy_timeout);
-    serve(
-        listener,
-        move |req, peer| gateway.clone().handle(req, peer, upstream.clone()),
-        shutdown,
-    )
-    .await
+    let handler = {
+        let gateway = gateway.clone();
+        move |req, peer| gateway.clone().handle(req, peer, upstream.clone())
+    };
+    serve(listener, gateway.listener_tls.as_ref(), handler, shutdown).await
 }
 
 #[cfg(test)]

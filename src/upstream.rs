@@ -24,7 +24,7 @@ const MAX_BYTES: usize = 10 * 1024 * 1024;
 
 /// Serves the upstream on `listener` until `shutdown` resolves.
 pub async fn serve(listener: TcpListener, shutdown: impl std::future::Future<Output = ()>) {
-    crate::server::serve(listener, handle, shutdown).await
+    crate::server::serve(listener, None, handle, shutdown).await
 }
 
 /// Answers one request the way httpbin would.

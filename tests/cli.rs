@@ -174,6 +174,28 @@ fn bad_configuration_exits_2_naming_the_field() {
         ),
         ("{ not json".to_string(), "conf", vec![], "JSON"),
         (
+            json!({"secret": "s", "listen_port": port, "http_server_options": {"use_ssl": true}})
+                .to_string(),
+            "conf",
+            vec![],
+            "http_server_options.certificates",
+        ),
+        (
+            json!({"secret": "s", "listen_port": port, "http_server_options": {"use_ssl": true,
+                "certificates": [{"domain_name": "x", "cert_file": "/nonexistent.crt", "key_file": "/nonexistent.key"}]}})
+            .to_string(),
+            "conf",
+            vec![],
+            "http_server_options.certificates[0].cert_file",
+        ),
+        (
+            json!({"secret": "s", "listen_port": port, "http_server_options": {"use_ssl": true, "min_version": 999}})
+                .to_string(),
+            "conf",
+            vec![],
+            "http_server_options.min_version",
+        ),
+        (
             "secret = \"s\"\nlisten_port = \"x\"\n".to_string(),
             "toml",
             vec![],

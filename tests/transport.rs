@@ -200,3 +200,235 @@ async fn the_systems_roots_from_ssl_cert_file_verify_an_https_upstream() {
         assert_eq!(r.status, 200, "{path}: {}", r.text());
     }
 }
+
+/// Runs `program` with `args` (without blocking the runtime the gateway runs on) and returns
+/// its status, stdout and stderr.
+async fn run(program: &str, args: &[&str]) -> (bool, String, String) {
+    let out = tokio::process::Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(20), out)
+        .await
+        .unwrap_or_else(|_| panic!("{program} {args:?} did not finish"))
+        .unwrap_or_else(|e| panic!("cannot run {program} (run scripts/test to install it): {e}"));
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// `openssl s_client` to the gateway with `sni`; its output, which names the certificate
+/// served (`subject=`) and the protocol agreed.
+async fn handshake(port: u16, sni: &str, extra: &[&str]) -> String {
+    let connect = format!("127.0.0.1:{port}");
+    let mut args = vec!["s_client", "-connect", &connect, "-servername", sni];
+    args.extend_from_slice(extra);
+    let (_, stdout, stderr) = run("openssl", &args).await;
+    format!("{stdout}{stderr}")
+}
+
+/// A GET over TLS with curl: status and body.
+async fn curl(port: u16, host: &str, ca: &str, path: &str, key: &str) -> (u16, String) {
+    let resolve = format!("{host}:{port}:127.0.0.1");
+    let url = format!("https://{host}:{port}{path}");
+    let auth = format!("authorization: {key}");
+    let (_, out, err) = run(
+        "curl",
+        &[
+            "-sS",
+            "--cacert",
+            ca,
+            "--resolve",
+            &resolve,
+            "-H",
+            &auth,
+            "-w",
+            "\n%{http_code}",
+            &url,
+        ],
+    )
+    .await;
+    let (body, code) = out.rsplit_once('\n').unwrap_or(("", "0"));
+    (code.trim().parse().unwrap_or(0), format!("{body}{err}"))
+}
+
+/// Creates the seed's key as `name` through the Gateway API, over TLS.
+async fn add_key_over_tls(port: u16, host: &str, ca: &TestCa, name: &str) {
+    let resolve = format!("{host}:{port}:127.0.0.1");
+    let url = format!("https://{host}:{port}/tyk/keys/{name}");
+    let secret = format!("x-tyk-authorization: {}", support::SECRET);
+    let body = support::seed_key().to_string();
+    let (ok, out, err) = run(
+        "curl",
+        &[
+            "-sS",
+            "-f",
+            "--cacert",
+            &ca.file("ca.crt"),
+            "--resolve",
+            &resolve,
+            "-H",
+            &secret,
+            "-X",
+            "POST",
+            "-d",
+            &body,
+            &url,
+        ],
+    )
+    .await;
+    assert!(ok, "key {name} created: {out}{err}");
+}
+
+#[tokio::test]
+async fn the_tls_listener_picks_certificates_by_sni_and_keeps_its_versions() {
+    let up = upstream().await;
+    let ca = TestCa::new();
+    ca.issue(
+        "a",
+        "subjectAltName=DNS:a.example\nextendedKeyUsage=serverAuth\n",
+    );
+    ca.issue(
+        "wild",
+        "subjectAltName=DNS:*.wild.example\nextendedKeyUsage=serverAuth\n",
+    );
+    ca.issue(
+        "own",
+        "subjectAltName=DNS:own.example\nextendedKeyUsage=serverAuth\n",
+    );
+    let gw = gateway()
+        .api(sample_api(&up.url("")))
+        .config(json!({"http_server_options": {
+            "use_ssl": true,
+            "certificates": [
+                {"domain_name": "a.example", "cert_file": ca.file("a.crt"), "key_file": ca.file("a.key")},
+                {"domain_name": "*.wild.example", "cert_file": ca.file("wild.crt"), "key_file": ca.file("wild.key")},
+            ],
+            "ssl_certificates": [ca.file("own.pem")],
+            "min_version": 772,
+        }}))
+        .start()
+        .await;
+    let port = gw.addr().port();
+    add_key_over_tls(port, "a.example", &ca, "tlskey").await;
+    for (sni, served) in [
+        ("a.example", "tollgate test a"),
+        ("b.wild.example", "tollgate test wild"),
+        ("own.example", "tollgate test own"),
+        ("unknown.example", "tollgate test a"),
+    ] {
+        let out = handshake(port, sni, &["-CAfile", &ca.file("ca.crt")]).await;
+        assert!(out.contains(served), "{sni}: {out}");
+        assert!(out.contains("TLSv1.3"), "{sni}: {out}");
+    }
+    let refused = handshake(port, "a.example", &["-tls1_2"]).await;
+    assert!(
+        !refused.contains("Server certificate"),
+        "TLS 1.2 refused: {refused}"
+    );
+
+    let (status, body) = curl(
+        port,
+        "a.example",
+        &ca.file("ca.crt"),
+        "/tyk-api-test/get",
+        "tlskey",
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let echoed: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(echoed["headers"]["X-Forwarded-Proto"], "https");
+    let (status, _) = curl(
+        port,
+        "a.example",
+        &ca.file("ca.crt"),
+        "/tyk-api-test/get",
+        "wrong",
+    )
+    .await;
+    assert_eq!(status, 403);
+}
+
+#[tokio::test]
+async fn garbage_and_stalled_handshakes_disturb_no_other_client() {
+    use tokio::io::AsyncWriteExt;
+    let up = upstream().await;
+    let ca = TestCa::new();
+    ca.issue_server("gw");
+    let gw = gateway()
+        .api(sample_api(&up.url("")))
+        .config(json!({"http_server_options": {"use_ssl": true, "certificates": [
+            {"domain_name": "localhost", "cert_file": ca.file("gw.crt"), "key_file": ca.file("gw.key")}]}}))
+        .start()
+        .await;
+    let port = gw.addr().port();
+    let mut garbage = tokio::net::TcpStream::connect(gw.addr()).await.unwrap();
+    garbage
+        .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n\x00\xff\x16\x03garbage")
+        .await
+        .unwrap();
+    let mut stalled = Vec::new();
+    for _ in 0..50 {
+        let mut s = tokio::net::TcpStream::connect(gw.addr()).await.unwrap();
+        // A ClientHello's first bytes, then nothing.
+        s.write_all(&[0x16, 0x03, 0x01, 0x02, 0x00]).await.unwrap();
+        stalled.push(s);
+    }
+    add_key_over_tls(port, "localhost", &ca, "calm").await;
+    let started = std::time::Instant::now();
+    let (status, body) = curl(
+        port,
+        "localhost",
+        &ca.file("ca.crt"),
+        "/tyk-api-test/get",
+        "calm",
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert!(started.elapsed() < Duration::from_secs(2));
+}
+
+#[tokio::test]
+async fn a_reload_serves_new_certificates_to_new_connections() {
+    let up = upstream().await;
+    let ca = TestCa::new();
+    ca.issue_server("first");
+    ca.issue_server("second");
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = (dir.path().join("gw.crt"), dir.path().join("gw.key"));
+    std::fs::copy(ca.file("first.crt"), &cert).unwrap();
+    std::fs::copy(ca.file("first.key"), &key).unwrap();
+    let gw = gateway()
+        .api(sample_api(&up.url("")))
+        .config(
+            json!({"http_server_options": {"use_ssl": true, "certificates": [
+            {"domain_name": "localhost", "cert_file": cert, "key_file": key}]}}),
+        )
+        .start()
+        .await;
+    let port = gw.addr().port();
+    assert!(
+        handshake(port, "localhost", &[])
+            .await
+            .contains("tollgate test first")
+    );
+    std::fs::copy(ca.file("second.crt"), &cert).unwrap();
+    std::fs::copy(ca.file("second.key"), &key).unwrap();
+    gw.gateway.reload().await;
+    assert!(
+        handshake(port, "localhost", &[])
+            .await
+            .contains("tollgate test second")
+    );
+    // A file that cannot be used keeps the certificate in force.
+    std::fs::write(&cert, "not a certificate").unwrap();
+    gw.gateway.reload().await;
+    assert!(
+        handshake(port, "localhost", &[])
+            .await
+            .contains("tollgate test second")
+    );
+}

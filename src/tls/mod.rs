@@ -7,6 +7,7 @@
 //! ECDHE. A Tyk setting that asks for something older is reported, never silently widened.
 
 pub mod client;
+pub mod server;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -138,4 +139,38 @@ pub(crate) fn private_key(path: &Path, field: &str) -> Result<PrivateKeyDer<'sta
             format!("{}: no private key read: {e}", path.display()),
         )
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tyk_version_numbers_become_rustls_versions() {
+        let offered = |min, max| versions(min, max, "min", "max").map(|v| v.len());
+        assert_eq!(offered(0, 0), Ok(2));
+        assert_eq!(offered(769, 0), Ok(2), "an older minimum offers what rustls has");
+        assert_eq!(offered(772, 0), Ok(1));
+        assert_eq!(offered(0, 771), Ok(1));
+        assert_eq!(offered(0, 770).unwrap_err().field, "max");
+        assert_eq!(offered(5, 0).unwrap_err().field, "min");
+        assert_eq!(offered(772, 771).unwrap_err().field, "min");
+    }
+
+    #[test]
+    fn ciphers_are_named_as_go_names_them() {
+        let names = |list: &[&str]| list.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let ok = names(&[
+            "tls_ecdhe_rsa_with_aes_128_gcm_sha256",
+            "TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305",
+            "TLS_AES_128_GCM_SHA256",
+        ]);
+        assert!(lacking_ciphers(&ok).is_empty());
+        let suites = provider(&ok, "f").unwrap().cipher_suites.len();
+        let all = rustls::crypto::ring::default_provider().cipher_suites.len();
+        assert!(suites < all, "TLS 1.2 suites cut to those named");
+        let old = names(&["TLS_RSA_WITH_AES_128_CBC_SHA"]);
+        assert_eq!(lacking_ciphers(&old), old);
+        assert_eq!(provider(&old, "f").unwrap_err().field, "f");
+    }
 }

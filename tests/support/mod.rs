@@ -163,7 +163,7 @@ impl GatewayBuilder {
             Some(store) => store,
             None => tollgate::store::open(&loaded.config).await.expect("store"),
         };
-        let gateway = Gateway::new(loaded.config, store);
+        let gateway = Gateway::new(loaded.config, store).unwrap();
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (tx, rx) = oneshot::channel();
