@@ -22,6 +22,9 @@ use crate::tls::server::{CertificateFiles, ListenerTlsSettings, listener_config}
 pub struct GatewayConfig {
     pub listen_address: String,
     pub listen_port: u16,
+    /// A port of its own for the Gateway API, `/hello` and the readiness check (0, or
+    /// `listen_port`: the public port serves them).
+    pub control_api_port: u16,
     pub secret: String,
     pub app_path: String,
     pub hash_keys: bool,
@@ -119,6 +122,7 @@ impl Default for GatewayConfig {
     fn default() -> Self {
         Self {
             listen_address: String::new(),
+            control_api_port: 0,
             listen_port: 8080,
             secret: String::new(),
             app_path: "./apps/".into(),
@@ -460,15 +464,30 @@ impl GatewayConfig {
 
     /// The socket address to bind.
     pub fn listen_addr(&self) -> String {
+        self.addr_with_port(self.listen_port)
+    }
+
+    /// The control listener's address, when `control_api_port` gives the Gateway API a port
+    /// of its own.
+    pub fn control_addr(&self) -> Option<String> {
+        self.has_control_port()
+            .then(|| self.addr_with_port(self.control_api_port))
+    }
+
+    pub fn has_control_port(&self) -> bool {
+        self.control_api_port != 0 && self.control_api_port != self.listen_port
+    }
+
+    fn addr_with_port(&self, port: u16) -> String {
         let host = if self.listen_address.is_empty() {
             "0.0.0.0"
         } else {
             &self.listen_address
         };
         if host.contains(':') {
-            format!("[{host}]:{}", self.listen_port)
+            format!("[{host}]:{port}")
         } else {
-            format!("{host}:{}", self.listen_port)
+            format!("{host}:{port}")
         }
     }
 }

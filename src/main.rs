@@ -12,7 +12,7 @@ use tokio::net::TcpListener;
 
 use tollgate::config::{GatewayConfig, Loaded};
 use tollgate::gateway::Gateway;
-use tollgate::server::serve_gateway;
+use tollgate::server::{Serves, serve_gateway};
 use tollgate::session::SessionState;
 use tollgate::store;
 
@@ -264,6 +264,10 @@ async fn serve_workers(
         sockets.push(socket);
     }
     on_bound(addr);
+    let control = match gateway.config.control_addr() {
+        Some(control) => Some(bind(control).await?),
+        None => None,
+    };
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let mut threads = Vec::new();
     let first = sockets.remove(0);
@@ -277,7 +281,7 @@ async fn serve_workers(
                     .build()?;
                 runtime.block_on(async move {
                     let listener = socket.listen(1024)?;
-                    serve_gateway(gateway, listener, until_stopped(rx)).await;
+                    serve_gateway(gateway, listener, Serves::Public, until_stopped(rx)).await;
                     Ok::<_, std::io::Error>(())
                 })
             })
@@ -285,12 +289,26 @@ async fn serve_workers(
         threads.push(thread);
     }
     let listener = first.listen(1024).map_err(anyhow::Error::from)?;
-    let main_worker = serve_gateway(gateway, listener, until_stopped(stopped));
+    let control_worker = async {
+        if let Some(listener) = control {
+            if let Ok(addr) = listener.local_addr() {
+                tracing::info!("Gateway API listening on http://{addr}");
+            }
+            let until = until_stopped(stopped.clone());
+            serve_gateway(gateway.clone(), listener, Serves::Control, until).await;
+        }
+    };
+    let main_worker = serve_gateway(
+        gateway.clone(),
+        listener,
+        Serves::Public,
+        until_stopped(stopped.clone()),
+    );
     let signal = async move {
         shutdown_signal().await;
         let _ = stop.send(true);
     };
-    tokio::join!(main_worker, signal);
+    tokio::join!(main_worker, control_worker, signal);
     for thread in threads {
         match thread.join() {
             Ok(Ok(())) => {}

@@ -33,6 +33,15 @@ use crate::response::{Body, error_response};
 /// Largest request head (request line + headers) accepted; larger gets 431.
 pub const MAX_HEAD_BYTES: usize = 16 * 1024;
 
+/// What a listener answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Serves {
+    /// The APIs, and the Gateway API too unless `control_api_port` gives it its own.
+    Public,
+    /// The Gateway API, `/hello` and the readiness check only (`control_api_port`).
+    Control,
+}
+
 impl Gateway {
     /// One request through the pipeline; `upstream` is the calling worker's client.
     pub async fn handle(
@@ -40,8 +49,9 @@ impl Gateway {
         req: Request<Incoming>,
         peer: Peer,
         upstream: UpstreamClient,
+        serves: Serves,
     ) -> Response<Body> {
-        match self.pass(req, &peer, &upstream).await {
+        match self.pass(req, &peer, &upstream, serves).await {
             Ok(response) => response,
             Err(rejection) => rejection.into_response(),
         }
@@ -54,11 +64,17 @@ impl Gateway {
         mut req: Request<Incoming>,
         peer: &Peer,
         upstream: &UpstreamClient,
+        serves: Serves,
     ) -> Result<Response<Body>, Rejection> {
         resolve_path(&mut req).map_err(Rejection::Path)?;
-        if admin::owns(&self.config, req.uri().path()) {
+        let admin_here = serves == Serves::Control || !self.config.has_control_port();
+        if admin_here && admin::owns(&self.config, req.uri().path()) {
             // Boxed: the admin future is large and rare; inline it would widen every request's.
             return Ok(Box::pin(admin::handle(self, req)).await);
+        }
+        if serves == Serves::Control {
+            // As Tyk: the control port serves no API.
+            return Err(Rejection::NoApi);
         }
         let spec = self
             .apis
@@ -204,17 +220,19 @@ pub async fn serve<H, F>(
     }
 }
 
-/// Serves the gateway pipeline on `listener`. Each call (one per worker thread) has its own
-/// upstream connection pool, so a request and its upstream connection stay on one thread.
+/// Serves the gateway on `listener`, answering what `serves` says. Each call (one per
+/// worker thread) has its own upstream connection pool, so a request and its upstream
+/// connection stay on one thread.
 pub async fn serve_gateway(
     gateway: Arc<Gateway>,
     listener: TcpListener,
+    serves: Serves,
     shutdown: impl Future<Output = ()>,
 ) {
     let upstream = UpstreamClient::new(gateway.proxy_timeout);
     let handler = {
         let gateway = gateway.clone();
-        move |req, peer| gateway.clone().handle(req, peer, upstream.clone())
+        move |req, peer| gateway.clone().handle(req, peer, upstream.clone(), serves)
     };
     serve(listener, gateway.listener_tls.as_ref(), handler, shutdown).await
 }

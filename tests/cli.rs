@@ -297,3 +297,88 @@ async fn demo_answers_the_seed_curl() {
         .await;
     assert_eq!(r.status, 401);
 }
+
+#[tokio::test]
+async fn control_api_port_moves_the_gateway_api_off_the_public_port() {
+    let up = upstream().await;
+    let dir = tempfile::tempdir().unwrap();
+    let apps = dir.path().join("apps");
+    std::fs::create_dir(&apps).unwrap();
+    std::fs::write(apps.join("a.json"), sample_api(&up.url("")).to_string()).unwrap();
+    let (port, control) = (free_port(), free_port());
+    let conf = dir.path().join("tyk.conf");
+    let config = json!({"listen_address": "127.0.0.1", "listen_port": port,
+        "control_api_port": control, "secret": "s", "app_path": "apps",
+        "storage": {"type": "memory"}});
+    std::fs::write(&conf, config.to_string()).unwrap();
+    let _gw = Process {
+        child: Command::new(BIN)
+            .args(["serve", "--conf"])
+            .arg(&conf)
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    };
+    let (public, control): (SocketAddr, SocketAddr) = (
+        format!("127.0.0.1:{port}").parse().unwrap(),
+        format!("127.0.0.1:{control}").parse().unwrap(),
+    );
+    assert!(wait_for_port(public, Duration::from_secs(10)).await);
+    assert!(wait_for_port(control, Duration::from_secs(10)).await);
+    let client = Client::new();
+    let secret = [("x-tyk-authorization", "s")];
+    let body = Some(seed_key().to_string().into_bytes());
+    let r = client
+        .request(
+            "POST",
+            &format!("http://{control}/tyk/keys/ctl"),
+            &secret,
+            body.clone(),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    // The public port answers /tyk/ as Tyk does with a control port: not found.
+    let r = client
+        .request(
+            "POST",
+            &format!("http://{public}/tyk/keys/other"),
+            &secret,
+            body,
+        )
+        .await;
+    assert_eq!((r.status, r.text().as_str()), (404, "Not Found"));
+    for path in ["/hello", "/ready"] {
+        let (on_public, on_control) = (
+            format!("http://{public}{path}"),
+            format!("http://{control}{path}"),
+        );
+        let r = client.request("GET", &on_public, &[], None).await;
+        assert_eq!(r.status, 404, "{path} on the public port");
+        let r = client.request("GET", &on_control, &[], None).await;
+        assert_eq!(r.status, 200, "{path} on the control port");
+    }
+    let key = [("authorization", "ctl")];
+    let r = client
+        .request(
+            "GET",
+            &format!("http://{public}/tyk-api-test/get"),
+            &key,
+            None,
+        )
+        .await;
+    assert_eq!(
+        r.status,
+        200,
+        "the key serves on the public port: {}",
+        r.text()
+    );
+    let r = client
+        .request(
+            "GET",
+            &format!("http://{control}/tyk-api-test/get"),
+            &key,
+            None,
+        )
+        .await;
+    assert_eq!(r.status, 404, "the control port serves no API");
+}

@@ -149,7 +149,11 @@ mod tests {
     fn tyk_version_numbers_become_rustls_versions() {
         let offered = |min, max| versions(min, max, "min", "max").map(|v| v.len());
         assert_eq!(offered(0, 0), Ok(2));
-        assert_eq!(offered(769, 0), Ok(2), "an older minimum offers what rustls has");
+        assert_eq!(
+            offered(769, 0),
+            Ok(2),
+            "an older minimum offers what rustls has"
+        );
         assert_eq!(offered(772, 0), Ok(1));
         assert_eq!(offered(0, 771), Ok(1));
         assert_eq!(offered(0, 770).unwrap_err().field, "max");

@@ -18,7 +18,7 @@ use tokio::task::JoinHandle;
 
 use tollgate::config::GatewayConfig;
 use tollgate::gateway::Gateway;
-use tollgate::server::serve_gateway;
+use tollgate::server::{Serves, serve_gateway};
 use tollgate::store::{MemoryStore, SessionStore};
 
 pub use self::http::{Client, TestResponse};
@@ -167,9 +167,14 @@ impl GatewayBuilder {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (tx, rx) = oneshot::channel();
-        let task = tokio::spawn(serve_gateway(gateway.clone(), listener, async {
-            let _ = rx.await;
-        }));
+        let task = tokio::spawn(serve_gateway(
+            gateway.clone(),
+            listener,
+            Serves::Public,
+            async {
+                let _ = rx.await;
+            },
+        ));
         TestGateway {
             server: Running {
                 addr,
