@@ -71,6 +71,8 @@ pub struct HttpServerOptions {
     pub min_version: u16,
     pub max_version: u16,
     pub ssl_ciphers: Vec<String>,
+    /// Upgrade requests (WebSockets) are passed on and tunnelled (Tyk's default: off).
+    pub enable_websockets: bool,
 }
 
 /// `security`: of Tyk's settings, the client certificates for upstream mutual TLS.

@@ -173,7 +173,8 @@ pub async fn run<T, S, B>(
             activity: activity.clone(),
         };
         // Boxed so that a parked connection's task does not keep room for hyper's state.
-        let mut conn = Box::new(http.serve_connection(io, tracked));
+        // With upgrades: a WebSocket's 101 hands the connection to its tunnel (see `tunnel`).
+        let mut conn = Box::new(http.serve_connection(io, tracked).with_upgrades());
         let ended = match serve_until_idle(&mut conn, &activity, &mut shutdown).await {
             Served::Ended(ended) => ended,
             Served::SlowHead => {
@@ -185,7 +186,10 @@ pub async fn run<T, S, B>(
                 return;
             }
         };
-        let parts = conn.into_parts();
+        let Some(parts) = conn.into_parts() else {
+            // Upgraded: the connection is the tunnel's now.
+            return;
+        };
         let mut io = parts.io.into_inner();
         match ended {
             Ok(()) if activity.park.load(Relaxed) && parts.read_buf.is_empty() => {
@@ -218,7 +222,7 @@ enum Served {
 /// Drives hyper until the connection ends, parking it once idle and starting a graceful close
 /// when `shutdown` turns true.
 async fn serve_until_idle<T, S, B>(
-    conn: &mut http1::Connection<TokioIo<WatchedStream<T>>, TrackedService<S>>,
+    conn: &mut http1::UpgradeableConnection<TokioIo<WatchedStream<T>>, TrackedService<S>>,
     activity: &Activity,
     shutdown: &mut watch::Receiver<bool>,
 ) -> Served
@@ -259,7 +263,7 @@ where
                 }
             }
         }
-        conn.poll_without_shutdown(cx).map(Served::Ended)
+        Pin::new(&mut *conn).poll(cx).map(Served::Ended)
     })
     .await
 }
@@ -398,7 +402,13 @@ impl<T: ClientStream> AsyncWrite for WatchedStream<T> {
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
+        let this = self.get_mut();
+        // Parking: hyper ends its connection on the end-of-stream it was shown, and the socket
+        // must outlive it.
+        if this.activity.park.load(Relaxed) {
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut this.stream).poll_shutdown(cx)
     }
 }
 

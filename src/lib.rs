@@ -29,5 +29,6 @@ pub mod session;
 pub mod store;
 pub mod target;
 pub mod tls;
+pub mod tunnel;
 pub mod upstream;
 pub mod version;

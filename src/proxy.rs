@@ -19,6 +19,7 @@ use http::uri::PathAndQuery;
 use http::{Request, Response, StatusCode, Uri};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::client::conn::http1::SendRequest;
+use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tokio::task::AbortHandle;
@@ -57,6 +58,26 @@ impl ProxyError {
     }
 }
 
+/// The protocol an upgrade request asks for (`Connection: upgrade` and an `Upgrade`), as Tyk's
+/// `IsUpgrade` reads it.
+fn upgrade_asked(headers: &HeaderMap) -> Option<HeaderValue> {
+    let asks = headers.get_all(header::CONNECTION).iter().any(|v| {
+        v.to_str().is_ok_and(|v| {
+            v.split(',')
+                .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+        })
+    });
+    asks.then(|| headers.get(header::UPGRADE).cloned())
+        .flatten()
+        .filter(|v| !v.is_empty())
+}
+
+/// Puts back the two hop-by-hop headers an upgrade needs on its next hop.
+fn keep_upgrade(headers: &mut HeaderMap, protocol: HeaderValue) {
+    headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    headers.insert(header::UPGRADE, protocol);
+}
+
 /// Headers that belong to one connection and are never forwarded (RFC 9110 §7.6.1).
 const HOP_BY_HOP: [HeaderName; 8] = [
     header::CONNECTION,
@@ -84,6 +105,8 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct UpstreamClient {
     pool: Arc<Mutex<IdlePool>>,
     timeout: Duration,
+    /// `http_server_options.enable_websockets`: upgrade requests are passed on as upgrades.
+    websockets: bool,
 }
 
 #[derive(Default)]
@@ -107,9 +130,10 @@ struct IdleConnection {
 }
 
 impl UpstreamClient {
-    /// `timeout` bounds the wait for the upstream's response headers (zero: none). Must be
-    /// called within a Tokio runtime: a task sweeps the idle connections.
-    pub fn new(timeout: Duration) -> Self {
+    /// `timeout` bounds the wait for the upstream's response headers (zero: none);
+    /// `websockets` passes upgrade requests on (see `tunnel`). Must be called within a Tokio
+    /// runtime: a task sweeps the idle connections.
+    pub fn new(timeout: Duration, websockets: bool) -> Self {
         let pool = Arc::new(Mutex::new(IdlePool::default()));
         let weak = Arc::downgrade(&pool);
         tokio::spawn(async move {
@@ -121,7 +145,11 @@ impl UpstreamClient {
                 pool.lock().unwrap_or_else(PoisonError::into_inner).sweep();
             }
         });
-        Self { pool, timeout }
+        Self {
+            pool,
+            timeout,
+            websockets,
+        }
     }
 
     /// Sends `req` (rewritten as `forwarding` says) to `target` (the API's, or its
@@ -133,7 +161,15 @@ impl UpstreamClient {
         req: Request<Incoming>,
         peer: &Peer,
     ) -> Result<Response<UpstreamBody>, ProxyError> {
-        let (parts, body) = req.into_parts();
+        let (mut parts, body) = req.into_parts();
+        let upgrade = self
+            .websockets
+            .then(|| upgrade_asked(&parts.headers))
+            .flatten();
+        let client_upgrade = upgrade
+            .is_some()
+            .then(|| parts.extensions.remove::<OnUpgrade>())
+            .flatten();
         let (body, progress) = RequestBody::new(body);
         let mut req = Request::from_parts(parts, body);
         let path = forwarding.upstream_path(target, req.uri().path());
@@ -146,6 +182,9 @@ impl UpstreamClient {
         *req.version_mut() = http::Version::HTTP_11;
         let headers = req.headers_mut();
         strip_hop_by_hop(headers);
+        if let Some(protocol) = &upgrade {
+            keep_upgrade(headers, protocol.clone());
+        }
         append_forwarded_for(headers, peer);
         let proto = if peer.tls { "https" } else { "http" };
         headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(proto));
@@ -170,6 +209,22 @@ impl UpstreamClient {
             }
             Err(e) => return Err(e),
         };
+        if let Some(client) = client_upgrade
+            && response.status() == StatusCode::SWITCHING_PROTOCOLS
+        {
+            let protocol = response.headers().get(header::UPGRADE).cloned();
+            strip_hop_by_hop(response.headers_mut());
+            if let Some(protocol) = protocol {
+                keep_upgrade(response.headers_mut(), protocol);
+            }
+            let upstream = hyper::upgrade::on(&mut response);
+            tokio::spawn(crate::tunnel::run(client, upstream));
+            // The connection is the tunnel's: it never goes back to the pool.
+            return Ok(response.map(|body| UpstreamBody {
+                body,
+                checkin: None,
+            }));
+        }
         strip_hop_by_hop(response.headers_mut());
         let checkin = Checkin {
             pool: self.pool.clone(),
@@ -290,7 +345,8 @@ where
         .await
         .map_err(ProxyError::Failed)?;
     let task = tokio::spawn(async move {
-        if let Err(e) = connection.await {
+        // With upgrades: after a 101 the connection is handed to its tunnel.
+        if let Err(e) = connection.with_upgrades().await {
             tracing::debug!("upstream connection ended: {e}");
         }
     })

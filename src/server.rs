@@ -229,7 +229,8 @@ pub async fn serve_gateway(
     serves: Serves,
     shutdown: impl Future<Output = ()>,
 ) {
-    let upstream = UpstreamClient::new(gateway.proxy_timeout);
+    let websockets = gateway.config.http_server_options.enable_websockets;
+    let upstream = UpstreamClient::new(gateway.proxy_timeout, websockets);
     let handler = {
         let gateway = gateway.clone();
         move |req, peer| gateway.clone().handle(req, peer, upstream.clone(), serves)

@@ -2,17 +2,20 @@
 //! so nothing needs the internet.
 //!
 //! Answers `/get`, `/post`, `/put`, `/patch`, `/delete`, `/anything[/...]`, `/headers`, `/ip`,
-//! `/status/{code}`, `/delay/{secs}` and `/bytes/{n}` with httpbin's JSON shapes.
+//! `/status/{code}`, `/delay/{secs}` and `/bytes/{n}` with httpbin's JSON shapes, and `/ws`,
+//! a WebSocket that echoes every message.
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
 use http::{Method, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Either, Full};
 use hyper::body::Incoming;
 use serde_json::{Map, Value, json};
 use tokio::net::TcpListener;
+use tokio_tungstenite::tungstenite;
 
 use crate::connection::Peer;
 use crate::response::{Body, error_response, json_response};
@@ -21,6 +24,55 @@ use crate::response::{Body, error_response, json_response};
 const MAX_DELAY_SECS: f64 = 10.0;
 /// Largest `/bytes/{n}` served.
 const MAX_BYTES: usize = 10 * 1024 * 1024;
+
+/// A WebSocket handshake answered with 101, then every text or binary message sent back
+/// (tungstenite speaks the protocol); anything else is a 400.
+fn websocket_echo(mut req: Request<Incoming>) -> Response<Body> {
+    let asked = req
+        .headers()
+        .get(header::UPGRADE)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"));
+    let Some(key) = req.headers().get("sec-websocket-key").filter(|_| asked) else {
+        return error_response(StatusCode::BAD_REQUEST, "not a WebSocket handshake");
+    };
+    let accept = tungstenite::handshake::derive_accept_key(key.as_bytes());
+    let upgraded = hyper::upgrade::on(&mut req);
+    tokio::spawn(async move {
+        let Ok(io) = upgraded.await else {
+            return;
+        };
+        let socket = tokio_tungstenite::WebSocketStream::from_raw_socket(
+            hyper_util::rt::TokioIo::new(io),
+            tungstenite::protocol::Role::Server,
+            None,
+        )
+        .await;
+        let (mut replies, mut messages) = socket.split();
+        while let Some(Ok(message)) = messages.next().await {
+            if message.is_close() {
+                break;
+            }
+            if (message.is_text() || message.is_binary()) && replies.send(message).await.is_err() {
+                break;
+            }
+        }
+    });
+    let mut response = Response::new(Either::Right(Full::new(Bytes::new())));
+    *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let headers = response.headers_mut();
+    headers.insert(
+        header::UPGRADE,
+        header::HeaderValue::from_static("websocket"),
+    );
+    headers.insert(
+        header::CONNECTION,
+        header::HeaderValue::from_static("upgrade"),
+    );
+    if let Ok(accept) = header::HeaderValue::from_str(&accept) {
+        headers.insert(header::SEC_WEBSOCKET_ACCEPT, accept);
+    }
+    response
+}
 
 /// Serves the upstream on `listener` until `shutdown` resolves.
 pub async fn serve(listener: TcpListener, shutdown: impl std::future::Future<Output = ()>) {
@@ -43,6 +95,7 @@ pub async fn handle(req: Request<Incoming>, peer: Peer) -> Response<Body> {
         | ("delete", None, &Method::DELETE) => echo(req, peer, true, false).await,
         ("anything", _, _) => echo(req, peer, true, true).await,
         ("headers", None, _) => json_response(StatusCode::OK, &json!({"headers": headers(&req)})),
+        ("ws", None, &Method::GET) => websocket_echo(req),
         ("ip", None, _) => json_response(StatusCode::OK, &json!({"origin": peer.ip().to_string()})),
         ("status", Some(code), _) => match code
             .parse::<u16>()
