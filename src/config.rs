@@ -73,6 +73,18 @@ pub struct HttpServerOptions {
     pub ssl_ciphers: Vec<String>,
     /// Upgrade requests (WebSockets) are passed on and tunnelled (Tyk's default: off).
     pub enable_websockets: bool,
+    /// Bytes a request body may have (0: no limit); more is a 413.
+    pub max_request_body_size: u64,
+}
+
+impl HttpServerOptions {
+    /// `max_request_body_size` as a bound (`u64::MAX` when there is none).
+    pub fn max_body(&self) -> u64 {
+        match self.max_request_body_size {
+            0 => u64::MAX,
+            size => size,
+        }
+    }
 }
 
 /// `security`: of Tyk's settings, the client certificates for upstream mutual TLS.

@@ -43,8 +43,6 @@ pub struct Gateway {
     pub(crate) apis: ArcSwap<ApiTable>,
     pub(crate) policies: ArcSwap<PolicyTable>,
     load_errors: ArcSwap<Vec<String>>,
-    /// How long to wait for an upstream's response headers.
-    pub(crate) proxy_timeout: Duration,
     /// The TLS listener's config (`http_server_options.use_ssl`), its certificates re-read
     /// at each reload; `None` for plain HTTP.
     pub listener_tls: Option<ArcSwap<rustls::ServerConfig>>,
@@ -59,7 +57,6 @@ impl Gateway {
         sessions: Arc<dyn SessionStore>,
     ) -> Result<Arc<Self>, ConfigError> {
         let listener_tls = config.listener_tls()?.map(ArcSwap::new);
-        let timeout = Duration::from_secs_f64(config.proxy_default_timeout);
         let limiter = Arc::new(Limiter::new(sessions.clone()));
         limiter.spawn_flusher(Duration::from_millis(500));
         let gateway = Arc::new(Self {
@@ -71,7 +68,6 @@ impl Gateway {
             apis: ArcSwap::from_pointee(ApiTable::default()),
             policies: ArcSwap::from_pointee(PolicyTable::default()),
             load_errors: ArcSwap::from_pointee(Vec::new()),
-            proxy_timeout: timeout,
             listener_tls,
             reload_lock: tokio::sync::Mutex::new(()),
             config,

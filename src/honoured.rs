@@ -210,7 +210,7 @@ mod tests {
     fn fields_in_use_are_named_by_their_shortest_unhonoured_path() {
         let definition = object(json!({
             "api_id": "1",
-            "proxy": {"listen_path": "/x/", "target_url": "http://u", "transport": {"ssl_ciphers": ["a"]}},
+            "proxy": {"listen_path": "/x/", "target_url": "http://u", "transport": {"ssl_ciphers": ["a"], "proxy_url": "http://p"}},
             "CORS": {"enable": false, "allowed_origins": ["*"]},
             "cache_options": {"enable_cache": true, "cache_timeout": 60},
             "enable_batch_request_support": true,
@@ -230,7 +230,7 @@ mod tests {
                 "cache_options",
                 "domain",
                 "enable_batch_request_support",
-                "proxy.transport",
+                "proxy.transport.proxy_url",
                 "version_data.versions.Default.extended_paths",
             ]
         );

@@ -24,6 +24,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tokio::task::AbortHandle;
 
+use crate::config::GatewayConfig;
 use crate::connection::Peer;
 use crate::target::{Forwarding, Target};
 
@@ -45,7 +46,10 @@ pub enum ProxyError {
     /// The client's request body could not be read (malformed chunked coding, or cut off):
     /// the client's fault, not the upstream's.
     #[error("Request body malformed")]
-    ClientBody(#[source] hyper::Error),
+    ClientBody(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// The client's request body ran past `http_server_options.max_request_body_size`.
+    #[error("Request Entity Too Large")]
+    TooLarge,
 }
 
 impl ProxyError {
@@ -53,6 +57,7 @@ impl ProxyError {
         match self {
             Self::Timeout => StatusCode::GATEWAY_TIMEOUT,
             Self::ClientBody(_) => StatusCode::BAD_REQUEST,
+            Self::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             _ => StatusCode::BAD_GATEWAY,
         }
     }
@@ -107,6 +112,8 @@ pub struct UpstreamClient {
     timeout: Duration,
     /// `http_server_options.enable_websockets`: upgrade requests are passed on as upgrades.
     websockets: bool,
+    /// `http_server_options.max_request_body_size` (`u64::MAX`: no limit).
+    max_body: u64,
 }
 
 #[derive(Default)]
@@ -130,10 +137,15 @@ struct IdleConnection {
 }
 
 impl UpstreamClient {
-    /// `timeout` bounds the wait for the upstream's response headers (zero: none);
-    /// `websockets` passes upgrade requests on (see `tunnel`). Must be called within a Tokio
-    /// runtime: a task sweeps the idle connections.
-    pub fn new(timeout: Duration, websockets: bool) -> Self {
+    /// A client for `config`: `proxy_default_timeout` bounds the wait for the upstream's
+    /// response headers (zero: none), `enable_websockets` passes upgrade requests on (see
+    /// `tunnel`), `max_request_body_size` bounds what a request body may send. Must be called
+    /// within a Tokio runtime: a task sweeps the idle connections.
+    pub fn new(config: &GatewayConfig) -> Self {
+        let timeout = Duration::from_secs_f64(config.proxy_default_timeout);
+        let options = &config.http_server_options;
+        let websockets = options.enable_websockets;
+        let max_body = options.max_body();
         let pool = Arc::new(Mutex::new(IdlePool::default()));
         let weak = Arc::downgrade(&pool);
         tokio::spawn(async move {
@@ -149,6 +161,7 @@ impl UpstreamClient {
             pool,
             timeout,
             websockets,
+            max_body,
         }
     }
 
@@ -170,7 +183,7 @@ impl UpstreamClient {
             .is_some()
             .then(|| parts.extensions.remove::<OnUpgrade>())
             .flatten();
-        let (body, progress) = RequestBody::new(body);
+        let (body, progress) = RequestBody::new(body, self.max_body);
         let mut req = Request::from_parts(parts, body);
         let path = forwarding.upstream_path(target, req.uri().path());
         let path_and_query = match req.uri().query() {
@@ -204,8 +217,11 @@ impl UpstreamClient {
         };
         let (mut response, connection) = match sent {
             Ok(sent) => sent,
+            Err(ProxyError::Failed(_)) if progress.as_ref().is_some_and(|p| p.too_large()) => {
+                return Err(ProxyError::TooLarge);
+            }
             Err(ProxyError::Failed(e)) if progress.as_ref().is_some_and(|p| p.broken()) => {
-                return Err(ProxyError::ClientBody(e));
+                return Err(ProxyError::ClientBody(e.into()));
             }
             Err(e) => return Err(e),
         };
@@ -383,6 +399,7 @@ impl Checkin {
 struct BodyProgress {
     sent: AtomicBool,
     broken: AtomicBool,
+    too_large: AtomicBool,
 }
 
 impl BodyProgress {
@@ -393,23 +410,39 @@ impl BodyProgress {
     fn broken(&self) -> bool {
         self.broken.load(Relaxed)
     }
+
+    fn too_large(&self) -> bool {
+        self.too_large.load(Relaxed)
+    }
+}
+
+/// Why a request body stopped on its way upstream.
+#[derive(Debug, thiserror::Error)]
+pub enum RequestBodyError {
+    #[error(transparent)]
+    Client(#[from] hyper::Error),
+    #[error("request body over max_request_body_size")]
+    TooLarge,
 }
 
 /// The client's request body on its way upstream, noting when it ends and whether reading
-/// it failed.
+/// it failed, and cut off past its allowance.
 pub struct RequestBody {
     body: Incoming,
     progress: Option<Arc<BodyProgress>>,
+    /// Bytes the body may still send.
+    allowance: u64,
 }
 
 impl RequestBody {
     /// A body that is already over (most requests) has nothing to track and costs no
     /// allocation.
-    fn new(body: Incoming) -> (Self, Option<Arc<BodyProgress>>) {
+    fn new(body: Incoming, allowance: u64) -> (Self, Option<Arc<BodyProgress>>) {
         let progress = (!body.is_end_stream()).then(Arc::<BodyProgress>::default);
         let tracked = Self {
             body,
             progress: progress.clone(),
+            allowance,
         };
         (tracked, progress)
     }
@@ -417,24 +450,33 @@ impl RequestBody {
 
 impl Body for RequestBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = RequestBodyError;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, RequestBodyError>>> {
         let polled = Pin::new(&mut self.body).poll_frame(cx);
-        if let Some(progress) = &self.progress {
-            match &polled {
-                Poll::Ready(None) => progress.sent.store(true, Relaxed),
-                Poll::Ready(Some(Ok(_))) if self.body.is_end_stream() => {
+        let Some(progress) = self.progress.clone() else {
+            return polled.map_err(RequestBodyError::from);
+        };
+        match &polled {
+            Poll::Ready(None) => progress.sent.store(true, Relaxed),
+            Poll::Ready(Some(Ok(frame))) => {
+                let size = frame.data_ref().map_or(0, |d| d.len() as u64);
+                if size > self.allowance {
+                    progress.too_large.store(true, Relaxed);
+                    return Poll::Ready(Some(Err(RequestBodyError::TooLarge)));
+                }
+                self.allowance -= size;
+                if self.body.is_end_stream() {
                     progress.sent.store(true, Relaxed);
                 }
-                Poll::Ready(Some(Err(_))) => progress.broken.store(true, Relaxed),
-                _ => {}
             }
+            Poll::Ready(Some(Err(_))) => progress.broken.store(true, Relaxed),
+            Poll::Pending => {}
         }
-        polled
+        polled.map_err(RequestBodyError::from)
     }
 
     fn is_end_stream(&self) -> bool {

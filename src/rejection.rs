@@ -6,7 +6,7 @@ use http::{Response, StatusCode};
 use crate::auth::AuthError;
 use crate::counting::{LimitError, Policy, Usage, now_secs};
 use crate::proxy::ProxyError;
-use crate::response::{Body, error_response, not_found};
+use crate::response::{Body, error_response, not_found, plain_response};
 use crate::version::VersionError;
 
 /// Why a request got no upstream response.
@@ -40,6 +40,10 @@ impl Rejection {
                     usage.write_headers(policy, response.headers_mut(), now_secs());
                 }
                 response
+            }
+            // Tyk answers it in plain text, before any middleware.
+            Self::Upstream(ProxyError::TooLarge) => {
+                plain_response(StatusCode::PAYLOAD_TOO_LARGE, "Request Entity Too Large")
             }
             Self::Upstream(e) => error_response(e.status(), &e.to_string()),
         }

@@ -34,8 +34,15 @@ pub fn json_response<T: serde::Serialize + ?Sized>(status: StatusCode, body: &T)
 
 /// Tyk's answer to a path no API listens on: its router's plain `Not Found`.
 pub fn not_found() -> Response<Body> {
-    let mut response = Response::new(Either::Right(Full::new(Bytes::from_static(b"Not Found"))));
-    *response.status_mut() = StatusCode::NOT_FOUND;
+    plain_response(StatusCode::NOT_FOUND, "Not Found")
+}
+
+/// A plain-text answer, as Tyk gives before its middleware runs.
+pub fn plain_response(status: StatusCode, text: &'static str) -> Response<Body> {
+    let mut response = Response::new(Either::Right(Full::new(Bytes::from_static(
+        text.as_bytes(),
+    ))));
+    *response.status_mut() = status;
     response.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/plain; charset=utf-8"),

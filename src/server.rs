@@ -14,7 +14,7 @@ use arc_swap::ArcSwap;
 use futures_util::FutureExt;
 use http::{Request, Response, StatusCode};
 use http_body_util::Either;
-use hyper::body::Incoming;
+use hyper::body::{Body as _, Incoming};
 use hyper::service::service_fn;
 use rustls::ServerConfig;
 use tokio::net::TcpListener;
@@ -26,7 +26,7 @@ use crate::connection::{self, Peer};
 use crate::gateway::Gateway;
 use crate::path;
 use crate::pipeline::{Exchange, Services};
-use crate::proxy::UpstreamClient;
+use crate::proxy::{ProxyError, UpstreamClient};
 use crate::rejection::Rejection;
 use crate::response::{Body, error_response};
 
@@ -67,6 +67,11 @@ impl Gateway {
         serves: Serves,
     ) -> Result<Response<Body>, Rejection> {
         resolve_path(&mut req).map_err(Rejection::Path)?;
+        // Tyk's `max_request_body_size`, checked on the declared length before anything else;
+        // a body without one is counted as it streams (see `proxy`).
+        if req.body().size_hint().lower() > self.config.http_server_options.max_body() {
+            return Err(Rejection::Upstream(ProxyError::TooLarge));
+        }
         let admin_here = serves == Serves::Control || !self.config.has_control_port();
         if admin_here && admin::owns(&self.config, req.uri().path()) {
             // Boxed: the admin future is large and rare; inline it would widen every request's.
@@ -229,8 +234,7 @@ pub async fn serve_gateway(
     serves: Serves,
     shutdown: impl Future<Output = ()>,
 ) {
-    let websockets = gateway.config.http_server_options.enable_websockets;
-    let upstream = UpstreamClient::new(gateway.proxy_timeout, websockets);
+    let upstream = UpstreamClient::new(&gateway.config);
     let handler = {
         let gateway = gateway.clone();
         move |req, peer| gateway.clone().handle(req, peer, upstream.clone(), serves)

@@ -483,3 +483,48 @@ async fn a_websocket_is_authenticated_then_tunnelled_both_ways() {
     let url = format!("ws://{}/tyk-api-test/ws", plain.addr());
     assert_eq!(websocket(&url, "wskey").await, "status 400\n");
 }
+
+#[tokio::test]
+async fn max_request_body_size_refuses_larger_bodies_declared_or_streamed() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let up = upstream().await;
+    let mut keyless = sample_api(&up.url(""));
+    keyless["use_keyless"] = json!(true);
+    let gw = gateway()
+        .api(keyless)
+        .config(json!({"http_server_options": {"max_request_body_size": 10}}))
+        .start()
+        .await;
+    let post = |body: &'static str| {
+        let url = gw.url("/tyk-api-test/post");
+        let client = gw.client.clone();
+        async move {
+            client
+                .request("POST", &url, &[], Some(body.as_bytes().to_vec()))
+                .await
+        }
+    };
+    assert_eq!(post("0123456789").await.status, 200, "at the limit");
+    let r = post("0123456789a").await;
+    assert_eq!(
+        (r.status, r.text().as_str()),
+        (413, "Request Entity Too Large")
+    );
+
+    // A chunked body declares no length: it is cut off once past the limit.
+    let mut stream = tokio::net::TcpStream::connect(gw.addr()).await.unwrap();
+    stream
+        .write_all(
+            b"POST /tyk-api-test/post HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n\
+              8\r\n01234567\r\n8\r\n89abcdef\r\n0\r\n\r\n",
+        )
+        .await
+        .unwrap();
+    let mut answer = vec![0; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut answer))
+        .await
+        .unwrap()
+        .unwrap();
+    let answer = String::from_utf8_lossy(&answer[..n]);
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+}
