@@ -59,8 +59,9 @@ pub struct GatewayConfig {
     pub http_server_options: HttpServerOptions,
 }
 
-/// `http_server_options`: of Tyk's, the TLS listener's settings.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+/// `http_server_options`: of Tyk's, the TLS listener's settings, WebSockets and the body
+/// limit; and tollgate's connection cap.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default)]
 pub struct HttpServerOptions {
     pub use_ssl: bool,
@@ -75,9 +76,33 @@ pub struct HttpServerOptions {
     pub enable_websockets: bool,
     /// Bytes a request body may have (0: no limit); more is a 413.
     pub max_request_body_size: u64,
+    /// tollgate: client connections held open at most (parked ones too), shared among the
+    /// workers; at the cap new ones wait in the kernel's backlog.
+    pub max_connections: usize,
+}
+
+impl Default for HttpServerOptions {
+    fn default() -> Self {
+        Self {
+            use_ssl: false,
+            certificates: Vec::new(),
+            ssl_certificates: Vec::new(),
+            min_version: 0,
+            max_version: 0,
+            ssl_ciphers: Vec::new(),
+            enable_websockets: false,
+            max_request_body_size: 0,
+            max_connections: 65_536,
+        }
+    }
 }
 
 impl HttpServerOptions {
+    /// Each of `workers` listeners' share of `max_connections`.
+    pub fn connections_per_worker(&self, workers: usize) -> usize {
+        self.max_connections.div_ceil(workers.max(1))
+    }
+
     /// `max_request_body_size` as a bound (`u64::MAX` when there is none).
     pub fn max_body(&self) -> u64 {
         match self.max_request_body_size {
@@ -469,6 +494,12 @@ impl GatewayConfig {
         if self.local_session_cache.max_entries == 0 {
             return Err(invalid(
                 "local_session_cache.max_entries",
+                "must be at least 1",
+            ));
+        }
+        if self.http_server_options.max_connections == 0 {
+            return Err(invalid(
+                "http_server_options.max_connections",
                 "must be at least 1",
             ));
         }

@@ -264,6 +264,10 @@ async fn serve_workers(
         sockets.push(socket);
     }
     on_bound(addr);
+    let per_worker = gateway
+        .config
+        .http_server_options
+        .connections_per_worker(workers);
     let control = match gateway.config.control_addr() {
         Some(control) => Some(bind(control).await?),
         None => None,
@@ -281,7 +285,8 @@ async fn serve_workers(
                     .build()?;
                 runtime.block_on(async move {
                     let listener = socket.listen(1024)?;
-                    serve_gateway(gateway, listener, Serves::Public, until_stopped(rx)).await;
+                    let until = until_stopped(rx);
+                    serve_gateway(gateway, listener, Serves::Public, per_worker, until).await;
                     Ok::<_, std::io::Error>(())
                 })
             })
@@ -295,15 +300,12 @@ async fn serve_workers(
                 tracing::info!("Gateway API listening on http://{addr}");
             }
             let until = until_stopped(stopped.clone());
-            serve_gateway(gateway.clone(), listener, Serves::Control, until).await;
+            let max = gateway.config.http_server_options.max_connections;
+            serve_gateway(gateway.clone(), listener, Serves::Control, max, until).await;
         }
     };
-    let main_worker = serve_gateway(
-        gateway.clone(),
-        listener,
-        Serves::Public,
-        until_stopped(stopped.clone()),
-    );
+    let until = until_stopped(stopped.clone());
+    let main_worker = serve_gateway(gateway.clone(), listener, Serves::Public, per_worker, until);
     let signal = async move {
         shutdown_signal().await;
         let _ = stop.send(true);

@@ -18,6 +18,7 @@ use hyper::body::{Body as _, Incoming};
 use hyper::service::service_fn;
 use rustls::ServerConfig;
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 
 use crate::admin;
@@ -150,12 +151,21 @@ where
 /// How long a TLS client has to complete its handshake.
 pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How a listener takes connections.
+#[derive(Clone, Copy)]
+pub struct Accepting<'a> {
+    /// Read at each accept, so new certificates serve new connections; `None`: plain HTTP.
+    pub tls: Option<&'a ArcSwap<ServerConfig>>,
+    /// Open connections held at most: at the cap no more are accepted (they wait in the
+    /// kernel's backlog) until one closes.
+    pub max_connections: usize,
+}
+
 /// Accepts HTTP/1.1 connections until `shutdown` resolves, answers each request with
-/// `handler` (panics become a 500), then lets open connections finish. With `tls` (read at
-/// each accept, so new certificates serve new connections), each connection is TLS.
+/// `handler` (panics become a 500), then lets open connections finish.
 pub async fn serve<H, F>(
     listener: TcpListener,
-    tls: Option<&ArcSwap<ServerConfig>>,
+    accepting: Accepting<'_>,
     handler: H,
     shutdown: impl Future<Output = ()>,
 ) where
@@ -174,8 +184,16 @@ pub async fn serve<H, F>(
         .writev(false);
     let http = Arc::new(http);
     let (closing, closing_seen) = tokio::sync::watch::channel(false);
+    let open = Arc::new(Semaphore::new(accepting.max_connections));
     tokio::pin!(shutdown);
     loop {
+        let permit = tokio::select! {
+            permit = open.clone().acquire_owned() => match permit {
+                Ok(permit) => permit,
+                Err(_) => break,
+            },
+            () = &mut shutdown => break,
+        };
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(conn) => conn,
@@ -190,15 +208,18 @@ pub async fn serve<H, F>(
         };
         let _ = stream.set_nodelay(true);
         let handler = handler.clone();
-        let client = Peer::new(peer, tls.is_some());
+        let client = Peer::new(peer, accepting.tls.is_some());
         let service = service_fn(move |req| {
             // Boxed so that an idle connection does not carry room for a whole request future.
             Box::pin(guarded(handler(req, client.clone()))).map(Ok::<_, Infallible>)
         });
         let (http, closing) = (http.clone(), closing_seen.clone());
-        match tls {
+        match accepting.tls {
             None => {
-                tokio::spawn(connection::run(stream, http, service, closing));
+                tokio::spawn(async move {
+                    connection::run(stream, http, service, closing).await;
+                    drop(permit);
+                });
             }
             Some(config) => {
                 let acceptor = TlsAcceptor::from(config.load_full());
@@ -210,6 +231,7 @@ pub async fn serve<H, F>(
                         Ok(Err(e)) => tracing::debug!(%peer, "TLS handshake failed: {e}"),
                         Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
                     }
+                    drop(permit);
                 });
             }
         }
@@ -225,13 +247,14 @@ pub async fn serve<H, F>(
     }
 }
 
-/// Serves the gateway on `listener`, answering what `serves` says. Each call (one per
-/// worker thread) has its own upstream connection pool, so a request and its upstream
-/// connection stay on one thread.
+/// Serves the gateway on `listener`, answering what `serves` says, holding at most
+/// `max_connections` open. Each call (one per worker thread) has its own upstream connection
+/// pool, so a request and its upstream connection stay on one thread.
 pub async fn serve_gateway(
     gateway: Arc<Gateway>,
     listener: TcpListener,
     serves: Serves,
+    max_connections: usize,
     shutdown: impl Future<Output = ()>,
 ) {
     let upstream = UpstreamClient::new(&gateway.config);
@@ -239,7 +262,11 @@ pub async fn serve_gateway(
         let gateway = gateway.clone();
         move |req, peer| gateway.clone().handle(req, peer, upstream.clone(), serves)
     };
-    serve(listener, gateway.listener_tls.as_ref(), handler, shutdown).await
+    let accepting = Accepting {
+        tls: gateway.listener_tls.as_ref(),
+        max_connections,
+    };
+    serve(listener, accepting, handler, shutdown).await
 }
 
 #[cfg(test)]

@@ -15,6 +15,7 @@ use http_body_util::{BodyExt, Either, Full};
 use hyper::body::Incoming;
 use serde_json::{Map, Value, json};
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 use tokio_tungstenite::tungstenite;
 
 use crate::connection::Peer;
@@ -76,7 +77,11 @@ fn websocket_echo(mut req: Request<Incoming>) -> Response<Body> {
 
 /// Serves the upstream on `listener` until `shutdown` resolves.
 pub async fn serve(listener: TcpListener, shutdown: impl std::future::Future<Output = ()>) {
-    crate::server::serve(listener, None, handle, shutdown).await
+    let accepting = crate::server::Accepting {
+        tls: None,
+        max_connections: Semaphore::MAX_PERMITS,
+    };
+    crate::server::serve(listener, accepting, handle, shutdown).await
 }
 
 /// Answers one request the way httpbin would.

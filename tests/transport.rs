@@ -528,3 +528,35 @@ async fn max_request_body_size_refuses_larger_bodies_declared_or_streamed() {
     let answer = String::from_utf8_lossy(&answer[..n]);
     assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
 }
+
+#[tokio::test]
+async fn at_max_connections_no_more_are_taken_until_one_closes() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let up = upstream().await;
+    let mut keyless = sample_api(&up.url(""));
+    keyless["use_keyless"] = json!(true);
+    let gw = gateway()
+        .api(keyless)
+        .config(json!({"http_server_options": {"max_connections": 2}}))
+        .start()
+        .await;
+    let first = tokio::net::TcpStream::connect(gw.addr()).await.unwrap();
+    let _second = tokio::net::TcpStream::connect(gw.addr()).await.unwrap();
+    let mut third = tokio::net::TcpStream::connect(gw.addr()).await.unwrap();
+    third
+        .write_all(b"GET /tyk-api-test/get HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = vec![0; 4096];
+    let waited = tokio::time::timeout(Duration::from_millis(500), third.read(&mut answer)).await;
+    assert!(
+        waited.is_err(),
+        "the third connection waits while two are open"
+    );
+    drop(first);
+    let n = tokio::time::timeout(Duration::from_secs(5), third.read(&mut answer))
+        .await
+        .expect("served once one closed")
+        .unwrap();
+    assert!(String::from_utf8_lossy(&answer[..n]).starts_with("HTTP/1.1 200"));
+}

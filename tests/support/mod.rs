@@ -167,10 +167,12 @@ impl GatewayBuilder {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (tx, rx) = oneshot::channel();
+        let max = gateway.config.http_server_options.max_connections;
         let task = tokio::spawn(serve_gateway(
             gateway.clone(),
             listener,
             Serves::Public,
+            max,
             async {
                 let _ = rx.await;
             },
