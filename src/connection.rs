@@ -60,6 +60,11 @@ pub const KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(30);
 /// never pays for a new hyper connection.
 pub const TICK: Duration = Duration::from_secs(1);
 
+/// Ticks a connection keeps serving after shutdown begins, each response saying
+/// `Connection: close`: a client that sends its next request meanwhile gets an answer and
+/// reconnects (to the process taking over) instead of finding the connection closed under it.
+const DRAIN_TICKS: u32 = 2;
+
 /// Ticks a request head may take from its first bytes: 30 s, against slow-drip clients. The
 /// connection is then closed without an answer, as hyper's own header timeout does; this one
 /// costs no timer per request.
@@ -91,6 +96,8 @@ struct Activity {
     writes: AtomicU32,
     /// Set by the task: the next read that would wait reports end-of-stream instead.
     park: AtomicBool,
+    /// Shutdown has begun: responses say `Connection: close`.
+    draining: AtomicBool,
 }
 
 impl Activity {
@@ -149,15 +156,20 @@ pub async fn run<T, S, B>(
 {
     let activity = Arc::new(Activity::default());
     loop {
-        // Parked: nothing but the socket is held.
-        if *shutdown.borrow() {
-            return;
-        }
+        // Parked: nothing but the socket is held. Draining, a request that comes within the
+        // grace is still served (and told to close), as a client may be sending it already.
+        let draining = *shutdown.borrow_and_update();
+        activity.draining.store(draining, Relaxed);
+        let wait = if draining {
+            TICK * DRAIN_TICKS
+        } else {
+            KEEP_ALIVE_TIMEOUT
+        };
         tokio::select! {
             biased;
-            _ = shutdown.changed() => return,
+            _ = shutdown.changed(), if !draining => continue,
             // The client closed, an error, or the timeout: close.
-            sent = tokio::time::timeout(KEEP_ALIVE_TIMEOUT, stream.wait_for_bytes()) => {
+            sent = tokio::time::timeout(wait, stream.wait_for_bytes()) => {
                 if !matches!(sent, Ok(true)) {
                     return;
                 }
@@ -236,7 +248,7 @@ where
 {
     let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + TICK, TICK);
     let mut seen = Ticks::default();
-    let mut draining = false;
+    let mut draining = activity.draining.load(Relaxed);
     // Created once per active spell: each call registers with the shared channel.
     let signal = shutdown.changed();
     tokio::pin!(signal);
@@ -248,10 +260,17 @@ where
             let mut side_cx = Context::from_waker(&side_waker);
             if !draining && signal.as_mut().poll(&mut side_cx).is_ready() {
                 draining = true;
-                Pin::new(&mut *conn).graceful_shutdown();
+                activity.draining.store(true, Relaxed);
             }
             while tick.poll_tick(&mut side_cx).is_ready() {
                 seen.observe(activity);
+                if draining {
+                    seen.draining += 1;
+                    if seen.draining == DRAIN_TICKS {
+                        // The grace is over: finish what is in flight, then close.
+                        Pin::new(&mut *conn).graceful_shutdown();
+                    }
+                }
                 if seen.head >= HEAD_TICKS {
                     return Poll::Ready(Served::SlowHead);
                 }
@@ -279,6 +298,8 @@ struct Ticks {
     writes: u32,
     /// Ticks in a row that found a write refused and no write taken since the tick before.
     stalled: u32,
+    /// Ticks since shutdown began.
+    draining: u32,
 }
 
 impl Ticks {
@@ -457,8 +478,14 @@ where
     type Output = Result<Response<Tracked<B>>, E>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let response = ready!(Pin::new(&mut self.inner).poll(cx))?;
+        let mut response = ready!(Pin::new(&mut self.inner).poll(cx))?;
         let open = self.open.take();
+        if open.as_ref().is_some_and(|o| o.0.draining.load(Relaxed)) {
+            static CLOSE: HeaderValue = HeaderValue::from_static("close");
+            response
+                .headers_mut()
+                .insert(http::header::CONNECTION, CLOSE.clone());
+        }
         Poll::Ready(Ok(response.map(|body| Tracked { body, _open: open })))
     }
 }
@@ -712,5 +739,29 @@ mod tests {
             .expect("closed within 5 s")
             .unwrap();
         assert_eq!(n, 0);
+    }
+
+    #[tokio::test]
+    async fn a_request_just_after_shutdown_is_answered_and_told_to_close() {
+        let server = server(Duration::ZERO).await;
+        let mut parked = TcpStream::connect(server.addr).await.unwrap();
+        let mut active = TcpStream::connect(server.addr).await.unwrap();
+        active.write_all(REQUEST).await.unwrap();
+        assert!(answer(&mut active).await.starts_with("HTTP/1.1 200"));
+        server.closing.send(true).unwrap();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        // Both a parked connection and one hyper still holds serve the request a client was
+        // already sending, and close after it.
+        for client in [&mut parked, &mut active] {
+            client.write_all(REQUEST).await.unwrap();
+            let mut whole = Vec::new();
+            tokio::time::timeout(Duration::from_secs(5), client.read_to_end(&mut whole))
+                .await
+                .expect("closed after the answer")
+                .unwrap();
+            let whole = String::from_utf8_lossy(&whole).to_ascii_lowercase();
+            assert!(whole.starts_with("http/1.1 200"), "{whole}");
+            assert!(whole.contains("connection: close"), "{whole}");
+        }
     }
 }

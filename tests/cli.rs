@@ -382,3 +382,102 @@ async fn control_api_port_moves_the_gateway_api_off_the_public_port() {
         .await;
     assert_eq!(r.status, 404, "the control port serves no API");
 }
+
+/// `tollgate serve --conf conf`, its stderr in `log`.
+fn serve_logged(conf: &std::path::Path, log: &std::path::Path) -> Process {
+    let log = std::fs::File::create(log).unwrap();
+    Process {
+        child: Command::new(BIN)
+            .args(["serve", "--conf"])
+            .arg(conf)
+            .env("RUST_LOG", "info")
+            .stderr(log)
+            .spawn()
+            .unwrap(),
+    }
+}
+
+#[tokio::test]
+async fn a_new_process_takes_over_while_the_old_one_drains_with_no_failed_request() {
+    let redis = support::redis::RedisServer::start().await;
+    let up = upstream().await;
+    let dir = tempfile::tempdir().unwrap();
+    let apps = dir.path().join("apps");
+    std::fs::create_dir(&apps).unwrap();
+    std::fs::write(apps.join("a.json"), sample_api(&up.url("")).to_string()).unwrap();
+    let port = free_port();
+    let conf = dir.path().join("tyk.conf");
+    let config = json!({"listen_address": "127.0.0.1", "listen_port": port, "secret": "s",
+        "app_path": "apps", "storage": {"type": "redis", "host": "127.0.0.1", "port": redis.port}});
+    std::fs::write(&conf, config.to_string()).unwrap();
+    let mut old = serve_logged(&conf, &dir.path().join("old.log"));
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    assert!(wait_for_port(addr, Duration::from_secs(10)).await);
+    // The seed's key without its rate limit and quota: every refusal here is a failure.
+    let mut key = seed_key();
+    key["rate"] = json!(0);
+    key["quota_max"] = json!(-1);
+    let body = Some(key.to_string().into_bytes());
+    let secret = [("x-tyk-authorization", "s")];
+    let r = Client::new()
+        .request(
+            "POST",
+            &format!("http://{addr}/tyk/keys/takeover"),
+            &secret,
+            body,
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+
+    // Steady keyed load over keep-alive connections, through the replacement.
+    let url = format!("http://{addr}/tyk-api-test/get");
+    let load = tokio::process::Command::new("wrk")
+        .args(["-t2", "-c16", "-d8s", "-H", "authorization: takeover", &url])
+        .kill_on_drop(true)
+        .output();
+    let load = tokio::spawn(load);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let new_log = dir.path().join("new.log");
+    let _new = serve_logged(&conf, &new_log);
+    let started = std::time::Instant::now();
+    while !std::fs::read_to_string(&new_log)
+        .unwrap_or_default()
+        .contains("gateway listening")
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the new process listens"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let term = Command::new("kill")
+        .args(["-TERM", &old.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(term.success());
+    let out = load
+        .await
+        .unwrap()
+        .expect("wrk runs (scripts/test installs it)");
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{report}");
+    assert!(report.contains("requests in"), "{report}");
+    assert!(
+        !report.contains("Socket errors"),
+        "no connection error: {report}"
+    );
+    let after = Client::new()
+        .request("GET", &url, &[("authorization", "takeover")], None)
+        .await;
+    assert!(
+        !report.contains("Non-2xx"),
+        "no failed request: {report}; now: {} {}",
+        after.status,
+        after.text()
+    );
+    let exited = old.child.try_wait().unwrap();
+    assert!(
+        exited.is_some_and(|status| status.success()),
+        "the old process finished draining and exited: {exited:?}"
+    );
+}
