@@ -241,14 +241,7 @@ async fn toml_config_works_too() {
         format!("listen_address = \"127.0.0.1\"\nlisten_port = {port}\nsecret = \"s\"\napp_path = \"apps\"\n[storage]\ntype = \"memory\"\n"),
     )
     .unwrap();
-    let _gw = Process {
-        child: Command::new(BIN)
-            .args(["serve", "--conf"])
-            .arg(&conf)
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    };
+    let _gw = serve(&conf, Stdio::null());
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     assert!(wait_for_port(addr, Duration::from_secs(10)).await);
     let r = Client::new()
@@ -311,14 +304,7 @@ async fn control_api_port_moves_the_gateway_api_off_the_public_port() {
         "control_api_port": control, "secret": "s", "app_path": "apps",
         "storage": {"type": "memory"}});
     std::fs::write(&conf, config.to_string()).unwrap();
-    let _gw = Process {
-        child: Command::new(BIN)
-            .args(["serve", "--conf"])
-            .arg(&conf)
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    };
+    let _gw = serve(&conf, Stdio::null());
     let (public, control): (SocketAddr, SocketAddr) = (
         format!("127.0.0.1:{port}").parse().unwrap(),
         format!("127.0.0.1:{control}").parse().unwrap(),
@@ -383,18 +369,22 @@ async fn control_api_port_moves_the_gateway_api_off_the_public_port() {
     assert_eq!(r.status, 404, "the control port serves no API");
 }
 
-/// `tollgate serve --conf conf`, its stderr in `log`.
-fn serve_logged(conf: &std::path::Path, log: &std::path::Path) -> Process {
-    let log = std::fs::File::create(log).unwrap();
+/// `tollgate serve --conf conf` at log level info, its stderr to `stderr`.
+fn serve(conf: &std::path::Path, stderr: impl Into<Stdio>) -> Process {
     Process {
         child: Command::new(BIN)
             .args(["serve", "--conf"])
             .arg(conf)
             .env("RUST_LOG", "info")
-            .stderr(log)
+            .stderr(stderr)
             .spawn()
             .unwrap(),
     }
+}
+
+/// [`serve`], its stderr written to `log`.
+fn serve_logged(conf: &std::path::Path, log: &std::path::Path) -> Process {
+    serve(conf, std::fs::File::create(log).unwrap())
 }
 
 #[tokio::test]

@@ -21,18 +21,26 @@ fn api(id: &str, listen_path: &str, target: &str) -> Value {
     api
 }
 
-#[tokio::test]
-async fn an_https_upstream_is_verified_and_its_connections_reused() {
-    let up = upstream().await;
+/// An HTTPS upstream in front of `backend`, its certificate (for localhost) from a new test
+/// CA; asking for a client certificate from that CA when `client_auth`.
+async fn https_upstream(backend: SocketAddr, client_auth: bool) -> (TestCa, TlsFront) {
     let ca = TestCa::new();
     ca.issue_server("upstream");
+    let client_ca = client_auth.then(|| ca.file("ca.crt"));
     let front = TlsFront::start(
         &ca.file("upstream.crt"),
         &ca.file("upstream.key"),
-        None,
-        up.addr,
+        client_ca.as_deref(),
+        backend,
     )
     .await;
+    (ca, front)
+}
+
+#[tokio::test]
+async fn an_https_upstream_is_verified_and_its_connections_reused() {
+    let up = upstream().await;
+    let (_ca, front) = https_upstream(up.addr, false).await;
     let target = front.url("");
     let mut lax = api("lax", "/lax/", &target);
     lax["proxy"]["transport"] = json!({"ssl_insecure_skip_verify": true});
@@ -68,16 +76,8 @@ async fn an_https_upstream_is_verified_and_its_connections_reused() {
 #[tokio::test]
 async fn an_upstream_asking_for_a_client_certificate_gets_the_configured_one() {
     let up = upstream().await;
-    let ca = TestCa::new();
-    ca.issue_server("upstream");
+    let (ca, front) = https_upstream(up.addr, true).await;
     ca.issue_client("gateway");
-    let front = TlsFront::start(
-        &ca.file("upstream.crt"),
-        &ca.file("upstream.key"),
-        Some(&ca.file("ca.crt")),
-        up.addr,
-    )
-    .await;
     let target = front.url("");
     let skip = json!({"ssl_insecure_skip_verify": true});
     let mut without = api("without", "/without/", &target);
@@ -156,15 +156,7 @@ async fn bad_upstream_tls_settings_are_load_errors_naming_the_field() {
 #[tokio::test]
 async fn the_systems_roots_from_ssl_cert_file_verify_an_https_upstream() {
     let up = upstream().await;
-    let ca = TestCa::new();
-    ca.issue_server("upstream");
-    let front = TlsFront::start(
-        &ca.file("upstream.crt"),
-        &ca.file("upstream.key"),
-        None,
-        up.addr,
-    )
-    .await;
+    let (ca, front) = https_upstream(up.addr, false).await;
     let dir = tempfile::tempdir().unwrap();
     let apps = dir.path().join("apps");
     std::fs::create_dir(&apps).unwrap();
