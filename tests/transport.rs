@@ -71,6 +71,19 @@ async fn an_https_upstream_is_verified_and_its_connections_reused() {
     );
     // The strict API never borrows the lax API's unverified connection.
     assert_eq!(gw.get_with_key("/strict/get", None).await.status, 502);
+
+    // The gateway-wide settings serve every API: skip verification, TLS 1.3 only, and a
+    // cipher list (TLS 1.3 suites are always offered).
+    let gw = gateway()
+        .api(api("strict", "/strict/", &target))
+        .config(
+            json!({"proxy_ssl_insecure_skip_verify": true, "proxy_ssl_min_version": 772,
+            "proxy_ssl_ciphers": ["TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256"]}),
+        )
+        .start()
+        .await;
+    let r = gw.get_with_key("/strict/get", None).await;
+    assert_eq!(r.status, 200, "{}", r.text());
 }
 
 #[tokio::test]
