@@ -333,6 +333,7 @@ fn upstream_tls(
         } else {
             transport.ssl_ciphers
         },
+        http2: gateway.http2,
         certificates: own
             .into_iter()
             .chain(gateway.certificates.iter().cloned())

@@ -55,6 +55,9 @@ pub struct GatewayConfig {
     pub proxy_ssl_max_version: u16,
     /// TLS 1.2 cipher suites for HTTPS upstreams, by Go's names.
     pub proxy_ssl_ciphers: Vec<String>,
+    /// HTTPS upstreams are offered HTTP/2 (ALPN `h2`, then `http/1.1`); `h2c://` targets
+    /// speak HTTP/2 whatever this says.
+    pub proxy_enable_http2: bool,
     pub security: SecurityConfig,
     pub http_server_options: HttpServerOptions,
 }
@@ -72,6 +75,9 @@ pub struct HttpServerOptions {
     pub min_version: u16,
     pub max_version: u16,
     pub ssl_ciphers: Vec<String>,
+    /// HTTP/2 for clients: offered by ALPN on the TLS listener, and with prior knowledge
+    /// (h2c) on a plain one.
+    pub enable_http2: bool,
     /// Upgrade requests (WebSockets) are passed on and tunnelled (Tyk's default: off).
     pub enable_websockets: bool,
     /// Bytes a request body may have (0: no limit); more is a 413.
@@ -90,6 +96,7 @@ impl Default for HttpServerOptions {
             min_version: 0,
             max_version: 0,
             ssl_ciphers: Vec::new(),
+            enable_http2: false,
             enable_websockets: false,
             max_request_body_size: 0,
             max_connections: 65_536,
@@ -185,6 +192,7 @@ impl Default for GatewayConfig {
             proxy_ssl_min_version: 0,
             proxy_ssl_max_version: 0,
             proxy_ssl_ciphers: Vec::new(),
+            proxy_enable_http2: false,
             security: SecurityConfig::default(),
             http_server_options: HttpServerOptions::default(),
         }
@@ -406,6 +414,7 @@ impl GatewayConfig {
             min_version: options.min_version,
             max_version: options.max_version,
             ciphers: &options.ssl_ciphers,
+            http2: options.enable_http2,
         })
         .map(Some)
         .map_err(|TlsError { field, reason }| ConfigError::InvalidField { field, reason })
@@ -418,6 +427,7 @@ impl GatewayConfig {
             min_version: self.proxy_ssl_min_version,
             max_version: self.proxy_ssl_max_version,
             ciphers: self.proxy_ssl_ciphers.clone(),
+            http2: self.proxy_enable_http2,
             certificates: self
                 .security
                 .certificates

@@ -10,24 +10,27 @@
 //! over) or [`KEEP_ALIVE_TIMEOUT`] passes (it is closed). A new connection starts parked, so
 //! one that never sends anything costs no buffers either. nginx frees the buffers of idle
 //! keep-alive connections the same way.
+//!
+//! An HTTP/2 connection (ALPN `h2`, or a plain one opening with the HTTP/2 preface) is served
+//! by hyper's HTTP/2 server with the bounds of [`http2_server`] instead; it is not parked, and
+//! is closed (GOAWAY) once it has had no open stream for [`KEEP_ALIVE_TIMEOUT`].
 
 use std::future::poll_fn;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
-use std::sync::atomic::AtomicU32;
 use std::sync::atomic::Ordering::{AcqRel, Relaxed, Release};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize};
 use std::task::{Context, Poll, Wake, Waker, ready};
 use std::time::Duration;
 
 use futures_util::task::AtomicWaker;
 use http::{HeaderValue, Request, Response};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
-use hyper::server::conn::http1;
+use hyper::server::conn::{http1, http2};
 use hyper::service::Service;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use pin_project_lite::pin_project;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
@@ -74,6 +77,187 @@ const HEAD_TICKS: u32 = 30;
 /// written: 30 s. Then the connection is closed, and with it the upstream response it held,
 /// so that clients that never read cannot pile up connections and buffers.
 const WRITE_STALL_TICKS: u32 = 30;
+
+/// Streams one HTTP/2 connection may have open at once: Go's default, which Tyk has.
+pub const HTTP2_MAX_STREAMS: u32 = 250;
+/// Streams a client may open and reset before the server has taken them, then the
+/// connection is closed with `ENHANCE_YOUR_CALM`: the bound on "rapid reset" (CVE-2023-44487).
+pub const HTTP2_MAX_PENDING_RESETS: usize = 20;
+/// Streams the server may reset for a client's errors before it closes the connection.
+pub const HTTP2_MAX_ERROR_RESETS: usize = 1024;
+/// Streams a client may cancel (reset before their response began) beyond those it let finish
+/// before its connection is closed: rapid reset with streams the server had already taken,
+/// which the bound above does not see. Four times the streams at once, as Go's server allows.
+pub const HTTP2_MAX_CANCELLED_EXCESS: u64 = 4 * HTTP2_MAX_STREAMS as u64;
+/// Bytes of flow-control window: per stream, and in all per connection (what a client can
+/// make the gateway buffer).
+pub const HTTP2_STREAM_WINDOW: u32 = 256 * 1024;
+pub const HTTP2_CONNECTION_WINDOW: u32 = 1024 * 1024;
+/// A ping after this much silence; a client that does not answer within the same time is
+/// closed, so one that stops reading cannot hold its streams.
+pub const HTTP2_PING_EVERY: Duration = Duration::from_secs(30);
+
+/// The HTTP/2 server settings every listener uses; `max_header_list_size` bounds a request's
+/// headers (decoded) as the HTTP/1 head limit does.
+pub fn http2_server(max_header_bytes: u32) -> http2::Builder<TokioExecutor> {
+    let mut http = http2::Builder::new(TokioExecutor::new());
+    http.timer(TokioTimer::new())
+        .max_concurrent_streams(HTTP2_MAX_STREAMS)
+        .max_header_list_size(max_header_bytes)
+        .max_pending_accept_reset_streams(HTTP2_MAX_PENDING_RESETS)
+        .max_local_error_reset_streams(HTTP2_MAX_ERROR_RESETS)
+        .initial_stream_window_size(HTTP2_STREAM_WINDOW)
+        .initial_connection_window_size(HTTP2_CONNECTION_WINDOW)
+        .keep_alive_interval(HTTP2_PING_EVERY)
+        .keep_alive_timeout(HTTP2_PING_EVERY);
+    http
+}
+
+/// As much of HTTP/2's connection preface (RFC 9113 §3.4) as tells it from any HTTP/1 request.
+const PREFACE_START: &[u8] = b"PRI *";
+
+/// Whether a plain connection opens with HTTP/2's preface (h2c with prior knowledge), read
+/// without consuming it; `None` if the client closed or sent nothing for
+/// [`KEEP_ALIVE_TIMEOUT`].
+pub async fn opens_with_http2_preface(stream: &TcpStream) -> Option<bool> {
+    let deadline = tokio::time::Instant::now() + KEEP_ALIVE_TIMEOUT;
+    let mut head = [0u8; PREFACE_START.len()];
+    loop {
+        let n = tokio::time::timeout_at(deadline, stream.peek(&mut head))
+            .await
+            .ok()?
+            .ok()?;
+        if n == 0 {
+            return None;
+        }
+        if !PREFACE_START.starts_with(&head[..n]) {
+            return Some(false);
+        }
+        if n == head.len() {
+            return Some(true);
+        }
+        // The start of the preface so far; a peek returns at once on bytes already seen, so
+        // wait a little for the rest.
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// Counts of one HTTP/2 connection's streams, touched by the tasks its streams run in.
+#[derive(Default)]
+struct Streams {
+    started: AtomicU64,
+    open: AtomicUsize,
+    answered: AtomicU64,
+    cancelled: AtomicU64,
+    /// Woken when cancellations pass [`HTTP2_MAX_CANCELLED_EXCESS`].
+    abusive: tokio::sync::Notify,
+}
+
+/// Marks a stream open until dropped (with its response body).
+struct StreamOpen {
+    streams: Arc<Streams>,
+    answered: bool,
+}
+
+impl Drop for StreamOpen {
+    fn drop(&mut self) {
+        let streams = &self.streams;
+        streams.open.fetch_sub(1, Relaxed);
+        if self.answered {
+            return;
+        }
+        let cancelled = streams.cancelled.fetch_add(1, Relaxed) + 1;
+        if cancelled > streams.answered.load(Relaxed) + HTTP2_MAX_CANCELLED_EXCESS {
+            streams.abusive.notify_one();
+        }
+    }
+}
+
+/// The service as an HTTP/2 connection sees it: counts its streams.
+#[derive(Clone)]
+struct CountedStreams<S> {
+    inner: S,
+    streams: Arc<Streams>,
+}
+
+impl<S, B> Service<Request<Incoming>> for CountedStreams<S>
+where
+    S: Service<Request<Incoming>, Response = Response<B>>,
+    S::Future: Unpin,
+{
+    type Response = Response<Tracked<B, StreamOpen>>;
+    type Error = S::Error;
+    type Future = TrackedFuture<S::Future, StreamOpen>;
+
+    fn call(&self, req: Request<Incoming>) -> Self::Future {
+        self.streams.started.fetch_add(1, Relaxed);
+        self.streams.open.fetch_add(1, Relaxed);
+        TrackedFuture {
+            inner: self.inner.call(req),
+            open: Some(StreamOpen {
+                streams: self.streams.clone(),
+                answered: false,
+            }),
+        }
+    }
+}
+
+/// Serves one HTTP/2 connection until it closes. Idle (no open stream, none started) for
+/// [`KEEP_ALIVE_TIMEOUT`], or at shutdown, it is sent GOAWAY and ends once its open streams
+/// are done. One that cancels too many streams (see [`HTTP2_MAX_CANCELLED_EXCESS`]) is closed
+/// at once.
+pub async fn run_http2<T, S, B>(
+    stream: T,
+    http: Arc<http2::Builder<TokioExecutor>>,
+    service: S,
+    mut shutdown: watch::Receiver<bool>,
+) where
+    T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: Service<Request<Incoming>, Response = Response<B>> + Clone + Send + 'static,
+    S::Future: Unpin + Send + 'static,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let streams = Arc::new(Streams::default());
+    let service = CountedStreams {
+        inner: service,
+        streams: streams.clone(),
+    };
+    let conn = http.serve_connection(TokioIo::new(stream), service);
+    tokio::pin!(conn);
+    let idle_ticks = KEEP_ALIVE_TIMEOUT.as_secs() / TICK.as_secs();
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + TICK, TICK);
+    let (mut quiet, mut started) = (0, 0);
+    let mut closing = false;
+    loop {
+        let begin_close = tokio::select! {
+            ended = conn.as_mut() => {
+                if let Err(e) = ended {
+                    tracing::debug!("HTTP/2 connection ended: {e}");
+                }
+                return;
+            }
+            () = streams.abusive.notified() => {
+                tracing::debug!("HTTP/2 client cancelled too many streams; closing");
+                return;
+            }
+            _ = shutdown.changed(), if !closing => true,
+            _ = tick.tick(), if !closing => {
+                let now = streams.started.load(Relaxed);
+                let idle = streams.open.load(Relaxed) == 0 && now == started;
+                started = now;
+                quiet = if idle { quiet + 1 } else { 0 };
+                quiet >= idle_ticks
+            }
+        };
+        if begin_close || (!closing && *shutdown.borrow()) {
+            closing = true;
+            conn.as_mut().graceful_shutdown();
+        }
+    }
+}
 
 /// What the connection task needs to know of hyper's progress to tell that it is idle,
 /// observed through the socket and the service rather than hyper's internals. Only the
@@ -466,21 +650,53 @@ where
     }
 }
 
-struct TrackedFuture<F> {
+/// A request's future, holding what marks it open (`G`) until its response body takes it.
+struct TrackedFuture<F, G = RequestOpen> {
     inner: F,
-    open: Option<RequestOpen>,
+    open: Option<G>,
 }
 
-impl<F, B, E> Future for TrackedFuture<F>
+/// What a response learns from the mark of its request being open, and tells it.
+trait OpenMark {
+    /// The connection is draining: the response says `Connection: close`.
+    fn draining(&self) -> bool;
+
+    /// The service answered (the response's body now holds the mark).
+    fn answered(&mut self) {}
+}
+
+impl OpenMark for RequestOpen {
+    fn draining(&self) -> bool {
+        self.0.draining.load(Relaxed)
+    }
+}
+
+impl OpenMark for StreamOpen {
+    /// HTTP/2 drains by GOAWAY, never by a header.
+    fn draining(&self) -> bool {
+        false
+    }
+
+    fn answered(&mut self) {
+        self.answered = true;
+        self.streams.answered.fetch_add(1, Relaxed);
+    }
+}
+
+impl<F, B, E, G> Future for TrackedFuture<F, G>
 where
     F: Future<Output = Result<Response<B>, E>> + Unpin,
+    G: OpenMark + Unpin,
 {
-    type Output = Result<Response<Tracked<B>>, E>;
+    type Output = Result<Response<Tracked<B, G>>, E>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut response = ready!(Pin::new(&mut self.inner).poll(cx))?;
-        let open = self.open.take();
-        if open.as_ref().is_some_and(|o| o.0.draining.load(Relaxed)) {
+        let mut open = self.open.take();
+        if let Some(open) = &mut open {
+            open.answered();
+        }
+        if open.as_ref().is_some_and(OpenMark::draining) {
             static CLOSE: HeaderValue = HeaderValue::from_static("close");
             response
                 .headers_mut()
@@ -505,14 +721,14 @@ impl Drop for RequestOpen {
 
 pin_project! {
     /// A response body that keeps its request open until hyper is done with it.
-    struct Tracked<B> {
+    struct Tracked<B, G = RequestOpen> {
         #[pin]
         body: B,
-        _open: Option<RequestOpen>,
+        _open: Option<G>,
     }
 }
 
-impl<B: Body> Body for Tracked<B> {
+impl<B: Body, G> Body for Tracked<B, G> {
     type Data = B::Data;
     type Error = B::Error;
 
@@ -541,6 +757,7 @@ mod tests {
     use bytes::Bytes;
     use http_body_util::Full;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::task::JoinHandle;
 
     const REQUEST: &[u8] = b"GET /x HTTP/1.1\r\nHost: t\r\n\r\n";
 
@@ -763,5 +980,131 @@ mod tests {
             assert!(whole.starts_with("http/1.1 200"), "{whole}");
             assert!(whole.contains("connection: close"), "{whole}");
         }
+    }
+
+    /// An HTTP/2 server answering "ok" after `delay`; its shutdown switch.
+    async fn slow_http2_server(delay: Duration) -> (SocketAddr, watch::Sender<bool>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (closing, seen) = watch::channel(false);
+        let http = Arc::new(super::http2_server(16 * 1024));
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let service = Counted {
+                    delay,
+                    connections: Arc::default(),
+                };
+                tokio::spawn(run_http2(stream, http.clone(), service, seen.clone()));
+            }
+        });
+        (addr, closing)
+    }
+
+    type Http2Client = h2::client::SendRequest<Bytes>;
+
+    async fn http2_client(addr: SocketAddr) -> (Http2Client, JoinHandle<Result<(), h2::Error>>) {
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        let (client, connection) = h2::client::handshake(tcp).await.unwrap();
+        (client, tokio::spawn(connection))
+    }
+
+    /// Opens a stream for GET /x; its response and its sending half.
+    async fn open_stream(
+        client: &Http2Client,
+    ) -> Result<(h2::client::ResponseFuture, h2::SendStream<Bytes>), h2::Error> {
+        let request = Request::get("http://t/x").body(()).unwrap();
+        client.clone().ready().await?.send_request(request, true)
+    }
+
+    #[tokio::test]
+    async fn an_http2_client_cancelling_streams_the_server_took_is_closed() {
+        let (addr, _closing) = slow_http2_server(Duration::from_secs(60)).await;
+        let (client, connection) = http2_client(addr).await;
+        let mut cancelled = 0;
+        while !connection.is_finished() && cancelled < 10 * HTTP2_MAX_CANCELLED_EXCESS {
+            let mut streams = Vec::new();
+            for _ in 0..100 {
+                match open_stream(&client).await {
+                    Ok((_, stream)) => streams.push(stream),
+                    Err(_) => break,
+                }
+            }
+            // Long enough for the server to take them and start their (slow) answers.
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            for mut stream in streams {
+                stream.send_reset(h2::Reason::CANCEL);
+                cancelled += 1;
+            }
+        }
+        let ended = tokio::time::timeout(Duration::from_secs(5), connection)
+            .await
+            .expect("the connection was closed")
+            .unwrap();
+        assert!(
+            cancelled > HTTP2_MAX_CANCELLED_EXCESS && cancelled < 2 * HTTP2_MAX_CANCELLED_EXCESS,
+            "closed after {cancelled} cancelled streams: {ended:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn cancelled_streams_within_the_bound_leave_the_connection_be() {
+        let (addr, _closing) = slow_http2_server(Duration::ZERO).await;
+        let (client, connection) = http2_client(addr).await;
+        // Answered streams give room for as many cancelled ones.
+        for _ in 0..HTTP2_MAX_CANCELLED_EXCESS {
+            let (response, _) = open_stream(&client).await.unwrap();
+            assert_eq!(response.await.unwrap().status(), 200);
+        }
+        let (slow, _slow_closing) = slow_http2_server(Duration::from_secs(60)).await;
+        drop((client, connection));
+        let (client, connection) = http2_client(slow).await;
+        let mut streams = Vec::new();
+        for _ in 0..200 {
+            streams.push(open_stream(&client).await.unwrap().1);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        for mut stream in streams {
+            stream.send_reset(h2::Reason::CANCEL);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(
+            !connection.is_finished(),
+            "200 cancelled streams are allowed: {:?}",
+            connection.await
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_idle_http2_connection_is_sent_goaway_after_30_s() {
+        let (addr, _closing) = slow_http2_server(Duration::ZERO).await;
+        let (client, connection) = http2_client(addr).await;
+        let (response, _) = open_stream(&client).await.unwrap();
+        assert_eq!(response.await.unwrap().status(), 200);
+        let started = tokio::time::Instant::now();
+        let ended = tokio::time::timeout(Duration::from_secs(120), connection)
+            .await
+            .expect("closed within 120 s")
+            .unwrap();
+        assert!(ended.is_ok(), "a clean GOAWAY: {ended:?}");
+        let waited = started.elapsed();
+        assert!(
+            waited >= KEEP_ALIVE_TIMEOUT && waited <= KEEP_ALIVE_TIMEOUT + 2 * TICK,
+            "{waited:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn at_shutdown_http2_streams_in_flight_finish_then_the_connection_closes() {
+        let (addr, closing) = slow_http2_server(Duration::from_millis(500)).await;
+        let (client, connection) = http2_client(addr).await;
+        let (response, _) = open_stream(&client).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        closing.send(true).unwrap();
+        assert_eq!(response.await.unwrap().status(), 200);
+        let ended = tokio::time::timeout(Duration::from_secs(5), connection)
+            .await
+            .expect("closed after its stream")
+            .unwrap();
+        assert!(ended.is_ok(), "{ended:?}");
     }
 }

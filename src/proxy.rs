@@ -1,6 +1,7 @@
-//! The upstream side: a per-worker pool of HTTP/1.1 keep-alive connections, and the
-//! forwarding of one request that streams both bodies, rewriting only what a reverse proxy
-//! must (URI, Host, hop-by-hop, X-Forwarded-*).
+//! The upstream side: a per-worker pool of HTTP/1.1 keep-alive connections (and one shared
+//! HTTP/2 connection per upstream that speaks it), and the forwarding of one request that
+//! streams both bodies, rewriting only what a reverse proxy must (URI, Host, hop-by-hop,
+//! X-Forwarded-*).
 //!
 //! The pool is ours rather than hyper-util's legacy client because a worker's connections
 //! never leave its thread: no hashing of scheme and authority, waiter lists or background
@@ -18,15 +19,15 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::PathAndQuery;
 use http::{Request, Response, StatusCode, Uri};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
-use hyper::client::conn::http1::SendRequest;
+use hyper::client::conn::{http1, http2};
 use hyper::upgrade::OnUpgrade;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpStream;
 use tokio::task::AbortHandle;
 
 use crate::config::GatewayConfig;
 use crate::connection::Peer;
-use crate::target::{Forwarding, Target};
+use crate::target::{Forwarding, Target, Wire};
 
 /// Why the upstream gave no response.
 #[derive(Debug, thiserror::Error)]
@@ -121,14 +122,23 @@ struct IdlePool {
     /// foldhash rather than SipHash: looked up twice per request, by addresses that come
     /// from API definitions, not from clients (SipHash was 1.7% of a proxied request).
     by_address: HashMap<Arc<str>, Vec<IdleConnection>, foldhash::fast::RandomState>,
+    /// The HTTP/2 connection to each upstream that speaks it, shared by its requests.
+    multiplexed: HashMap<Arc<str>, http2::SendRequest<RequestBody>, foldhash::fast::RandomState>,
     /// Sweeps so far; an idle connection remembers the count it was parked at.
     sweeps: u64,
 }
 
-/// A connection's sending half, and its task (which runs hyper's state machine for it).
+/// An HTTP/1.1 connection's sending half, and its task (which runs hyper's state machine
+/// for it).
 struct Connection {
-    sender: SendRequest<RequestBody>,
+    sender: http1::SendRequest<RequestBody>,
     task: AbortHandle,
+}
+
+/// A new upstream connection, as the upstream took it.
+enum Connected {
+    Http1(Connection),
+    Http2(http2::SendRequest<RequestBody>),
 }
 
 struct IdleConnection {
@@ -215,6 +225,7 @@ impl UpstreamClient {
                 .await
                 .map_err(|_| ProxyError::Timeout)?
         };
+        // `connection` is `None` for HTTP/2: nothing goes back to a pool.
         let (mut response, connection) = match sent {
             Ok(sent) => sent,
             Err(ProxyError::Failed(_)) if progress.as_ref().is_some_and(|p| p.too_large()) => {
@@ -242,12 +253,12 @@ impl UpstreamClient {
             }));
         }
         strip_hop_by_hop(response.headers_mut());
-        let checkin = Checkin {
+        let checkin = connection.map(|connection| Checkin {
             pool: self.pool.clone(),
             address: target.pool_key.clone(),
             connection,
             request_body: progress,
-        };
+        });
         Ok(response.map(|body| UpstreamBody::new(body, checkin)))
     }
 
@@ -259,13 +270,26 @@ impl UpstreamClient {
         &self,
         target: &Target,
         mut req: Request<RequestBody>,
-    ) -> Result<(Response<Incoming>, Connection), ProxyError> {
+    ) -> Result<(Response<Incoming>, Option<Connection>), ProxyError> {
+        if !matches!(target.wire, Wire::Plain)
+            && let Some(mut shared) = self.multiplexed(&target.pool_key)
+        {
+            let request = as_http2(req, &target.wire)?;
+            match shared.try_send_request(request).await {
+                Ok(response) => return Ok((response, None)),
+                Err(mut e) => match e.take_message() {
+                    // The connection went away (GOAWAY, closed) before taking it.
+                    Some(unsent) => req = as_http1(unsent),
+                    None => return Err(ProxyError::Failed(e.into_error())),
+                },
+            }
+        }
         while let Some(mut connection) = self.checkout(&target.pool_key) {
             if connection.sender.ready().await.is_err() {
                 continue;
             }
             match connection.sender.try_send_request(req).await {
-                Ok(response) => return Ok((response, connection)),
+                Ok(response) => return Ok((response, Some(connection))),
                 Err(mut e) => match e.take_message() {
                     Some(unsent) => req = unsent,
                     None => return Err(ProxyError::Failed(e.into_error())),
@@ -274,18 +298,43 @@ impl UpstreamClient {
         }
         // Boxed: a new connection is the rare path, and its futures would otherwise widen
         // every request's.
-        Box::pin(Self::send_on_new_connection(target, req)).await
+        Box::pin(self.send_on_new_connection(target, req)).await
     }
 
     async fn send_on_new_connection(
+        &self,
         target: &Target,
         req: Request<RequestBody>,
-    ) -> Result<(Response<Incoming>, Connection), ProxyError> {
-        let mut connection = connect(target).await?;
-        match connection.sender.send_request(req).await {
-            Ok(response) => Ok((response, connection)),
-            Err(e) => Err(ProxyError::Failed(e)),
+    ) -> Result<(Response<Incoming>, Option<Connection>), ProxyError> {
+        match connect(target).await? {
+            Connected::Http1(mut connection) => match connection.sender.send_request(req).await {
+                Ok(response) => Ok((response, Some(connection))),
+                Err(e) => Err(ProxyError::Failed(e)),
+            },
+            Connected::Http2(mut shared) => {
+                self.pool
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .multiplexed
+                    .insert(target.pool_key.clone(), shared.clone());
+                let request = as_http2(req, &target.wire)?;
+                match shared.send_request(request).await {
+                    Ok(response) => Ok((response, None)),
+                    Err(e) => Err(ProxyError::Failed(e)),
+                }
+            }
         }
+    }
+
+    /// The open HTTP/2 connection to `address`, if there is one.
+    fn multiplexed(&self, address: &str) -> Option<http2::SendRequest<RequestBody>> {
+        let mut pool = self.pool.lock().unwrap_or_else(PoisonError::into_inner);
+        let shared = pool.multiplexed.get(address)?;
+        if shared.is_closed() {
+            pool.multiplexed.remove(address);
+            return None;
+        }
+        Some(shared.clone())
     }
 
     fn checkout(&self, address: &str) -> Option<Connection> {
@@ -321,20 +370,59 @@ impl IdlePool {
             });
         }
         self.by_address.retain(|_, idle| !idle.is_empty());
+        self.multiplexed.retain(|_, shared| !shared.is_closed());
     }
 }
 
-/// Opens a connection to `target` (with TLS for an `https` one) and runs its HTTP/1.1
-/// state machine on this worker.
-async fn connect(target: &Target) -> Result<Connection, ProxyError> {
+/// An HTTP/1.1 request (origin form, `Host`) as HTTP/2 carries it: the absolute URI gives
+/// `:scheme` and `:authority` (from the `Host` that would have been sent), and no `Host`.
+fn as_http2(
+    mut req: Request<RequestBody>,
+    wire: &Wire,
+) -> Result<Request<RequestBody>, ProxyError> {
+    let authority = req
+        .headers_mut()
+        .remove(header::HOST)
+        .and_then(|host| http::uri::Authority::try_from(host.as_bytes()).ok());
+    let mut parts = std::mem::take(req.uri_mut()).into_parts();
+    parts.scheme = Some(wire.scheme());
+    parts.authority = authority;
+    *req.uri_mut() = Uri::from_parts(parts).map_err(http::Error::from)?;
+    *req.version_mut() = http::Version::HTTP_2;
+    Ok(req)
+}
+
+/// An HTTP/2 request that was not sent, back in HTTP/1.1's form for another connection.
+fn as_http1(mut req: Request<RequestBody>) -> Request<RequestBody> {
+    let mut parts = std::mem::take(req.uri_mut()).into_parts();
+    if let Some(host) = parts
+        .authority
+        .take()
+        .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+    {
+        req.headers_mut().insert(header::HOST, host);
+    }
+    parts.scheme = None;
+    if let Ok(uri) = Uri::from_parts(parts) {
+        *req.uri_mut() = uri;
+    }
+    *req.version_mut() = http::Version::HTTP_11;
+    req
+}
+
+/// Opens a connection to `target` (with TLS for an `https` one) and runs its state machine on
+/// this worker: HTTP/2 for an `h2c` target or when ALPN picked `h2`, else HTTP/1.1.
+async fn connect(target: &Target) -> Result<Connected, ProxyError> {
     let timed_out = || std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out");
     let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(&*target.address))
         .await
         .map_err(|_| ProxyError::Unreachable(timed_out()))?
         .map_err(ProxyError::Unreachable)?;
     let _ = stream.set_nodelay(true);
-    let Some(tls) = &target.tls else {
-        return start(TokioIo::new(stream)).await;
+    let tls = match &target.wire {
+        Wire::Plain => return start(TokioIo::new(stream)).await,
+        Wire::H2c => return start_http2(TokioIo::new(stream)).await,
+        Wire::Tls(tls) => tls,
     };
     let connector = tokio_rustls::TlsConnector::from(tls.config.clone());
     let handshake = connector.connect(tls.server_name.clone(), stream);
@@ -349,17 +437,35 @@ async fn connect(target: &Target) -> Result<Connection, ProxyError> {
             return Err(ProxyError::Tls(timed_out()));
         }
     };
+    if stream.get_ref().1.alpn_protocol() == Some(b"h2") {
+        return start_http2(TokioIo::new(stream)).await;
+    }
     start(TokioIo::new(stream)).await
 }
 
-/// Runs an HTTP/1.1 client connection on `io` in a task of its own.
-async fn start<T>(io: T) -> Result<Connection, ProxyError>
+/// Runs an HTTP/2 client connection on `io` in a task of its own; it ends once every sender
+/// is dropped and its streams are done.
+async fn start_http2<T>(io: T) -> Result<Connected, ProxyError>
 where
     T: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
-    let (sender, connection) = hyper::client::conn::http1::handshake(io)
+    let (sender, connection) = http2::handshake(TokioExecutor::new(), io)
         .await
         .map_err(ProxyError::Failed)?;
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::debug!("upstream HTTP/2 connection ended: {e}");
+        }
+    });
+    Ok(Connected::Http2(sender))
+}
+
+/// Runs an HTTP/1.1 client connection on `io` in a task of its own.
+async fn start<T>(io: T) -> Result<Connected, ProxyError>
+where
+    T: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let (sender, connection) = http1::handshake(io).await.map_err(ProxyError::Failed)?;
     let task = tokio::spawn(async move {
         // With upgrades: after a 101 the connection is handed to its tunnel.
         if let Err(e) = connection.with_upgrades().await {
@@ -367,7 +473,7 @@ where
         }
     })
     .abort_handle();
-    Ok(Connection { sender, task })
+    Ok(Connected::Http1(Connection { sender, task }))
 }
 
 /// A connection going back to the pool once its response body has been read to the end.
@@ -497,11 +603,8 @@ pub struct UpstreamBody {
 }
 
 impl UpstreamBody {
-    fn new(body: Incoming, checkin: Checkin) -> Self {
-        let mut body = Self {
-            body,
-            checkin: Some(checkin),
-        };
+    fn new(body: Incoming, checkin: Option<Checkin>) -> Self {
+        let mut body = Self { body, checkin };
         body.park_if_ended();
         body
     }
@@ -587,12 +690,27 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
             headers.remove(name);
         }
     }
+    // `TE: trailers` says the client takes trailers, which gRPC needs end to end: it is
+    // passed on, as Go's reverse proxy does for Tyk.
+    let trailers = present & TE_BIT != 0
+        && headers.get_all(header::TE).iter().any(|v| {
+            v.to_str().is_ok_and(|v| {
+                v.split(',')
+                    .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
+            })
+        });
     for (i, name) in HOP_BY_HOP.iter().enumerate() {
         if present & (1 << i) != 0 {
             headers.remove(name);
         }
     }
+    if trailers {
+        headers.insert(header::TE, HeaderValue::from_static("trailers"));
+    }
 }
+
+/// `hop_by_hop_bit(TE)`.
+const TE_BIT: u8 = 1 << 4;
 
 /// `1 << i` if `name` is `HOP_BY_HOP[i]`, else 0; a match on the name's text, cheaper than
 /// comparing it with each `HeaderName` in turn (a custom name like `keep-alive` compares bytes).

@@ -68,6 +68,9 @@ impl Gateway {
         serves: Serves,
     ) -> Result<Response<Body>, Rejection> {
         resolve_path(&mut req).map_err(Rejection::Path)?;
+        if req.version() == http::Version::HTTP_2 {
+            host_from_authority(&mut req);
+        }
         // Tyk's `max_request_body_size`, checked on the declared length before anything else;
         // a body without one is counted as it streams (see `proxy`).
         if req.body().size_hint().lower() > self.config.http_server_options.max_body() {
@@ -115,6 +118,21 @@ impl Gateway {
     }
 }
 
+/// An HTTP/2 request names its host in `:authority`: it becomes the `Host` header that
+/// HTTP/1.1 requests carry, so that both are routed and forwarded alike.
+pub fn host_from_authority(req: &mut Request<Incoming>) {
+    if req.headers().contains_key(http::header::HOST) {
+        return;
+    }
+    if let Some(host) = req
+        .uri()
+        .authority()
+        .and_then(|a| http::HeaderValue::from_str(a.as_str()).ok())
+    {
+        req.headers_mut().insert(http::header::HOST, host);
+    }
+}
+
 /// Resolves the request's dot segments in place (see [`path`]): what is routed and
 /// authorised below is then exactly the path the upstream receives. `Err`: why the path is
 /// refused.
@@ -159,9 +177,12 @@ pub struct Accepting<'a> {
     /// Open connections held at most: at the cap no more are accepted (they wait in the
     /// kernel's backlog) until one closes.
     pub max_connections: usize,
+    /// HTTP/2 too (`http_server_options.enable_http2`): by ALPN with TLS, else for a
+    /// connection that opens with the HTTP/2 preface (h2c with prior knowledge).
+    pub http2: bool,
 }
 
-/// Accepts HTTP/1.1 connections until `shutdown` resolves, answers each request with
+/// Accepts HTTP/1.1 (and HTTP/2, if `accepting` says so) connections until `shutdown` resolves, answers each request with
 /// `handler` (panics become a 500), then lets open connections finish.
 pub async fn serve<H, F>(
     listener: TcpListener,
@@ -183,6 +204,9 @@ pub async fn serve<H, F>(
         // proxied request than queueing the body beside the head for writev(2).
         .writev(false);
     let http = Arc::new(http);
+    let http2 = accepting
+        .http2
+        .then(|| Arc::new(connection::http2_server(MAX_HEAD_BYTES as u32)));
     let (closing, closing_seen) = tokio::sync::watch::channel(false);
     let open = Arc::new(Semaphore::new(accepting.max_connections));
     tokio::pin!(shutdown);
@@ -213,11 +237,20 @@ pub async fn serve<H, F>(
             // Boxed so that an idle connection does not carry room for a whole request future.
             Box::pin(guarded(handler(req, client.clone()))).map(Ok::<_, Infallible>)
         });
-        let (http, closing) = (http.clone(), closing_seen.clone());
+        let (http, http2, closing) = (http.clone(), http2.clone(), closing_seen.clone());
         match accepting.tls {
             None => {
                 tokio::spawn(async move {
-                    connection::run(stream, http, service, closing).await;
+                    match http2 {
+                        Some(http2) => match connection::opens_with_http2_preface(&stream).await {
+                            Some(true) => {
+                                connection::run_http2(stream, http2, service, closing).await;
+                            }
+                            Some(false) => connection::run(stream, http, service, closing).await,
+                            None => {}
+                        },
+                        None => connection::run(stream, http, service, closing).await,
+                    }
                     drop(permit);
                 });
             }
@@ -227,7 +260,12 @@ pub async fn serve<H, F>(
                     // In the connection's own task: a slow or broken handshake holds up no one.
                     match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await
                     {
-                        Ok(Ok(stream)) => connection::run(stream, http, service, closing).await,
+                        Ok(Ok(stream)) => match http2 {
+                            Some(http2) if stream.get_ref().1.alpn_protocol() == Some(b"h2") => {
+                                connection::run_http2(stream, http2, service, closing).await;
+                            }
+                            _ => connection::run(stream, http, service, closing).await,
+                        },
                         Ok(Err(e)) => tracing::debug!(%peer, "TLS handshake failed: {e}"),
                         Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
                     }
@@ -265,6 +303,7 @@ pub async fn serve_gateway(
     let accepting = Accepting {
         tls: gateway.listener_tls.as_ref(),
         max_connections,
+        http2: gateway.config.http_server_options.enable_http2,
     };
     serve(listener, accepting, handler, shutdown).await
 }

@@ -17,12 +17,33 @@ pub struct Target {
     /// The key of the upstream connection pool: the address, and for HTTPS the TLS settings
     /// too, so that a connection is only reused under the settings it was made with.
     pub pool_key: Arc<str>,
-    /// `Some` for an `https` target.
-    pub tls: Option<Arc<ClientTls>>,
+    /// The protocol the upstream speaks.
+    pub wire: Wire,
     /// The `Host` header sent upstream, built once.
     pub host: http::HeaderValue,
     /// Path prefix of `target_url` without a trailing slash (`""` for the root).
     pub base_path: String,
+}
+
+/// How a target's connections carry requests, from its scheme.
+#[derive(Debug, Clone)]
+pub enum Wire {
+    /// `http://`: HTTP/1.1.
+    Plain,
+    /// `h2c://` (Tyk's): HTTP/2 without TLS, with prior knowledge, as gRPC servers take it.
+    H2c,
+    /// `https://`: TLS, then what ALPN picks (HTTP/2 only if `proxy_enable_http2` offered it).
+    Tls(Arc<ClientTls>),
+}
+
+impl Wire {
+    /// The scheme of the URI an HTTP/2 request carries (`:scheme`).
+    pub fn scheme(&self) -> Scheme {
+        match self {
+            Self::Tls(_) => Scheme::HTTPS,
+            Self::Plain | Self::H2c => Scheme::HTTP,
+        }
+    }
 }
 
 /// Parses `target_url`, with `tls` for an `https` one; `Err` says why it cannot be used.
@@ -31,12 +52,13 @@ pub fn parse(url: &str, tls: &UpstreamTls) -> Result<Target, String> {
         .parse()
         .map_err(|e| format!("{url:?} is not a URL: {e}"))?;
     let scheme = uri
-        .scheme()
-        .cloned()
+        .scheme_str()
         .ok_or_else(|| format!("{url:?} has no scheme"))?;
-    let secure = scheme == Scheme::HTTPS;
-    if !secure && scheme != Scheme::HTTP {
-        return Err(format!("scheme {scheme} is not supported (http or https)"));
+    let secure = scheme == "https";
+    if !secure && scheme != "http" && scheme != "h2c" {
+        return Err(format!(
+            "scheme {scheme} is not supported (http, https or h2c)"
+        ));
     }
     let authority = uri
         .authority()
@@ -48,19 +70,21 @@ pub fn parse(url: &str, tls: &UpstreamTls) -> Result<Target, String> {
         .port_u16()
         .unwrap_or(if secure { 443 } else { 80 });
     let address: Arc<str> = format!("{}:{port}", authority.host()).into();
-    let (pool_key, tls) = if secure {
-        let client = tls
-            .connect_to(authority.host(), port)
-            .map_err(|e| e.to_string())?;
-        let key = format!("https://{address} {}", tls.fingerprint());
-        (key.into(), Some(Arc::new(client)))
-    } else {
-        (address.clone(), None)
+    let (pool_key, wire) = match scheme {
+        "https" => {
+            let client = tls
+                .connect_to(authority.host(), port)
+                .map_err(|e| e.to_string())?;
+            let key = format!("https://{address} {}", tls.fingerprint());
+            (key.into(), Wire::Tls(Arc::new(client)))
+        }
+        "h2c" => (format!("h2c://{address}").into(), Wire::H2c),
+        _ => (address.clone(), Wire::Plain),
     };
     Ok(Target {
         address,
         pool_key,
-        tls,
+        wire,
         host,
         base_path: uri.path().trim_end_matches('/').to_owned(),
     })

@@ -80,12 +80,17 @@ pub async fn serve(listener: TcpListener, shutdown: impl std::future::Future<Out
     let accepting = crate::server::Accepting {
         tls: None,
         max_connections: Semaphore::MAX_PERMITS,
+        // h2c with prior knowledge as well, so that HTTP/2 to upstreams can be tried on it.
+        http2: true,
     };
     crate::server::serve(listener, accepting, handle, shutdown).await
 }
 
 /// Answers one request the way httpbin would.
-pub async fn handle(req: Request<Incoming>, peer: Peer) -> Response<Body> {
+pub async fn handle(mut req: Request<Incoming>, peer: Peer) -> Response<Body> {
+    if req.version() == http::Version::HTTP_2 {
+        crate::server::host_from_authority(&mut req);
+    }
     let peer = peer.addr;
     let path = req.uri().path().to_owned();
     let method = req.method().clone();

@@ -10,7 +10,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use support::tls::{TestCa, TlsFront};
-use support::{Client, Process, free_port, gateway, sample_api, upstream, wait_for_port};
+use support::{Client, Process, free_port, gateway, run, sample_api, upstream, wait_for_port};
 
 /// A keyless API on `listen_path` proxying to `target`.
 fn api(id: &str, listen_path: &str, target: &str) -> Value {
@@ -204,25 +204,6 @@ async fn the_systems_roots_from_ssl_cert_file_verify_an_https_upstream() {
             .await;
         assert_eq!(r.status, 200, "{path}: {}", r.text());
     }
-}
-
-/// Runs `program` with `args` (without blocking the runtime the gateway runs on) and returns
-/// its status, stdout and stderr.
-async fn run(program: &str, args: &[&str]) -> (bool, String, String) {
-    let out = tokio::process::Command::new(program)
-        .args(args)
-        .stdin(Stdio::null())
-        .kill_on_drop(true)
-        .output();
-    let out = tokio::time::timeout(Duration::from_secs(20), out)
-        .await
-        .unwrap_or_else(|_| panic!("{program} {args:?} did not finish"))
-        .unwrap_or_else(|e| panic!("cannot run {program} (run scripts/test to install it): {e}"));
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
 }
 
 /// `openssl s_client` to the gateway with `sni`; its output, which names the certificate

@@ -15,7 +15,7 @@ use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
 
-use super::{TlsError, certificates, invalid, private_key, provider, versions};
+use super::{TlsError, alpn, certificates, invalid, private_key, provider, versions};
 
 /// How an API reaches its HTTPS upstreams: the definition's `proxy.transport` over the
 /// gateway's `proxy_ssl_*`.
@@ -26,6 +26,8 @@ pub struct UpstreamTls {
     pub min_version: u16,
     pub max_version: u16,
     pub ciphers: Vec<String>,
+    /// `proxy_enable_http2`: ALPN offers `h2` before `http/1.1`.
+    pub http2: bool,
     /// Client certificates for upstream mutual TLS, host pattern → PEM file holding the
     /// certificate and its key; the API's entries first, then the gateway's.
     pub certificates: Vec<(String, String)>,
@@ -72,7 +74,7 @@ impl UpstreamTls {
             }
             None => builder.with_no_client_auth(),
         };
-        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        config.alpn_protocols = alpn(self.http2);
         Ok(ClientTls {
             config: Arc::new(config),
             server_name,

@@ -32,6 +32,16 @@ pub(crate) fn invalid(field: &str, reason: impl Into<String>) -> TlsError {
     }
 }
 
+/// The ALPN protocols offered: `h2` first when HTTP/2 is on, then `http/1.1`.
+pub(crate) fn alpn(http2: bool) -> Vec<Vec<u8>> {
+    let mut protocols = Vec::with_capacity(2);
+    if http2 {
+        protocols.push(b"h2".to_vec());
+    }
+    protocols.push(b"http/1.1".to_vec());
+    protocols
+}
+
 /// Tyk's protocol numbers: 771 is TLS 1.2, 772 TLS 1.3 (769 and 770, TLS 1.0 and 1.1, are
 /// not offered by rustls). 0 is "no bound".
 pub(crate) fn versions(

@@ -17,7 +17,7 @@ use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use serde::{Deserialize, Serialize};
 
-use super::{TlsError, certificates, invalid, private_key, provider, versions};
+use super::{TlsError, alpn, certificates, invalid, private_key, provider, versions};
 
 /// One entry of `http_server_options.certificates`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
@@ -36,6 +36,8 @@ pub struct ListenerTlsSettings<'a> {
     pub min_version: u16,
     pub max_version: u16,
     pub ciphers: &'a [String],
+    /// `enable_http2`: ALPN offers `h2` before `http/1.1`.
+    pub http2: bool,
 }
 
 /// Builds the listener's rustls config, reading every certificate and key now: a file that
@@ -78,7 +80,7 @@ pub fn listener_config(settings: &ListenerTlsSettings<'_>) -> Result<Arc<ServerC
             covering,
             default,
         }));
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    config.alpn_protocols = alpn(settings.http2);
     Ok(Arc::new(config))
 }
 

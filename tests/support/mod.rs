@@ -303,3 +303,22 @@ pub async fn wait_for_port(addr: SocketAddr, within: std::time::Duration) -> boo
     }
     false
 }
+
+/// Runs `program` with `args` (without blocking the runtime the gateway runs on) and returns
+/// its status, stdout and stderr.
+pub async fn run(program: &str, args: &[&str]) -> (bool, String, String) {
+    let out = tokio::process::Command::new(program)
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(std::time::Duration::from_secs(20), out)
+        .await
+        .unwrap_or_else(|_| panic!("{program} {args:?} did not finish"))
+        .unwrap_or_else(|e| panic!("cannot run {program} (run scripts/test to install it): {e}"));
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}

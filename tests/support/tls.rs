@@ -126,11 +126,14 @@ impl TestCa {
 }
 
 /// A TLS server on a free loopback port forwarding every connection to `backend`; with a
-/// client CA, it asks for (and requires) a client certificate that CA issued.
+/// client CA, it asks for (and requires) a client certificate that CA issued. It offers
+/// ALPN `h2` and `http/1.1`, passing the bytes on whichever the client picks.
 pub struct TlsFront {
     pub addr: SocketAddr,
     /// Connections whose handshake succeeded.
     pub handshakes: Arc<AtomicUsize>,
+    /// Of those, the ones that agreed on `h2`.
+    pub http2: Arc<AtomicUsize>,
     task: JoinHandle<()>,
 }
 
@@ -163,12 +166,15 @@ impl TlsFront {
             }
             None => builder.with_no_client_auth(),
         };
-        let config = builder.with_single_cert(chain, key).unwrap();
+        let mut config = builder.with_single_cert(chain, key).unwrap();
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let handshakes = Arc::new(AtomicUsize::new(0));
+        let http2 = Arc::new(AtomicUsize::new(0));
         let counted = handshakes.clone();
+        let counted_http2 = http2.clone();
         let task = tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
@@ -176,11 +182,15 @@ impl TlsFront {
                 };
                 let acceptor = acceptor.clone();
                 let counted = counted.clone();
+                let counted_http2 = counted_http2.clone();
                 tokio::spawn(async move {
                     let Ok(mut tls) = acceptor.accept(stream).await else {
                         return;
                     };
                     counted.fetch_add(1, Ordering::SeqCst);
+                    if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
+                        counted_http2.fetch_add(1, Ordering::SeqCst);
+                    }
                     let Ok(mut plain) = TcpStream::connect(backend).await else {
                         return;
                     };
@@ -191,6 +201,7 @@ impl TlsFront {
         Self {
             addr,
             handshakes,
+            http2,
             task,
         }
     }
