@@ -82,6 +82,10 @@ pub struct HttpServerOptions {
     pub enable_websockets: bool,
     /// Bytes a request body may have (0: no limit); more is a 413.
     pub max_request_body_size: u64,
+    /// Seconds a request head may take from its first bytes (0: 30).
+    pub read_timeout: u32,
+    /// Seconds from a request to the end of its response over HTTP/1.1 (0: Tyk's 120).
+    pub write_timeout: u32,
     /// tollgate: client connections held open at most (parked ones too), shared among the
     /// workers; at the cap new ones wait in the kernel's backlog.
     pub max_connections: usize,
@@ -99,6 +103,8 @@ impl Default for HttpServerOptions {
             enable_http2: false,
             enable_websockets: false,
             max_request_body_size: 0,
+            read_timeout: 0,
+            write_timeout: 0,
             max_connections: 65_536,
         }
     }
@@ -108,6 +114,11 @@ impl HttpServerOptions {
     /// Each of `workers` listeners' share of `max_connections`.
     pub fn connections_per_worker(&self, workers: usize) -> usize {
         self.max_connections.div_ceil(workers.max(1))
+    }
+
+    /// `read_timeout` and `write_timeout` as the deadlines an HTTP/1.1 connection keeps.
+    pub fn deadlines(&self) -> crate::connection::Deadlines {
+        crate::connection::Deadlines::from_seconds(self.read_timeout, self.write_timeout)
     }
 
     /// `max_request_body_size` as a bound (`u64::MAX` when there is none).

@@ -68,10 +68,40 @@ pub const TICK: Duration = Duration::from_secs(1);
 /// reconnects (to the process taking over) instead of finding the connection closed under it.
 const DRAIN_TICKS: u32 = 2;
 
-/// Ticks a request head may take from its first bytes: 30 s, against slow-drip clients. The
-/// connection is then closed without an answer, as hyper's own header timeout does; this one
-/// costs no timer per request.
-const HEAD_TICKS: u32 = 30;
+/// How long a request may take on an HTTP/1.1 connection, in ticks (seconds). Past either,
+/// the connection is closed (without an answer if none began), as Go closes Tyk's at its
+/// deadlines; these cost no timer per request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Deadlines {
+    /// From a request head's first bytes to its end (`read_timeout`), against slow-drip
+    /// clients.
+    pub head: u32,
+    /// From a request handed to the gateway to the end of its response (`write_timeout`).
+    pub response: u32,
+}
+
+impl Deadlines {
+    /// A head within 30 s; a response within 120 s, Tyk's `write_timeout` default.
+    pub const DEFAULT: Self = Self {
+        head: 30,
+        response: 120,
+    };
+
+    /// `read_timeout` and `write_timeout` in seconds, 0 meaning the default.
+    pub fn from_seconds(read_timeout: u32, write_timeout: u32) -> Self {
+        let or = |value: u32, default: u32| if value == 0 { default } else { value };
+        Self {
+            head: or(read_timeout, Self::DEFAULT.head),
+            response: or(write_timeout, Self::DEFAULT.response),
+        }
+    }
+}
+
+/// How HTTP/1.1 connections are served: hyper's settings, and the deadlines `run` keeps.
+pub struct Http1Server {
+    pub builder: http1::Builder,
+    pub deadlines: Deadlines,
+}
 
 /// Ticks a client may go without accepting a byte of its response while one is waiting to be
 /// written: 30 s. Then the connection is closed, and with it the upstream response it held,
@@ -327,7 +357,7 @@ impl ClientStream for tokio_rustls::server::TlsStream<TcpStream> {
 /// Serves one accepted connection until it closes or `shutdown` turns true.
 pub async fn run<T, S, B>(
     mut stream: T,
-    http: Arc<http1::Builder>,
+    http: Arc<Http1Server>,
     service: S,
     mut shutdown: watch::Receiver<bool>,
 ) where
@@ -370,11 +400,18 @@ pub async fn run<T, S, B>(
         };
         // Boxed so that a parked connection's task does not keep room for hyper's state.
         // With upgrades: a WebSocket's 101 hands the connection to its tunnel (see `tunnel`).
-        let mut conn = Box::new(http.serve_connection(io, tracked).with_upgrades());
-        let ended = match serve_until_idle(&mut conn, &activity, &mut shutdown).await {
+        let mut conn = Box::new(http.builder.serve_connection(io, tracked).with_upgrades());
+        let deadlines = http.deadlines;
+        let ended = match serve_until_idle(&mut conn, &activity, &mut shutdown, deadlines).await {
             Served::Ended(ended) => ended,
             Served::SlowHead => {
-                tracing::debug!("request head not complete within 30 s; closing");
+                let secs = deadlines.head;
+                tracing::debug!("request head not complete within {secs} s; closing");
+                return;
+            }
+            Served::SlowResponse => {
+                let secs = deadlines.response;
+                tracing::debug!("response not complete within {secs} s (write_timeout); closing");
                 return;
             }
             Served::StalledWrite => {
@@ -409,8 +446,10 @@ pub async fn run<T, S, B>(
 enum Served {
     /// hyper ended the connection (or parked it).
     Ended(hyper::Result<()>),
-    /// A request head took longer than [`HEAD_TICKS`].
+    /// A request head took longer than its deadline.
     SlowHead,
+    /// A request and its response took longer than their deadline.
+    SlowResponse,
     /// The client took no response bytes for [`WRITE_STALL_TICKS`].
     StalledWrite,
 }
@@ -421,6 +460,7 @@ async fn serve_until_idle<T, S, B>(
     conn: &mut http1::UpgradeableConnection<TokioIo<WatchedStream<T>>, TrackedService<S>>,
     activity: &Activity,
     shutdown: &mut watch::Receiver<bool>,
+    deadlines: Deadlines,
 ) -> Served
 where
     T: ClientStream,
@@ -455,8 +495,11 @@ where
                         Pin::new(&mut *conn).graceful_shutdown();
                     }
                 }
-                if seen.head >= HEAD_TICKS {
+                if seen.head >= deadlines.head {
                     return Poll::Ready(Served::SlowHead);
+                }
+                if seen.responding >= deadlines.response {
+                    return Poll::Ready(Served::SlowResponse);
                 }
                 if seen.stalled >= WRITE_STALL_TICKS {
                     return Poll::Ready(Served::StalledWrite);
@@ -479,6 +522,8 @@ struct Ticks {
     quiet: u32,
     /// Ticks in a row that found a request head begun and not complete.
     head: u32,
+    /// Ticks in a row that found the same request open.
+    responding: u32,
     writes: u32,
     /// Ticks in a row that found a write refused and no write taken since the tick before.
     stalled: u32,
@@ -498,6 +543,7 @@ impl Ticks {
         };
         self.quiet = run(self.quiet, activity.is_idle());
         self.head = run(self.head, activity.is_reading_head());
+        self.responding = run(self.responding, activity.open.load(Relaxed) > 0);
         let writes = activity.writes.load(Relaxed);
         let blocked = activity.write_blocked.load(Relaxed) && writes == self.writes;
         self.writes = writes;
@@ -761,6 +807,13 @@ mod tests {
 
     const REQUEST: &[u8] = b"GET /x HTTP/1.1\r\nHost: t\r\n\r\n";
 
+    fn http1_server() -> Arc<Http1Server> {
+        Arc::new(Http1Server {
+            builder: http1::Builder::new(),
+            deadlines: Deadlines::DEFAULT,
+        })
+    }
+
     /// A service answering "ok" after `delay`, counting the hyper connections made with it
     /// (`run` clones it for each one).
     #[derive(Clone)]
@@ -794,7 +847,7 @@ mod tests {
         let addr = listener.local_addr().unwrap();
         let connections = Arc::new(AtomicUsize::new(0));
         let (closing, seen) = watch::channel(false);
-        let http = Arc::new(http1::Builder::new());
+        let http = http1_server();
         let counter = connections.clone();
         tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
@@ -883,9 +936,9 @@ mod tests {
     async fn closed_after(mut client: TcpStream) -> Duration {
         let started = tokio::time::Instant::now();
         let mut rest = Vec::new();
-        tokio::time::timeout(Duration::from_secs(120), client.read_to_end(&mut rest))
+        tokio::time::timeout(Duration::from_secs(200), client.read_to_end(&mut rest))
             .await
-            .expect("closed within 120 s")
+            .expect("closed within 200 s")
             .unwrap();
         assert!(rest.is_empty(), "no answer: {rest:?}");
         started.elapsed()
@@ -904,7 +957,7 @@ mod tests {
         let mut stalled = TcpStream::connect(server.addr).await.unwrap();
         stalled.write_all(&REQUEST[..10]).await.unwrap();
         let waited = closed_after(stalled).await;
-        let head = TICK * HEAD_TICKS;
+        let head = TICK * Deadlines::DEFAULT.head;
         assert!(waited >= head - TICK && waited <= head + TICK, "{waited:?}");
     }
 
@@ -922,7 +975,7 @@ mod tests {
                     Ok::<_, Infallible>(Response::new(body))
                 })
             });
-            run(stream, Arc::new(http1::Builder::new()), service, seen).await;
+            run(stream, http1_server(), service, seen).await;
         });
         let mut client = TcpStream::connect(addr).await.unwrap();
         client.write_all(REQUEST).await.unwrap();
@@ -1106,5 +1159,30 @@ mod tests {
             .expect("closed after its stream")
             .unwrap();
         assert!(ended.is_ok(), "{ended:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_response_past_write_timeout_closes_the_connection() {
+        let server = server(Duration::from_secs(300)).await;
+        let mut client = TcpStream::connect(server.addr).await.unwrap();
+        client.write_all(REQUEST).await.unwrap();
+        let waited = closed_after(client).await;
+        let deadline = TICK * Deadlines::DEFAULT.response;
+        assert!(
+            waited >= deadline - TICK && waited <= deadline + TICK,
+            "{waited:?}"
+        );
+    }
+
+    #[test]
+    fn tyk_timeouts_of_zero_mean_the_defaults() {
+        assert_eq!(Deadlines::from_seconds(0, 0), Deadlines::DEFAULT);
+        assert_eq!(
+            Deadlines::from_seconds(5, 600),
+            Deadlines {
+                head: 5,
+                response: 600
+            }
+        );
     }
 }

@@ -23,7 +23,7 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::admin;
 use crate::auth::AuthContext;
-use crate::connection::{self, Peer};
+use crate::connection::{self, Deadlines, Http1Server, Peer};
 use crate::gateway::Gateway;
 use crate::path;
 use crate::pipeline::{Exchange, Services};
@@ -180,6 +180,8 @@ pub struct Accepting<'a> {
     /// HTTP/2 too (`http_server_options.enable_http2`): by ALPN with TLS, else for a
     /// connection that opens with the HTTP/2 preface (h2c with prior knowledge).
     pub http2: bool,
+    /// HTTP/1.1 requests' deadlines (`read_timeout`, `write_timeout`).
+    pub deadlines: Deadlines,
 }
 
 /// Accepts HTTP/1.1 (and HTTP/2, if `accepting` says so) connections until `shutdown` resolves, answers each request with
@@ -203,7 +205,10 @@ pub async fn serve<H, F>(
         // Head and body copied into one buffer for one write(2): 1.5% fewer instructions per
         // proxied request than queueing the body beside the head for writev(2).
         .writev(false);
-    let http = Arc::new(http);
+    let http = Arc::new(Http1Server {
+        builder: http,
+        deadlines: accepting.deadlines,
+    });
     let http2 = accepting
         .http2
         .then(|| Arc::new(connection::http2_server(MAX_HEAD_BYTES as u32)));
@@ -304,6 +309,7 @@ pub async fn serve_gateway(
         tls: gateway.listener_tls.as_ref(),
         max_connections,
         http2: gateway.config.http_server_options.enable_http2,
+        deadlines: gateway.config.http_server_options.deadlines(),
     };
     serve(listener, accepting, handler, shutdown).await
 }

@@ -546,3 +546,54 @@ async fn at_max_connections_no_more_are_taken_until_one_closes() {
         .unwrap();
     assert!(String::from_utf8_lossy(&answer[..n]).starts_with("HTTP/1.1 200"));
 }
+
+#[tokio::test]
+async fn read_timeout_and_write_timeout_bound_a_request_and_its_response() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let up = upstream().await;
+    let gw = gateway()
+        .api(api("open", "/open/", &up.url("")))
+        .config(json!({"http_server_options": {"read_timeout": 2, "write_timeout": 3}}))
+        .start()
+        .await;
+    // Reads until the gateway closes: what it sent, and after how long.
+    async fn closed(mut client: tokio::net::TcpStream) -> (String, Duration) {
+        let started = std::time::Instant::now();
+        let mut all = Vec::new();
+        tokio::time::timeout(Duration::from_secs(20), client.read_to_end(&mut all))
+            .await
+            .expect("closed within 20 s")
+            .unwrap();
+        (
+            String::from_utf8_lossy(&all).into_owned(),
+            started.elapsed(),
+        )
+    }
+
+    let mut slow_head = tokio::net::TcpStream::connect(gw.addr()).await.unwrap();
+    slow_head
+        .write_all(b"GET /open/get HTTP/1.1\r\n")
+        .await
+        .unwrap();
+    let (sent, after) = closed(slow_head).await;
+    assert!(sent.is_empty(), "{sent}");
+    assert!(
+        after >= Duration::from_secs(1) && after < Duration::from_secs(4),
+        "{after:?}"
+    );
+
+    let mut slow_answer = tokio::net::TcpStream::connect(gw.addr()).await.unwrap();
+    slow_answer
+        .write_all(b"GET /open/delay/6 HTTP/1.1\r\nHost: t\r\n\r\n")
+        .await
+        .unwrap();
+    let (sent, after) = closed(slow_answer).await;
+    assert!(sent.is_empty(), "{sent}");
+    assert!(
+        after >= Duration::from_secs(2) && after < Duration::from_secs(5),
+        "{after:?}"
+    );
+
+    // Within both, a request is answered as ever.
+    assert_eq!(gw.get_with_key("/open/delay/1", None).await.status, 200);
+}
