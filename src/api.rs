@@ -14,9 +14,10 @@ use serde_json::{Map, Value};
 
 use crate::auth::{AuthChain, AuthMethod, ForApi, KeySource};
 use crate::counting::{Disabled, Policy, Rate};
+use crate::endpoints::EndpointLists;
 use crate::files;
 use crate::honoured;
-use crate::pipeline::{Features, Pipeline, VersionStage};
+use crate::pipeline::{EndpointStage, Features, Pipeline, VersionStage};
 use crate::target::{self, Forwarding, Target};
 use crate::tls::{self, client::UpstreamTls};
 use crate::version::Versioning;
@@ -250,8 +251,18 @@ impl ApiSpec {
                 .then(|| listen_path.trim_end_matches('/').into()),
             preserve_host: definition.proxy.preserve_host_header,
         };
+        let endpoints = EndpointLists::compile(
+            definition.version_data.not_versioned,
+            &definition.version_data.extra,
+        )
+        .map_err(|e| invalid(&e.field, e.reason))?
+        .map(|lists| EndpointStage {
+            lists,
+            listen_path: listen_path.as_str().into(),
+        });
         let pipeline = Pipeline::compile(Features {
             api_limit,
+            endpoints,
             versioning: versioning.map(|rules| VersionStage {
                 rules,
                 listen_path: listen_path.as_str().into(),

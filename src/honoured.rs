@@ -62,6 +62,10 @@ const HONOURED: &[&str] = &[
     "definition.fallback_to_default",
     // Only the switch: any extended path in use is reported by its own name.
     "version_data.versions.*.use_extended_paths",
+    "version_data.versions.*.ignore_endpoint_case",
+    "version_data.versions.*.extended_paths.ignored",
+    "version_data.versions.*.extended_paths.black_list",
+    "version_data.versions.*.extended_paths.white_list",
     "disable_rate_limit",
     "disable_quota",
     "session_lifetime",
@@ -219,7 +223,8 @@ mod tests {
             "uptime_tests": {"check_list": [], "config": {"recheck_wait": 0}},
             "version_data": {"not_versioned": true, "versions": {"Default": {
                 "name": "Default", "expires": "3000-01-02 15:04", "use_extended_paths": true,
-                "extended_paths": {"ignored": [], "black_list": [{"path": "/admin"}]}}}},
+                "extended_paths": {"ignored": [], "black_list": [{"path": "/admin"}],
+                    "transform_headers": [{"path": "/x"}]}}}},
             "domain": "api.example.com",
         }));
         let mut found = unhonoured(&definition);
@@ -231,7 +236,7 @@ mod tests {
                 "domain",
                 "enable_batch_request_support",
                 "proxy.transport.proxy_url",
-                "version_data.versions.Default.extended_paths",
+                "version_data.versions.Default.extended_paths.transform_headers",
             ]
         );
     }

@@ -12,6 +12,7 @@ pub mod config;
 pub mod connection;
 pub mod counting;
 pub mod drill;
+pub mod endpoints;
 pub mod files;
 pub mod gateway;
 pub mod guard;

@@ -11,6 +11,7 @@ use http::request::Parts;
 
 use crate::auth::{AuthChain, AuthContext, Authenticated};
 use crate::counting::{Disabled, LimitError, Policy, Usage, now_secs};
+use crate::endpoints::{EndpointLists, MockReply, Verdict};
 use crate::limits::{self, Limiter};
 use crate::rejection::Rejection;
 use crate::session::unix_now;
@@ -22,6 +23,8 @@ pub struct Features {
     /// `global_rate_limit`.
     pub api_limit: Option<Policy>,
     pub versioning: Option<VersionStage>,
+    /// The versions' `ignored`, `black_list` and `white_list`.
+    pub endpoints: Option<EndpointStage>,
     /// `None` for a keyless API.
     pub auth: Option<AuthChain>,
     /// The key limits the API switches off (`disable_rate_limit`, `disable_quota`).
@@ -38,6 +41,13 @@ pub struct VersionStage {
     pub slug: Box<str>,
 }
 
+/// Tyk's endpoint lists (part of its `VersionCheck`), for the version the request is for.
+#[derive(Debug)]
+pub struct EndpointStage {
+    pub lists: EndpointLists,
+    pub listen_path: Box<str>,
+}
+
 /// One step between routing and the proxy.
 #[derive(Debug)]
 pub enum RequestStage {
@@ -45,6 +55,8 @@ pub enum RequestStage {
     ApiLimit(Policy),
     /// Tyk's `VersionCheck`.
     Version(VersionStage),
+    /// The endpoint lists: a request may be refused, answered with a mock, or spared auth.
+    Endpoints(EndpointStage),
     /// The API's auth methods, then the key's policies and rights.
     Authenticate(AuthChain),
     /// Tyk's `RateLimitAndQuotaCheck`: the key's rate limit and quota for this API.
@@ -74,6 +86,16 @@ pub struct Exchange<'p> {
     pub version: Option<Selected<'p>>,
     pub caller: Option<Authenticated>,
     pub limited: Option<(Policy, Usage)>,
+    /// An `ignored` endpoint: no auth, key rate limit or quota.
+    pub ignored: bool,
+}
+
+/// Where a request goes once the request stages pass it.
+#[derive(Debug)]
+pub enum Flow<'p> {
+    Proxy,
+    /// A mock response, answered as it is (no response stages run, as in Tyk).
+    Reply(&'p MockReply),
 }
 
 impl Exchange<'_> {
@@ -93,8 +115,8 @@ pub struct Services<'a> {
 }
 
 impl Pipeline {
-    /// Orders `features` as Tyk's middleware chain runs them: API limit, version, auth, key
-    /// limits; on the way back, the rate-limit headers.
+    /// Orders `features` as Tyk's middleware chain runs them: API limit, version, endpoint
+    /// lists, auth, key limits; on the way back, the rate-limit headers.
     pub fn compile(features: Features) -> Self {
         let mut request = Vec::new();
         let mut response = Vec::new();
@@ -103,6 +125,9 @@ impl Pipeline {
         }
         if let Some(version) = features.versioning {
             request.push(RequestStage::Version(version));
+        }
+        if let Some(endpoints) = features.endpoints {
+            request.push(RequestStage::Endpoints(endpoints));
         }
         if let Some(chain) = features.auth {
             request.push(RequestStage::Authenticate(chain));
@@ -124,7 +149,7 @@ impl Pipeline {
         parts: &mut Parts,
         exchange: &mut Exchange<'p>,
         services: &Services<'_>,
-    ) -> Result<(), Rejection> {
+    ) -> Result<Flow<'p>, Rejection> {
         for stage in &*self.request {
             match stage {
                 RequestStage::ApiLimit(policy) => {
@@ -145,6 +170,20 @@ impl Pipeline {
                             .select(parts, &stage.listen_path, &stage.slug, unix_now())?;
                     exchange.version = Some(selected);
                 }
+                RequestStage::Endpoints(stage) => {
+                    let version = exchange.version.as_ref().map(|v| v.name);
+                    let path = parts.uri.path();
+                    match stage
+                        .lists
+                        .verdict(version, &stage.listen_path, path, &parts.method)
+                    {
+                        Verdict::Pass => {}
+                        Verdict::Ignore => exchange.ignored = true,
+                        Verdict::Forbidden => return Err(Rejection::EndpointForbidden),
+                        Verdict::Reply(reply) => return Ok(Flow::Reply(reply)),
+                    }
+                }
+                RequestStage::Authenticate(_) if exchange.ignored => {}
                 RequestStage::Authenticate(chain) => {
                     let version = exchange.version.as_ref();
                     let caller = chain.authenticate(version, parts, &services.auth).await?;
@@ -168,7 +207,7 @@ impl Pipeline {
                 }
             }
         }
-        Ok(())
+        Ok(Flow::Proxy)
     }
 
     /// Runs the response stages on the upstream's response.

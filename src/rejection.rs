@@ -17,6 +17,8 @@ pub enum Rejection {
     /// No API listens on the path.
     NoApi,
     Version(VersionError),
+    /// The version's `black_list` names the endpoint, or its `white_list` does not.
+    EndpointForbidden,
     Auth(AuthError),
     /// A rate limit or quota refused it; a key's limits also fill Tyk's rate-limit headers.
     Limit {
@@ -32,6 +34,9 @@ impl Rejection {
             Self::Path(reason) => error_response(StatusCode::BAD_REQUEST, reason),
             Self::NoApi => not_found(),
             Self::Version(e) => error_response(StatusCode::FORBIDDEN, &e.to_string()),
+            Self::EndpointForbidden => {
+                error_response(StatusCode::FORBIDDEN, "Requested endpoint is forbidden")
+            }
             Self::Auth(e) => error_response(e.status(), &e.to_string()),
             Self::Limit { error, counted } => {
                 let mut response = error_response(error.status(), &error.to_string());

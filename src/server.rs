@@ -24,9 +24,10 @@ use tokio_rustls::TlsAcceptor;
 use crate::admin;
 use crate::auth::AuthContext;
 use crate::connection::{self, Deadlines, Http1Server, Peer};
+use crate::endpoints::MockReply;
 use crate::gateway::Gateway;
 use crate::path;
-use crate::pipeline::{Exchange, Services};
+use crate::pipeline::{Exchange, Flow, Services};
 use crate::proxy::{ProxyError, UpstreamClient};
 use crate::rejection::Rejection;
 use crate::response::{Body, error_response};
@@ -103,9 +104,13 @@ impl Gateway {
             },
         };
         let mut exchange = Exchange::default();
-        spec.pipeline
+        let flow = spec
+            .pipeline
             .on_request(&mut parts, &mut exchange, &services)
             .await?;
+        if let Flow::Reply(reply) = flow {
+            return Ok(mock_response(reply));
+        }
         let req = Request::from_parts(parts, body);
         let target = exchange.target(&spec.target);
         let response = upstream
@@ -116,6 +121,14 @@ impl Gateway {
         spec.pipeline.on_response(&mut response, &exchange);
         Ok(response)
     }
+}
+
+/// A mock reply as the client gets it: its status, headers and body, nothing added.
+fn mock_response(reply: &MockReply) -> Response<Body> {
+    let mut response = Response::new(Either::Right(http_body_util::Full::new(reply.body.clone())));
+    *response.status_mut() = reply.status;
+    *response.headers_mut() = reply.headers.clone();
+    response
 }
 
 /// An HTTP/2 request names its host in `:authority`: it becomes the `Host` header that

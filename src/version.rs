@@ -21,7 +21,7 @@ pub struct InvalidField {
     pub reason: String,
 }
 
-fn invalid(field: &str, reason: impl Into<String>) -> InvalidField {
+pub(crate) fn invalid(field: &str, reason: impl Into<String>) -> InvalidField {
     InvalidField {
         field: field.to_owned(),
         reason: reason.into(),

@@ -56,11 +56,7 @@ async fn a_policy_gives_keys_their_rights_and_a_change_reaches_every_key_at_once
         .await;
 
     // The malformed file is reported by path and field; the other loads.
-    let hello = gw
-        .client
-        .request("GET", &gw.url("/hello"), &[], None)
-        .await
-        .json();
+    let hello = gw.hello().await;
     let errors = hello["details"]["apis"]["output"].to_string();
     assert!(
         errors.contains("broken.json") && errors.contains("rate"),

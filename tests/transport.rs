@@ -145,11 +145,7 @@ async fn bad_upstream_tls_settings_are_load_errors_naming_the_field() {
         .api(api("fine", "/fine/", &up.url("")))
         .start()
         .await;
-    let hello = gw
-        .client
-        .request("GET", &gw.url("/hello"), &[], None)
-        .await
-        .json();
+    let hello = gw.hello().await;
     let report = hello.to_string();
     for field in [
         "proxy.transport.ssl_max_version",

@@ -239,6 +239,14 @@ impl TestGateway {
             .await
     }
 
+    /// `/hello`: the node's health, with the definitions and fields it could not load.
+    pub async fn hello(&self) -> Value {
+        self.client
+            .request("GET", &self.url("/hello"), &[], None)
+            .await
+            .json()
+    }
+
     /// An admin request with the right secret.
     pub async fn admin(&self, method: &str, path: &str, body: Option<Value>) -> TestResponse {
         let body = body.map(|b| serde_json::to_vec(&b).unwrap());

@@ -1,0 +1,153 @@
+//! Tyk's endpoint lists (`extended_paths`: `ignored`, `black_list`, `white_list`, and
+//! `method_actions` replies) through the gateway to the built-in upstream.
+
+mod support;
+
+use serde_json::{Value, json};
+
+use support::{gateway, sample_api, seed_key, upstream};
+
+/// The seed's API (keyed, not versioned) with `extended_paths` on its one version.
+fn api_with(target: &str, extended_paths: Value) -> Value {
+    let mut api = sample_api(target);
+    api["version_data"]["versions"]["Default"]["extended_paths"] = extended_paths;
+    api
+}
+
+#[tokio::test]
+async fn ignored_black_listed_and_mocked_endpoints_are_answered_as_tyk_does() {
+    let up = upstream().await;
+    let gw = gateway()
+        .api(api_with(
+            &up.url(""),
+            json!({
+                "ignored": [{"path": "/anything/open", "method": "GET"}],
+                "black_list": [{"path": "/anything/secret", "method": "", "ignore_case": true}],
+                "white_list": [],
+            }),
+        ))
+        .start()
+        .await;
+    gw.add_key("listkey", seed_key()).await;
+
+    // Ignored: no key needed, and the request reaches the upstream as it was.
+    let r = gw
+        .get_with_key("/tyk-api-test/anything/open?x=1", None)
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let url = r.json()["url"].as_str().unwrap_or_default().to_owned();
+    assert!(url.ends_with("/anything/open?x=1"), "{url}");
+    assert_eq!(r.header("x-ratelimit-limit"), None, "no key limits");
+    // Only for its method.
+    let r = gw
+        .client
+        .request("POST", &gw.url("/tyk-api-test/anything/open"), &[], None)
+        .await;
+    assert_eq!(r.status, 401);
+
+    // Black-listed, whatever the key and the case; refused before auth.
+    for key in [Some("listkey"), None] {
+        let r = gw
+            .get_with_key("/tyk-api-test/anything/SECRET/x", key)
+            .await;
+        assert_eq!(r.status, 403, "{}", r.text());
+        assert_eq!(
+            r.json(),
+            json!({"error": "Requested endpoint is forbidden"})
+        );
+    }
+    // Everything else as before.
+    assert_eq!(gw.get_with_key("/tyk-api-test/get", None).await.status, 401);
+    assert_eq!(
+        gw.get_with_key("/tyk-api-test/get", Some("listkey"))
+            .await
+            .status,
+        200
+    );
+}
+
+#[tokio::test]
+async fn a_reply_action_answers_with_its_mock_before_auth() {
+    let up = upstream().await;
+    let gw = gateway()
+        .api(api_with(
+            &up.url(""),
+            json!({"black_list": [{"path": "/users/{id}/card", "method_actions": {
+                "GET": {"action": "reply", "code": 202, "data": "{\"mock\": true}",
+                    "headers": {"content-type": "application/json", "x-mock": "yes"}},
+                "DELETE": {"action": "no_action"},
+            }}]}),
+        ))
+        .start()
+        .await;
+    let r = gw.get_with_key("/tyk-api-test/users/42/card", None).await;
+    assert_eq!(r.status, 202, "{}", r.text());
+    assert_eq!(r.json(), json!({"mock": true}));
+    assert_eq!(r.header("x-mock"), Some("yes"));
+    // no_action: the black list's refusal; an unnamed method: the entry does not apply.
+    let delete = gw
+        .client
+        .request("DELETE", &gw.url("/tyk-api-test/users/42/card"), &[], None)
+        .await;
+    assert_eq!(delete.status, 403);
+    let put = gw
+        .client
+        .request("PUT", &gw.url("/tyk-api-test/users/42/card"), &[], None)
+        .await;
+    assert_eq!(put.status, 401, "on to auth");
+}
+
+#[tokio::test]
+async fn a_white_list_refuses_everything_it_does_not_name() {
+    let up = upstream().await;
+    let gw = gateway()
+        .api(api_with(
+            &up.url(""),
+            json!({"white_list": [{"path": "/get", "method": "GET"}]}),
+        ))
+        .start()
+        .await;
+    gw.add_key("whitekey", seed_key()).await;
+    let key = Some("whitekey");
+    assert_eq!(gw.get_with_key("/tyk-api-test/get", key).await.status, 200);
+    let r = gw.get_with_key("/tyk-api-test/headers", key).await;
+    assert_eq!(r.status, 403);
+    assert_eq!(
+        r.json(),
+        json!({"error": "Requested endpoint is forbidden"})
+    );
+    let post = gw
+        .client
+        .request(
+            "POST",
+            &gw.url("/tyk-api-test/get"),
+            &[("authorization", "whitekey")],
+            None,
+        )
+        .await;
+    assert_eq!(post.status, 403);
+}
+
+#[tokio::test]
+async fn a_bad_entry_is_a_load_error_naming_it_and_the_other_apis_load() {
+    let up = upstream().await;
+    let mut bad = api_with(
+        &up.url(""),
+        json!({"black_list": [{"path": "/fine"}, {"path": "/broken(", "method": "GET"}]}),
+    );
+    bad["api_id"] = json!("bad");
+    bad["proxy"]["listen_path"] = json!("/bad/");
+    let gw = gateway()
+        .api(bad)
+        .api(sample_api(&up.url("")))
+        .start()
+        .await;
+    let hello = gw.hello().await;
+    let report = hello.to_string();
+    assert!(
+        report.contains("version_data.versions.Default.extended_paths.black_list[1].path"),
+        "{hello}"
+    );
+    assert_eq!(gw.get_with_key("/bad/get", None).await.status, 404);
+    assert_eq!(gw.get_with_key("/tyk-api-test/get", None).await.status, 401);
+}
