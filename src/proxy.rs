@@ -64,15 +64,18 @@ impl ProxyError {
     }
 }
 
+/// Whether a comma-separated list header `name` (`Connection`, `TE`) names `token`.
+fn lists_token(headers: &HeaderMap, name: &HeaderName, token: &str) -> bool {
+    headers.get_all(name).iter().any(|v| {
+        v.to_str()
+            .is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+    })
+}
+
 /// The protocol an upgrade request asks for (`Connection: upgrade` and an `Upgrade`), as Tyk's
 /// `IsUpgrade` reads it.
 fn upgrade_asked(headers: &HeaderMap) -> Option<HeaderValue> {
-    let asks = headers.get_all(header::CONNECTION).iter().any(|v| {
-        v.to_str().is_ok_and(|v| {
-            v.split(',')
-                .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
-        })
-    });
+    let asks = lists_token(headers, &header::CONNECTION, "upgrade");
     asks.then(|| headers.get(header::UPGRADE).cloned())
         .flatten()
         .filter(|v| !v.is_empty())
@@ -247,10 +250,7 @@ impl UpstreamClient {
             let upstream = hyper::upgrade::on(&mut response);
             tokio::spawn(crate::tunnel::run(client, upstream));
             // The connection is the tunnel's: it never goes back to the pool.
-            return Ok(response.map(|body| UpstreamBody {
-                body,
-                checkin: None,
-            }));
+            return Ok(response.map(|body| UpstreamBody::new(body, None)));
         }
         strip_hop_by_hop(response.headers_mut());
         let checkin = connection.map(|connection| Checkin {
@@ -559,23 +559,24 @@ impl Body for RequestBody {
     type Error = RequestBodyError;
 
     fn poll_frame(
-        mut self: Pin<&mut Self>,
+        self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, RequestBodyError>>> {
-        let polled = Pin::new(&mut self.body).poll_frame(cx);
-        let Some(progress) = self.progress.clone() else {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.body).poll_frame(cx);
+        let Some(progress) = &this.progress else {
             return polled.map_err(RequestBodyError::from);
         };
         match &polled {
             Poll::Ready(None) => progress.sent.store(true, Relaxed),
             Poll::Ready(Some(Ok(frame))) => {
                 let size = frame.data_ref().map_or(0, |d| d.len() as u64);
-                if size > self.allowance {
+                if size > this.allowance {
                     progress.too_large.store(true, Relaxed);
                     return Poll::Ready(Some(Err(RequestBodyError::TooLarge)));
                 }
-                self.allowance -= size;
-                if self.body.is_end_stream() {
+                this.allowance -= size;
+                if this.body.is_end_stream() {
                     progress.sent.store(true, Relaxed);
                 }
             }
@@ -692,13 +693,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
     // `TE: trailers` says the client takes trailers, which gRPC needs end to end: it is
     // passed on, as Go's reverse proxy does for Tyk.
-    let trailers = present & TE_BIT != 0
-        && headers.get_all(header::TE).iter().any(|v| {
-            v.to_str().is_ok_and(|v| {
-                v.split(',')
-                    .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
-            })
-        });
+    let trailers = present & TE_BIT != 0 && lists_token(headers, &header::TE, "trailers");
     for (i, name) in HOP_BY_HOP.iter().enumerate() {
         if present & (1 << i) != 0 {
             headers.remove(name);
@@ -756,6 +751,7 @@ mod tests {
         for (i, name) in HOP_BY_HOP.iter().enumerate() {
             assert_eq!(hop_by_hop_bit(name), 1 << i, "{name}");
         }
+        assert_eq!(hop_by_hop_bit(&header::TE), TE_BIT);
         assert_eq!(hop_by_hop_bit(&header::CONTENT_LENGTH), 0);
         assert_eq!(hop_by_hop_bit(&HeaderName::from_static("x-te")), 0);
     }
