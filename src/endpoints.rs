@@ -440,4 +440,30 @@ mod tests {
             );
         }
     }
+
+    #[test]
+    fn each_version_has_its_own_lists_and_case_setting() {
+        let data = json!({"default_version": "v2", "versions": {
+            "v1": {"use_extended_paths": true, "ignore_endpoint_case": true,
+                "extended_paths": {"black_list": [{"path": "/users", "method": "GET"}]}},
+            "v2": {"use_extended_paths": true,
+                "extended_paths": {"black_list": [{"path": "/orders", "method": "GET"}]}},
+        }});
+        let data = data.as_object().unwrap();
+        let get = Method::GET;
+        let versioned = EndpointLists::compile(false, data).unwrap().unwrap();
+        let at = |version, path| versioned.verdict(Some(version), "/api/", path, &get);
+        assert_eq!(
+            at("v1", "/api/USERS"),
+            Verdict::Forbidden,
+            "ignore_endpoint_case"
+        );
+        assert_eq!(at("v1", "/api/orders"), Verdict::Pass);
+        assert_eq!(at("v2", "/api/orders"), Verdict::Forbidden);
+        assert_eq!(at("v2", "/api/Orders"), Verdict::Pass);
+        // Not versioned: the default_version's lists.
+        let unversioned = EndpointLists::compile(true, data).unwrap().unwrap();
+        let verdict = unversioned.verdict(None, "/api/", "/api/orders", &get);
+        assert_eq!(verdict, Verdict::Forbidden);
+    }
 }
