@@ -203,32 +203,57 @@ impl Drop for StreamOpen {
     }
 }
 
-/// The service as an HTTP/2 connection sees it: counts its streams.
-#[derive(Clone)]
-struct CountedStreams<S> {
-    inner: S,
-    streams: Arc<Streams>,
+impl Counts for Arc<Streams> {
+    type Mark = StreamOpen;
+
+    /// Also gives the request the `Host` its `:authority` names.
+    fn begin(&self, req: &mut Request<Incoming>) -> StreamOpen {
+        host_from_authority(req);
+        self.started.fetch_add(1, Relaxed);
+        self.open.fetch_add(1, Relaxed);
+        StreamOpen {
+            streams: self.clone(),
+            answered: false,
+        }
+    }
 }
 
-impl<S, B> Service<Request<Incoming>> for CountedStreams<S>
-where
-    S: Service<Request<Incoming>, Response = Response<B>>,
-    S::Future: Unpin,
-{
-    type Response = Response<Tracked<B, StreamOpen>>;
-    type Error = S::Error;
-    type Future = TrackedFuture<S::Future, StreamOpen>;
+/// An HTTP/2 request names its host in `:authority`: it becomes the `Host` header that
+/// HTTP/1.1 requests carry, so that both are routed and forwarded alike.
+fn host_from_authority(req: &mut Request<Incoming>) {
+    if req.headers().contains_key(http::header::HOST) {
+        return;
+    }
+    if let Some(host) = req
+        .uri()
+        .authority()
+        .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+    {
+        req.headers_mut().insert(http::header::HOST, host);
+    }
+}
 
-    fn call(&self, req: Request<Incoming>) -> Self::Future {
-        self.streams.started.fetch_add(1, Relaxed);
-        self.streams.open.fetch_add(1, Relaxed);
-        TrackedFuture {
-            inner: self.inner.call(req),
-            open: Some(StreamOpen {
-                streams: self.streams.clone(),
-                answered: false,
-            }),
-        }
+/// Serves an accepted connection until it closes: over HTTP/2 when the listener offers it
+/// (`http2`) and the client chose it (by ALPN, or the preface), else over HTTP/1.1.
+pub async fn serve_accepted<T, S, B>(
+    stream: T,
+    chose_http2: bool,
+    http: Arc<Http1Server>,
+    http2: Option<Arc<http2::Builder<TokioExecutor>>>,
+    service: S,
+    shutdown: watch::Receiver<bool>,
+) where
+    T: ClientStream,
+    S: Service<Request<Incoming>, Response = Response<B>> + Clone + Unpin + Send + 'static,
+    S::Future: Unpin + Send + 'static,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    match http2 {
+        Some(http2) if chose_http2 => run_http2(stream, http2, service, shutdown).await,
+        _ => run(stream, http, service, shutdown).await,
     }
 }
 
@@ -236,7 +261,7 @@ where
 /// [`KEEP_ALIVE_TIMEOUT`], or at shutdown, it is sent GOAWAY and ends once its open streams
 /// are done. One that cancels too many streams (see [`HTTP2_MAX_CANCELLED_EXCESS`]) is closed
 /// at once.
-pub async fn run_http2<T, S, B>(
+async fn run_http2<T, S, B>(
     stream: T,
     http: Arc<http2::Builder<TokioExecutor>>,
     service: S,
@@ -251,9 +276,9 @@ pub async fn run_http2<T, S, B>(
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let streams = Arc::new(Streams::default());
-    let service = CountedStreams {
+    let service = TrackedService {
         inner: service,
-        streams: streams.clone(),
+        counts: streams.clone(),
     };
     let conn = http.serve_connection(TokioIo::new(stream), service);
     tokio::pin!(conn);
@@ -355,7 +380,7 @@ impl ClientStream for tokio_rustls::server::TlsStream<TcpStream> {
 }
 
 /// Serves one accepted connection until it closes or `shutdown` turns true.
-pub async fn run<T, S, B>(
+async fn run<T, S, B>(
     mut stream: T,
     http: Arc<Http1Server>,
     service: S,
@@ -396,7 +421,7 @@ pub async fn run<T, S, B>(
         });
         let tracked = TrackedService {
             inner: service.clone(),
-            activity: activity.clone(),
+            counts: activity.clone(),
         };
         // Boxed so that a parked connection's task does not keep room for hyper's state.
         // With upgrades: a WebSocket's 101 hands the connection to its tunnel (see `tunnel`).
@@ -457,7 +482,10 @@ enum Served {
 /// Drives hyper until the connection ends, parking it once idle and starting a graceful close
 /// when `shutdown` turns true.
 async fn serve_until_idle<T, S, B>(
-    conn: &mut http1::UpgradeableConnection<TokioIo<WatchedStream<T>>, TrackedService<S>>,
+    conn: &mut http1::UpgradeableConnection<
+        TokioIo<WatchedStream<T>>,
+        TrackedService<S, Arc<Activity>>,
+    >,
     activity: &Activity,
     shutdown: &mut watch::Receiver<bool>,
     deadlines: Deadlines,
@@ -663,35 +691,51 @@ impl<T: ClientStream> AsyncWrite for WatchedStream<T> {
     }
 }
 
-/// The service as hyper sees it: counts requests and keeps a [`RequestOpen`] in each
-/// response body until hyper drops it.
-#[derive(Clone)]
-struct TrackedService<S> {
-    inner: S,
-    activity: Arc<Activity>,
+/// What counts a connection's requests: an HTTP/1.1 connection's [`Activity`], or an HTTP/2
+/// connection's [`Streams`].
+trait Counts {
+    /// What marks a request open until hyper is done with its response.
+    type Mark: OpenMark + Unpin;
+
+    /// Counts `req`, handed to the service, and marks it open.
+    fn begin(&self, req: &mut Request<Incoming>) -> Self::Mark;
 }
 
-impl<S, B> Service<Request<Incoming>> for TrackedService<S>
+impl Counts for Arc<Activity> {
+    type Mark = RequestOpen;
+
+    fn begin(&self, _req: &mut Request<Incoming>) -> RequestOpen {
+        self.requests
+            .store(self.requests.load(Relaxed).wrapping_add(1), Relaxed);
+        self.open.store(self.open.load(Relaxed) + 1, Relaxed);
+        self.unparsed.store(false, Relaxed);
+        RequestOpen(self.clone())
+    }
+}
+
+/// The service as hyper sees it: counts requests and keeps each one's mark of being open in
+/// its response body until hyper drops it.
+#[derive(Clone)]
+struct TrackedService<S, C> {
+    inner: S,
+    counts: C,
+}
+
+impl<S, B, C> Service<Request<Incoming>> for TrackedService<S, C>
 where
     S: Service<Request<Incoming>, Response = Response<B>>,
     S::Future: Unpin,
+    C: Counts,
 {
-    type Response = Response<Tracked<B>>;
+    type Response = Response<Tracked<B, C::Mark>>;
     type Error = S::Error;
-    type Future = TrackedFuture<S::Future>;
+    type Future = TrackedFuture<S::Future, C::Mark>;
 
-    fn call(&self, req: Request<Incoming>) -> Self::Future {
-        let activity = &self.activity;
-        activity
-            .requests
-            .store(activity.requests.load(Relaxed).wrapping_add(1), Relaxed);
-        activity
-            .open
-            .store(activity.open.load(Relaxed) + 1, Relaxed);
-        activity.unparsed.store(false, Relaxed);
+    fn call(&self, mut req: Request<Incoming>) -> Self::Future {
+        let open = self.counts.begin(&mut req);
         TrackedFuture {
             inner: self.inner.call(req),
-            open: Some(RequestOpen(self.activity.clone())),
+            open: Some(open),
         }
     }
 }

@@ -10,6 +10,13 @@ use crate::proxy::UpstreamBody;
 /// Every response body: a streamed upstream body or a small buffered one.
 pub type Body = Either<UpstreamBody, Full<Bytes>>;
 
+/// A response with `status` and a buffered `body`, no headers.
+pub fn buffered_response(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
+    let mut response = Response::new(Either::Right(Full::new(body.into())));
+    *response.status_mut() = status;
+    response
+}
+
 /// A JSON response with a buffered body. Serialising writes stored JSON through as it is, so
 /// it does not fail on what the store holds; should it fail, the answer is a 500 saying so.
 pub fn json_response<T: serde::Serialize + ?Sized>(status: StatusCode, body: &T) -> Response<Body> {
@@ -23,8 +30,7 @@ pub fn json_response<T: serde::Serialize + ?Sized>(status: StatusCode, body: &T)
             )
         }
     };
-    let mut response = Response::new(Either::Right(Full::new(Bytes::from(bytes))));
-    *response.status_mut() = status;
+    let mut response = buffered_response(status, bytes);
     response.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
@@ -39,10 +45,7 @@ pub fn not_found() -> Response<Body> {
 
 /// A plain-text answer, as Tyk gives before its middleware runs.
 pub fn plain_response(status: StatusCode, text: &'static str) -> Response<Body> {
-    let mut response = Response::new(Either::Right(Full::new(Bytes::from_static(
-        text.as_bytes(),
-    ))));
-    *response.status_mut() = status;
+    let mut response = buffered_response(status, text.as_bytes());
     response.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/plain; charset=utf-8"),

@@ -30,7 +30,7 @@ use crate::path;
 use crate::pipeline::{Exchange, Flow, Services};
 use crate::proxy::{ProxyError, UpstreamClient};
 use crate::rejection::Rejection;
-use crate::response::{Body, error_response};
+use crate::response::{Body, buffered_response, error_response};
 
 /// Largest request head (request line + headers) accepted; larger gets 431.
 pub const MAX_HEAD_BYTES: usize = 16 * 1024;
@@ -69,9 +69,6 @@ impl Gateway {
         serves: Serves,
     ) -> Result<Response<Body>, Rejection> {
         resolve_path(&mut req).map_err(Rejection::Path)?;
-        if req.version() == http::Version::HTTP_2 {
-            host_from_authority(&mut req);
-        }
         // Tyk's `max_request_body_size`, checked on the declared length before anything else;
         // a body without one is counted as it streams (see `proxy`).
         if req.body().size_hint().lower() > self.config.http_server_options.max_body() {
@@ -125,25 +122,9 @@ impl Gateway {
 
 /// A mock reply as the client gets it: its status, headers and body, nothing added.
 fn mock_response(reply: &MockReply) -> Response<Body> {
-    let mut response = Response::new(Either::Right(http_body_util::Full::new(reply.body.clone())));
-    *response.status_mut() = reply.status;
+    let mut response = buffered_response(reply.status, reply.body.clone());
     *response.headers_mut() = reply.headers.clone();
     response
-}
-
-/// An HTTP/2 request names its host in `:authority`: it becomes the `Host` header that
-/// HTTP/1.1 requests carry, so that both are routed and forwarded alike.
-pub fn host_from_authority(req: &mut Request<Incoming>) {
-    if req.headers().contains_key(http::header::HOST) {
-        return;
-    }
-    if let Some(host) = req
-        .uri()
-        .authority()
-        .and_then(|a| http::HeaderValue::from_str(a.as_str()).ok())
-    {
-        req.headers_mut().insert(http::header::HOST, host);
-    }
 }
 
 /// Resolves the request's dot segments in place (see [`path`]): what is routed and
@@ -259,35 +240,41 @@ pub async fn serve<H, F>(
         match accepting.tls {
             None => {
                 tokio::spawn(async move {
-                    match http2 {
-                        Some(http2) => match connection::opens_with_http2_preface(&stream).await {
-                            Some(true) => {
-                                connection::run_http2(stream, http2, service, closing).await;
-                            }
-                            Some(false) => connection::run(stream, http, service, closing).await,
-                            None => {}
+                    let _permit = permit;
+                    let chose_http2 = match http2 {
+                        Some(_) => match connection::opens_with_http2_preface(&stream).await {
+                            Some(chose) => chose,
+                            // Closed, or silent until the keep-alive timeout.
+                            None => return,
                         },
-                        None => connection::run(stream, http, service, closing).await,
-                    }
-                    drop(permit);
+                        None => false,
+                    };
+                    connection::serve_accepted(stream, chose_http2, http, http2, service, closing)
+                        .await;
                 });
             }
             Some(config) => {
                 let acceptor = TlsAcceptor::from(config.load_full());
                 tokio::spawn(async move {
+                    let _permit = permit;
                     // In the connection's own task: a slow or broken handshake holds up no one.
                     match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await
                     {
-                        Ok(Ok(stream)) => match http2 {
-                            Some(http2) if stream.get_ref().1.alpn_protocol() == Some(b"h2") => {
-                                connection::run_http2(stream, http2, service, closing).await;
-                            }
-                            _ => connection::run(stream, http, service, closing).await,
-                        },
+                        Ok(Ok(stream)) => {
+                            let chose_http2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
+                            connection::serve_accepted(
+                                stream,
+                                chose_http2,
+                                http,
+                                http2,
+                                service,
+                                closing,
+                            )
+                            .await;
+                        }
                         Ok(Err(e)) => tracing::debug!(%peer, "TLS handshake failed: {e}"),
                         Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
                     }
-                    drop(permit);
                 });
             }
         }

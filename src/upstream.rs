@@ -11,7 +11,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use http::{Method, Request, Response, StatusCode, header};
-use http_body_util::{BodyExt, Either, Full};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use serde_json::{Map, Value, json};
 use tokio::net::TcpListener;
@@ -19,7 +19,7 @@ use tokio::sync::Semaphore;
 use tokio_tungstenite::tungstenite;
 
 use crate::connection::Peer;
-use crate::response::{Body, error_response, json_response};
+use crate::response::{Body, buffered_response, error_response, json_response};
 
 /// Longest `/delay/{secs}` honoured, as in httpbin.
 const MAX_DELAY_SECS: f64 = 10.0;
@@ -58,8 +58,7 @@ fn websocket_echo(mut req: Request<Incoming>) -> Response<Body> {
             }
         }
     });
-    let mut response = Response::new(Either::Right(Full::new(Bytes::new())));
-    *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let mut response = buffered_response(StatusCode::SWITCHING_PROTOCOLS, Bytes::new());
     let headers = response.headers_mut();
     headers.insert(
         header::UPGRADE,
@@ -88,10 +87,7 @@ pub async fn serve(listener: TcpListener, shutdown: impl std::future::Future<Out
 }
 
 /// Answers one request the way httpbin would.
-pub async fn handle(mut req: Request<Incoming>, peer: Peer) -> Response<Body> {
-    if req.version() == http::Version::HTTP_2 {
-        crate::server::host_from_authority(&mut req);
-    }
+pub async fn handle(req: Request<Incoming>, peer: Peer) -> Response<Body> {
     let peer = peer.addr;
     let path = req.uri().path().to_owned();
     let method = req.method().clone();
@@ -113,11 +109,7 @@ pub async fn handle(mut req: Request<Incoming>, peer: Peer) -> Response<Body> {
             .ok()
             .and_then(|c| StatusCode::from_u16(c).ok())
         {
-            Some(status) => {
-                let mut response = Response::new(Either::Right(Full::new(Bytes::new())));
-                *response.status_mut() = status;
-                response
-            }
+            Some(status) => buffered_response(status, Bytes::new()),
             None => error_response(StatusCode::BAD_REQUEST, "invalid status code"),
         },
         ("delay", Some(secs), _) => match secs.parse::<f64>() {
@@ -131,7 +123,7 @@ pub async fn handle(mut req: Request<Incoming>, peer: Peer) -> Response<Body> {
             Ok(n) if n <= MAX_BYTES => {
                 // Deterministic filler: the content does not matter, only the length.
                 let body: Vec<u8> = (0..n).map(|i| (i % 251) as u8).collect();
-                let mut response = Response::new(Either::Right(Full::new(Bytes::from(body))));
+                let mut response = buffered_response(StatusCode::OK, body);
                 response.headers_mut().insert(
                     header::CONTENT_TYPE,
                     header::HeaderValue::from_static("application/octet-stream"),
