@@ -63,9 +63,31 @@ const HONOURED: &[&str] = &[
     // Only the switch: any extended path in use is reported by its own name.
     "version_data.versions.*.use_extended_paths",
     "version_data.versions.*.ignore_endpoint_case",
-    "version_data.versions.*.extended_paths.ignored",
-    "version_data.versions.*.extended_paths.black_list",
-    "version_data.versions.*.extended_paths.white_list",
+    // The endpoint lists' entries (`[]`: each element of the list).
+    "version_data.versions.*.extended_paths.ignored[].path",
+    "version_data.versions.*.extended_paths.ignored[].method",
+    "version_data.versions.*.extended_paths.ignored[].ignore_case",
+    "version_data.versions.*.extended_paths.ignored[].disabled",
+    "version_data.versions.*.extended_paths.ignored[].method_actions.*.action",
+    "version_data.versions.*.extended_paths.ignored[].method_actions.*.code",
+    "version_data.versions.*.extended_paths.ignored[].method_actions.*.data",
+    "version_data.versions.*.extended_paths.ignored[].method_actions.*.headers",
+    "version_data.versions.*.extended_paths.black_list[].path",
+    "version_data.versions.*.extended_paths.black_list[].method",
+    "version_data.versions.*.extended_paths.black_list[].ignore_case",
+    "version_data.versions.*.extended_paths.black_list[].disabled",
+    "version_data.versions.*.extended_paths.black_list[].method_actions.*.action",
+    "version_data.versions.*.extended_paths.black_list[].method_actions.*.code",
+    "version_data.versions.*.extended_paths.black_list[].method_actions.*.data",
+    "version_data.versions.*.extended_paths.black_list[].method_actions.*.headers",
+    "version_data.versions.*.extended_paths.white_list[].path",
+    "version_data.versions.*.extended_paths.white_list[].method",
+    "version_data.versions.*.extended_paths.white_list[].ignore_case",
+    "version_data.versions.*.extended_paths.white_list[].disabled",
+    "version_data.versions.*.extended_paths.white_list[].method_actions.*.action",
+    "version_data.versions.*.extended_paths.white_list[].method_actions.*.code",
+    "version_data.versions.*.extended_paths.white_list[].method_actions.*.data",
+    "version_data.versions.*.extended_paths.white_list[].method_actions.*.headers",
     "disable_rate_limit",
     "disable_quota",
     "session_lifetime",
@@ -121,12 +143,14 @@ pub fn unhonoured(definition: &Map<String, Value>) -> Vec<String> {
         if !versioned && name == "definition" {
             continue;
         }
-        walk(name, value, &mut found);
+        walk(name, name, value, &mut found);
     }
     found
 }
 
-fn walk(path: &str, value: &Value, found: &mut Vec<String>) {
+/// Looks for unhonoured parts of `value`: `path` is matched against [`HONOURED`] (a list's
+/// elements as `list[]`), `shown` is the path reported (`list[2]`).
+fn walk(path: &str, shown: &str, value: &Value, found: &mut Vec<String>) {
     if is_empty(value)
         || is_honoured(path)
         || AUTH_METHOD_SETTINGS.iter().any(|p| path.starts_with(p))
@@ -136,10 +160,25 @@ fn walk(path: &str, value: &Value, found: &mut Vec<String>) {
     match value {
         Value::Object(members) if HONOURED.iter().any(|h| covers_below(h, path)) => {
             for (name, member) in members {
-                walk(&format!("{path}.{name}"), member, found);
+                walk(
+                    &format!("{path}.{name}"),
+                    &format!("{shown}.{name}"),
+                    member,
+                    found,
+                );
             }
         }
-        _ => found.push(path.to_owned()),
+        Value::Array(items)
+            if HONOURED
+                .iter()
+                .any(|h| covers_below(h, &format!("{path}[]"))) =>
+        {
+            let element = format!("{path}[]");
+            for (i, item) in items.iter().enumerate() {
+                walk(&element, &format!("{shown}[{i}]"), item, found);
+            }
+        }
+        _ => found.push(shown.to_owned()),
     }
 }
 
@@ -223,7 +262,10 @@ mod tests {
             "uptime_tests": {"check_list": [], "config": {"recheck_wait": 0}},
             "version_data": {"not_versioned": true, "versions": {"Default": {
                 "name": "Default", "expires": "3000-01-02 15:04", "use_extended_paths": true,
-                "extended_paths": {"ignored": [], "black_list": [{"path": "/admin"}],
+                "extended_paths": {"ignored": [],
+                    "black_list": [{"path": "/admin", "method": "GET"},
+                        {"path": "/x", "method_actions": {"GET": {"action": "reply", "code": 200,
+                            "headers": {"x-a": "1"}, "delay": 5}}}],
                     "transform_headers": [{"path": "/x"}]}}}},
             "domain": "api.example.com",
         }));
@@ -236,6 +278,7 @@ mod tests {
                 "domain",
                 "enable_batch_request_support",
                 "proxy.transport.proxy_url",
+                "version_data.versions.Default.extended_paths.black_list[1].method_actions.GET.delay",
                 "version_data.versions.Default.extended_paths.transform_headers",
             ]
         );
