@@ -313,8 +313,8 @@ fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
 /// streams opened and reset in batches of 100, each batch's RST_STREAMs right after its
 /// HEADERS or `pause` later (when the gateway has taken the streams and begun their work),
 /// until the gateway closes the connection or [`FLOOD_STREAMS`] are sent. Returns the
-/// streams sent.
-async fn rapid_reset(addr: SocketAddr, path: &str, pause: Option<Duration>) -> u32 {
+/// streams sent and whether the gateway had closed the connection 10 s after the last.
+async fn rapid_reset(addr: SocketAddr, path: &str, pause: Option<Duration>) -> (u32, bool) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let authority = addr.to_string();
     // HPACK: :method GET, :scheme http (static table), :path and :authority as literals.
@@ -351,7 +351,10 @@ async fn rapid_reset(addr: SocketAddr, path: &str, pause: Option<Duration>) -> u
             break;
         }
     }
-    sent
+    let closed_by_gateway = tokio::time::timeout(Duration::from_secs(10), closed)
+        .await
+        .is_ok();
+    (sent, closed_by_gateway)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -390,17 +393,19 @@ async fn http2_abuse_is_bounded_and_disturbs_no_other_client() {
         assert_eq!(raw_get(&mut client, &url, None).await.unwrap(), 200);
         slowest = slowest.max(started.elapsed());
     }
-    let (before_taken, once_taken) = tokio::time::timeout(Duration::from_secs(60), flood)
+    let (before_taken, once_taken) = tokio::time::timeout(Duration::from_secs(150), flood)
         .await
         .expect("the floods ended")
         .unwrap();
     // Whichever bound trips first (h2's 20 pending, or 1000 cancelled beyond those answered),
-    // the connection goes long before the flood's end; the count also holds what was still
-    // in the socket's buffers.
-    for sent in [before_taken, once_taken] {
+    // the gateway closes the connection; without the bounds it would serve the flood to its
+    // end and keep the connection. How many streams were sent by then says little: loopback's
+    // receive buffers grow to tens of megabytes, so most of the flood can be in them. The
+    // bounds themselves are unit-tested in `connection`.
+    for (flood, (sent, closed)) in [("before taken", before_taken), ("once taken", once_taken)] {
         assert!(
-            sent < 5_000,
-            "closed after {sent} of {FLOOD_STREAMS} streams"
+            closed,
+            "{flood}: the connection stayed open after {sent} of {FLOOD_STREAMS} streams"
         );
     }
     assert!(
