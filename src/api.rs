@@ -14,7 +14,7 @@ use serde_json::{Map, Value};
 
 use crate::auth::{AuthChain, AuthMethod, ForApi, KeySource};
 use crate::counting::{Disabled, Policy, Rate};
-use crate::endpoints::EndpointLists;
+use crate::endpoints::EndpointTable;
 use crate::files;
 use crate::honoured;
 use crate::pipeline::{EndpointStage, Features, Pipeline, VersionStage};
@@ -251,15 +251,28 @@ impl ApiSpec {
                 .then(|| listen_path.trim_end_matches('/').into()),
             preserve_host: definition.proxy.preserve_host_header,
         };
-        let endpoints = EndpointLists::compile(
+        let endpoints = EndpointTable::compile(
             definition.version_data.not_versioned,
             &definition.version_data.extra,
+            &tls,
         )
         .map_err(|e| invalid(&e.field, e.reason))?
-        .map(|lists| EndpointStage {
-            lists,
-            listen_path: listen_path.as_str().into(),
+        .map(|(table, unfilled)| {
+            unhonoured.extend(
+                unfilled
+                    .into_iter()
+                    .map(|v| format!("{v} (a variable tollgate leaves empty)")),
+            );
+            EndpointStage {
+                table,
+                listen_path: listen_path.as_str().into(),
+            }
         });
+        let context_vars = definition
+            .extra
+            .get("enable_context_vars")
+            .and_then(Value::as_bool)
+            == Some(true);
         let pipeline = Pipeline::compile(Features {
             api_limit,
             endpoints,
@@ -268,6 +281,7 @@ impl ApiSpec {
                 listen_path: listen_path.as_str().into(),
                 slug: definition.slug.as_str().into(),
             }),
+            context_vars,
             auth,
             disabled_limits: Disabled {
                 rate: definition.disable_rate_limit,

@@ -89,6 +89,9 @@ pub struct HttpServerOptions {
     /// tollgate: client connections held open at most (parked ones too), shared among the
     /// workers; at the cap new ones wait in the kernel's backlog.
     pub max_connections: usize,
+    /// Which `X-Forwarded-For` entry is the client's address: 0 the first, N the Nth from
+    /// the end (see `client_ip`).
+    pub xff_depth: usize,
 }
 
 impl Default for HttpServerOptions {
@@ -106,6 +109,7 @@ impl Default for HttpServerOptions {
             read_timeout: 0,
             write_timeout: 0,
             max_connections: 65_536,
+            xff_depth: 0,
         }
     }
 }

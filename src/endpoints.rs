@@ -1,22 +1,31 @@
-//! Tyk's endpoint lists, per version (`version_data.versions.<v>.extended_paths` with
-//! `use_extended_paths`): `ignored` (served without auth or key limits), `black_list`
-//! (refused), `white_list` (everything else refused), each entry a path pattern and a method
-//! or `method_actions` (`no_action`, or `reply` with a mock response). Compiled once per API;
-//! part of Tyk's `VersionCheck`, which answers them before auth.
+//! A version's endpoint table (`version_data.versions.<v>`): its `extended_paths` entries,
+//! used with `use_extended_paths`, and its version-wide header and size settings, compiled
+//! once per API. Every entry's path pattern sits in one regex set, so a request is matched
+//! against all of them once; each stage then takes the first entry of its kind whose method
+//! matches (see `pipeline`).
+//!
+//! The lists: `ignored` (served without auth or key limits), `black_list` (refused),
+//! `white_list` (everything else refused), each entry a method or `method_actions`
+//! (`no_action`, or `reply` with a mock response); the first list entry (ignored, then black,
+//! then white) whose path and method match decides. Other kinds (`transform_headers`,
+//! `transform_response_headers`, `url_rewrites`, `hard_timeouts`, `size_limits`,
+//! `method_transforms`) match their `method` exactly, as in Tyk: one left empty matches none.
 //!
 //! Matching is Tyk 5's: a pattern is a regex, unanchored, with `{name}` for one path segment
-//! and `*` for any; it is tried on the path after the listen path and on the whole path, and
-//! the first entry (ignored, then black, then white, each in file order) whose path and
-//! method match decides.
+//! and `*` for any; it is tried on the path after the listen path and on the whole path.
 
 use std::collections::HashMap;
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
-use regex::RegexSet;
+use regex::{RegexSet, SetMatches};
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
+use crate::headers::HeaderEdit;
+use crate::rewrite::{RewriteFields, UrlRewrite};
+use crate::tls::client::UpstreamTls;
 use crate::version::{InvalidField, invalid};
 
 /// What the lists say of a request.
@@ -49,48 +58,117 @@ enum List {
 
 #[derive(Debug)]
 enum Methods {
-    /// `method` empty.
+    /// A list entry's `method` left empty.
     Any,
     Only(Method),
     /// `method_actions`: only the methods it names, each with its action.
     Actions(Vec<(Method, Option<MockReply>)>),
+    /// Not a list entry, and `method` left empty: never matches, as in Tyk.
+    Never,
+}
+
+/// What an entry does when it matches.
+#[derive(Debug)]
+enum Action {
+    List(List),
+    /// `transform_headers`.
+    RequestHeaders(HeaderEdit),
+    /// `transform_response_headers`.
+    ResponseHeaders(HeaderEdit),
+    /// `url_rewrites`.
+    Rewrite(Box<UrlRewrite>),
+    /// `hard_timeouts`: the upstream's time to answer.
+    HardTimeout(Duration),
+    /// `size_limits`: the largest request body, in bytes.
+    SizeLimit(u64),
+    /// `method_transforms`: the method the upstream gets.
+    MethodTransform(Method),
 }
 
 #[derive(Debug)]
 struct Entry {
-    list: List,
     methods: Methods,
+    action: Action,
 }
 
-/// One version's lists.
+/// One version's entries and settings.
 #[derive(Debug)]
-struct Lists {
-    /// Every entry's pattern, in deciding order.
+pub struct VersionPaths {
+    /// Every entry's pattern, in the order of `entries`.
     patterns: RegexSet,
     entries: Vec<Entry>,
-    /// A `white_list` entry exists: what matches no entry is refused.
+    /// A `white_list` entry exists: what matches no list entry is refused.
     whitelist: bool,
+    /// `global_headers_remove` and `global_headers`, unless `global_headers_disabled`.
+    pub request_headers: HeaderEdit,
+    /// `global_response_headers_remove` and `global_response_headers`, unless
+    /// `global_response_headers_disabled`.
+    pub response_headers: HeaderEdit,
+    /// `global_size_limit`, unless `global_size_limit_disabled` (bytes; `None`: no limit).
+    pub size_limit: Option<u64>,
 }
 
-/// An API's endpoint lists, by version name.
+/// Which kinds of work a table's versions ask for, so that a pipeline holds only the
+/// stages its API uses.
+#[derive(Debug, Default, Clone, Copy, PartialEq)]
+pub struct Uses {
+    pub lists: bool,
+    pub request_headers: bool,
+    pub response_headers: bool,
+    pub rewrites: bool,
+    pub size_limits: bool,
+    pub method_transforms: bool,
+    pub hard_timeouts: bool,
+}
+
+/// An API's endpoint tables, by version name.
 #[derive(Debug)]
-pub struct EndpointLists {
-    by_version: HashMap<String, Lists>,
-    /// For an API that is not versioned: the lists of its one version.
-    unversioned: Option<Lists>,
+pub struct EndpointTable {
+    by_version: HashMap<String, VersionPaths>,
+    /// For an API that is not versioned: the table of its one version.
+    unversioned: Option<VersionPaths>,
+    uses: Uses,
+}
+
+/// A request matched against a version's patterns.
+pub struct Matched<'p> {
+    paths: &'p VersionPaths,
+    near: SetMatches,
+    whole: SetMatches,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct VersionFields {
+    use_extended_paths: bool,
+    ignore_endpoint_case: bool,
+    global_headers: Map<String, Value>,
+    global_headers_remove: Vec<String>,
+    global_headers_disabled: bool,
+    global_response_headers: Map<String, Value>,
+    global_response_headers_remove: Vec<String>,
+    global_response_headers_disabled: bool,
+    global_size_limit: i64,
+    global_size_limit_disabled: bool,
 }
 
 #[derive(Deserialize, Default)]
 #[serde(default)]
 struct ExtendedPaths {
-    ignored: Vec<EntryFields>,
-    black_list: Vec<EntryFields>,
-    white_list: Vec<EntryFields>,
+    ignored: Vec<ListFields>,
+    black_list: Vec<ListFields>,
+    white_list: Vec<ListFields>,
+    transform_headers: Vec<HeaderFields>,
+    transform_response_headers: Vec<HeaderFields>,
+    url_rewrites: Vec<RewriteFields>,
+    hard_timeouts: Vec<TimeoutFields>,
+    size_limits: Vec<SizeFields>,
+    method_transforms: Vec<MethodFields>,
 }
 
 #[derive(Deserialize, Default)]
 #[serde(default)]
-struct EntryFields {
+struct ListFields {
     path: String,
     method: String,
     ignore_case: bool,
@@ -107,21 +185,62 @@ struct ActionFields {
     headers: HashMap<String, String>,
 }
 
-impl EndpointLists {
-    /// The lists of `version_data`'s versions that set `use_extended_paths`; `None` when no
-    /// version has an entry. For an API that is not versioned, the lists of its
-    /// `default_version`, else of `Default`, else of its first version by name.
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct HeaderFields {
+    path: String,
+    method: String,
+    disabled: bool,
+    delete_headers: Vec<String>,
+    add_headers: Map<String, Value>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct TimeoutFields {
+    path: String,
+    method: String,
+    disabled: bool,
+    timeout: i64,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct SizeFields {
+    path: String,
+    method: String,
+    disabled: bool,
+    size_limit: i64,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct MethodFields {
+    path: String,
+    method: String,
+    disabled: bool,
+    to_method: String,
+}
+
+impl EndpointTable {
+    /// The tables of `version_data`'s versions; `None` when no version asks for anything.
+    /// For an API that is not versioned, the table of its `default_version`, else of
+    /// `Default`, else of its first version by name. `tls` is the API's, for a rewrite to an
+    /// HTTPS host. Also returns the variables in header values and rewrites that tollgate
+    /// leaves empty, by field.
     pub fn compile(
         not_versioned: bool,
         version_data: &Map<String, Value>,
-    ) -> Result<Option<Self>, InvalidField> {
+        tls: &UpstreamTls,
+    ) -> Result<Option<(Self, Vec<String>)>, InvalidField> {
         let Some(versions) = version_data.get("versions").and_then(Value::as_object) else {
             return Ok(None);
         };
         let mut by_version = HashMap::new();
+        let mut unfilled = Vec::new();
         for (name, version) in versions {
-            if let Some(lists) = compile_version(name, version)? {
-                by_version.insert(name.clone(), lists);
+            if let Some(paths) = compile_version(name, version, tls, &mut unfilled)? {
+                by_version.insert(name.clone(), paths);
             }
         }
         if by_version.is_empty() {
@@ -134,114 +253,356 @@ impl EndpointLists {
                 .filter(|name| versions.contains_key(*name))
                 .or(versions.contains_key("Default").then_some("Default"))
                 .or(versions.keys().next().map(String::as_str));
-            default.and_then(|name| by_version.remove(name))
+            let Some(paths) = default.and_then(|name| by_version.remove(name)) else {
+                return Ok(None);
+            };
+            by_version.clear();
+            Some(paths)
         } else {
             None
         };
-        Ok(Some(Self {
+        let mut uses = Uses::default();
+        for paths in by_version.values().chain(&unversioned) {
+            paths.add_uses(&mut uses);
+        }
+        let table = Self {
             by_version,
             unversioned,
-        }))
+            uses,
+        };
+        Ok(Some((table, unfilled)))
     }
 
-    /// The verdict on a request for `version` (`None`: the API is not versioned) with `path`
-    /// and `method`, the API listening on `listen_path`.
-    pub fn verdict(
-        &self,
-        version: Option<&str>,
-        listen_path: &str,
-        path: &str,
-        method: &Method,
-    ) -> Verdict<'_> {
-        let lists = match version {
+    pub fn uses(&self) -> Uses {
+        self.uses
+    }
+
+    /// The table for `version` (`None`: the API is not versioned).
+    pub fn for_version(&self, version: Option<&str>) -> Option<&VersionPaths> {
+        match version {
             None => self.unversioned.as_ref(),
             Some(name) => self.by_version.get(name),
-        };
-        match lists {
-            Some(lists) => lists.verdict(listen_path, path, method),
-            None => Verdict::Pass,
         }
     }
 }
 
-impl Lists {
-    fn verdict(&self, listen_path: &str, path: &str, method: &Method) -> Verdict<'_> {
+impl VersionPaths {
+    /// Matches `path` (of an API listening on `listen_path`) against every pattern.
+    pub fn matched(&self, listen_path: &str, path: &str) -> Matched<'_> {
         let after_listen_path = match path.strip_prefix(listen_path.trim_end_matches('/')) {
             Some(rest) if rest.starts_with('/') => rest,
             Some(_) | None => "/",
         };
-        let near = self.patterns.matches(after_listen_path);
-        let whole = self.patterns.matches(path);
-        for (i, entry) in self.entries.iter().enumerate() {
-            if !near.matched(i) && !whole.matched(i) {
+        Matched {
+            paths: self,
+            near: self.patterns.matches(after_listen_path),
+            whole: self.patterns.matches(path),
+        }
+    }
+
+    fn add_uses(&self, uses: &mut Uses) {
+        uses.lists |= self
+            .entries
+            .iter()
+            .any(|e| matches!(e.action, Action::List(_)));
+        uses.request_headers |= !self.request_headers.is_empty()
+            || self.any(|a| matches!(a, Action::RequestHeaders(_)));
+        uses.response_headers |= !self.response_headers.is_empty()
+            || self.any(|a| matches!(a, Action::ResponseHeaders(_)));
+        uses.rewrites |= self.any(|a| matches!(a, Action::Rewrite(_)));
+        uses.size_limits |=
+            self.size_limit.is_some() || self.any(|a| matches!(a, Action::SizeLimit(_)));
+        uses.method_transforms |= self.any(|a| matches!(a, Action::MethodTransform(_)));
+        uses.hard_timeouts |= self.any(|a| matches!(a, Action::HardTimeout(_)));
+    }
+
+    fn any(&self, kind: impl Fn(&Action) -> bool) -> bool {
+        self.entries.iter().any(|e| kind(&e.action))
+    }
+}
+
+impl<'p> Matched<'p> {
+    pub fn paths(&self) -> &'p VersionPaths {
+        self.paths
+    }
+
+    fn hits(&self) -> impl Iterator<Item = &'p Entry> + '_ {
+        self.paths
+            .entries
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| self.near.matched(*i) || self.whole.matched(*i))
+            .map(|(_, entry)| entry)
+    }
+
+    /// The lists' verdict on `method`.
+    pub fn verdict(&self, method: &Method) -> Verdict<'p> {
+        for entry in self.hits() {
+            let Action::List(list) = entry.action else {
                 continue;
-            }
+            };
             let reply = match &entry.methods {
                 Methods::Any => None,
                 Methods::Only(only) if only == method => None,
-                Methods::Only(_) => continue,
+                Methods::Only(_) | Methods::Never => continue,
                 Methods::Actions(actions) => match actions.iter().find(|(m, _)| m == method) {
                     Some((_, reply)) => reply.as_ref(),
                     None => continue,
                 },
             };
-            return match (reply, entry.list) {
+            return match (reply, list) {
                 (Some(reply), _) => Verdict::Reply(reply),
                 (None, List::Ignored) => Verdict::Ignore,
                 (None, List::Black) => Verdict::Forbidden,
                 (None, List::White) => Verdict::Pass,
             };
         }
-        if self.whitelist {
+        if self.paths.whitelist {
             Verdict::Forbidden
         } else {
             Verdict::Pass
         }
     }
+
+    /// The first entry of a kind (`pick` returns its settings) for `method`.
+    fn first<T: ?Sized>(
+        &self,
+        method: &Method,
+        pick: impl Fn(&'p Action) -> Option<&'p T>,
+    ) -> Option<&'p T> {
+        self.hits()
+            .filter(|entry| matches!(&entry.methods, Methods::Only(m) if m == method))
+            .find_map(|entry| pick(&entry.action))
+    }
+
+    pub fn request_headers(&self, method: &Method) -> Option<&'p HeaderEdit> {
+        self.first(method, |a| match a {
+            Action::RequestHeaders(edit) => Some(edit),
+            _ => None,
+        })
+    }
+
+    pub fn response_headers(&self, method: &Method) -> Option<&'p HeaderEdit> {
+        self.first(method, |a| match a {
+            Action::ResponseHeaders(edit) => Some(edit),
+            _ => None,
+        })
+    }
+
+    pub fn rewrite(&self, method: &Method) -> Option<&'p UrlRewrite> {
+        self.first(method, |a| match a {
+            Action::Rewrite(rewrite) => Some(&**rewrite),
+            _ => None,
+        })
+    }
+
+    pub fn hard_timeout(&self, method: &Method) -> Option<Duration> {
+        self.first(method, |a| match a {
+            Action::HardTimeout(timeout) => Some(timeout),
+            _ => None,
+        })
+        .copied()
+    }
+
+    pub fn size_limit(&self, method: &Method) -> Option<u64> {
+        self.first(method, |a| match a {
+            Action::SizeLimit(limit) => Some(limit),
+            _ => None,
+        })
+        .copied()
+    }
+
+    pub fn method_transform(&self, method: &Method) -> Option<&'p Method> {
+        self.first(method, |a| match a {
+            Action::MethodTransform(to) => Some(to),
+            _ => None,
+        })
+    }
 }
 
-/// One version's lists, if it uses extended paths and has an enabled entry.
-fn compile_version(name: &str, version: &Value) -> Result<Option<Lists>, InvalidField> {
+/// One version's table, if it asks for anything.
+fn compile_version(
+    name: &str,
+    version: &Value,
+    tls: &UpstreamTls,
+    unfilled: &mut Vec<String>,
+) -> Result<Option<VersionPaths>, InvalidField> {
     let base = format!("version_data.versions.{name}");
-    if version.get("use_extended_paths").and_then(Value::as_bool) != Some(true) {
-        return Ok(None);
-    }
-    let Some(paths) = version.get("extended_paths") else {
-        return Ok(None);
+    let fields: VersionFields = serde_path_to_error::deserialize(version)
+        .map_err(|e| invalid(&format!("{base}.{}", e.path()), e.inner().to_string()))?;
+    let globals = |disabled: bool, remove: &[String], set: &Map<String, Value>, names| {
+        if disabled {
+            return Ok((HeaderEdit::default(), Vec::new()));
+        }
+        HeaderEdit::compile(remove, set, names)
     };
-    let field = format!("{base}.extended_paths");
-    let paths: ExtendedPaths = serde_path_to_error::deserialize(paths)
-        .map_err(|e| invalid(&format!("{field}.{}", e.path()), e.inner().to_string()))?;
-    let ignore_case = version.get("ignore_endpoint_case").and_then(Value::as_bool) == Some(true);
+    let (request_headers, missing) = globals(
+        fields.global_headers_disabled,
+        &fields.global_headers_remove,
+        &fields.global_headers,
+        (&base, "global_headers_remove", "global_headers"),
+    )?;
+    unfilled.extend(missing);
+    let (response_headers, missing) = globals(
+        fields.global_response_headers_disabled,
+        &fields.global_response_headers_remove,
+        &fields.global_response_headers,
+        (
+            &base,
+            "global_response_headers_remove",
+            "global_response_headers",
+        ),
+    )?;
+    unfilled.extend(missing);
+    let size_limit = match fields.global_size_limit {
+        _ if fields.global_size_limit_disabled => None,
+        n if n > 0 => Some(n as u64),
+        _ => None,
+    };
     let mut patterns = Vec::new();
     let mut entries = Vec::new();
-    let mut whitelist = false;
-    for (list, key, fields) in [
-        (List::Ignored, "ignored", paths.ignored),
-        (List::Black, "black_list", paths.black_list),
-        (List::White, "white_list", paths.white_list),
-    ] {
-        for (i, entry) in fields.into_iter().enumerate() {
+    if fields.use_extended_paths
+        && let Some(paths) = version.get("extended_paths")
+    {
+        let field = format!("{base}.extended_paths");
+        let paths: ExtendedPaths = serde_path_to_error::deserialize(paths)
+            .map_err(|e| invalid(&format!("{field}.{}", e.path()), e.inner().to_string()))?;
+        let mut table = Compiling {
+            field: &field,
+            ignore_case: fields.ignore_endpoint_case,
+            patterns: &mut patterns,
+            entries: &mut entries,
+        };
+        table.add_lists(paths.ignored, paths.black_list, paths.white_list)?;
+        for (key, list) in [
+            ("transform_headers", paths.transform_headers),
+            (
+                "transform_response_headers",
+                paths.transform_response_headers,
+            ),
+        ] {
+            for (i, entry) in list.into_iter().enumerate() {
+                let at = format!("{field}.{key}[{i}]");
+                let (edit, missing) = HeaderEdit::compile(
+                    &entry.delete_headers,
+                    &entry.add_headers,
+                    (&at, "delete_headers", "add_headers"),
+                )?;
+                unfilled.extend(missing);
+                let action = match key {
+                    "transform_headers" => Action::RequestHeaders(edit),
+                    _ => Action::ResponseHeaders(edit),
+                };
+                table.add(&at, (&entry.path, &entry.method, entry.disabled), action)?;
+            }
+        }
+        for (i, entry) in paths.url_rewrites.iter().enumerate() {
+            let at = format!("{field}.url_rewrites[{i}]");
             if entry.disabled {
                 continue;
             }
-            let at = format!("{field}.{key}[{i}]");
-            patterns.push(pattern(&entry.path, entry.ignore_case || ignore_case, &at)?);
-            let methods = methods(&entry, &at)?;
-            whitelist |= list == List::White;
-            entries.push(Entry { list, methods });
+            let (rewrite, missing) = UrlRewrite::compile(entry, &at, tls)?;
+            unfilled.extend(missing);
+            let action = Action::Rewrite(Box::new(rewrite));
+            table.add(&at, (&entry.path, &entry.method, false), action)?;
+        }
+        for (i, entry) in paths.hard_timeouts.into_iter().enumerate() {
+            let at = format!("{field}.hard_timeouts[{i}]");
+            if entry.timeout <= 0 {
+                continue;
+            }
+            let action = Action::HardTimeout(Duration::from_secs(entry.timeout as u64));
+            table.add(&at, (&entry.path, &entry.method, entry.disabled), action)?;
+        }
+        for (i, entry) in paths.size_limits.into_iter().enumerate() {
+            let at = format!("{field}.size_limits[{i}]");
+            if entry.size_limit <= 0 {
+                continue;
+            }
+            let action = Action::SizeLimit(entry.size_limit as u64);
+            table.add(&at, (&entry.path, &entry.method, entry.disabled), action)?;
+        }
+        for (i, entry) in paths.method_transforms.into_iter().enumerate() {
+            let at = format!("{field}.method_transforms[{i}]");
+            let to = parse_method(&entry.to_method, &format!("{at}.to_method"))?;
+            let action = Action::MethodTransform(to);
+            table.add(&at, (&entry.path, &entry.method, entry.disabled), action)?;
         }
     }
-    if entries.is_empty() {
-        return Ok(None);
-    }
-    let patterns =
-        RegexSet::new(&patterns).map_err(|e| invalid(&field, format!("patterns: {e}")))?;
-    Ok(Some(Lists {
-        patterns,
+    let whitelist = entries
+        .iter()
+        .any(|e| matches!(e.action, Action::List(List::White)));
+    let paths = VersionPaths {
+        patterns: RegexSet::new(&patterns)
+            .map_err(|e| invalid(&format!("{base}.extended_paths"), format!("patterns: {e}")))?,
         entries,
         whitelist,
-    }))
+        request_headers,
+        response_headers,
+        size_limit,
+    };
+    let empty = paths.entries.is_empty()
+        && paths.request_headers.is_empty()
+        && paths.response_headers.is_empty()
+        && paths.size_limit.is_none();
+    Ok((!empty).then_some(paths))
+}
+
+/// A version's entries as they are compiled.
+struct Compiling<'a> {
+    field: &'a str,
+    ignore_case: bool,
+    patterns: &'a mut Vec<String>,
+    entries: &'a mut Vec<Entry>,
+}
+
+impl Compiling<'_> {
+    fn add_lists(
+        &mut self,
+        ignored: Vec<ListFields>,
+        black: Vec<ListFields>,
+        white: Vec<ListFields>,
+    ) -> Result<(), InvalidField> {
+        for (list, key, fields) in [
+            (List::Ignored, "ignored", ignored),
+            (List::Black, "black_list", black),
+            (List::White, "white_list", white),
+        ] {
+            for (i, entry) in fields.into_iter().enumerate() {
+                if entry.disabled {
+                    continue;
+                }
+                let at = format!("{}.{key}[{i}]", self.field);
+                let ignore_case = entry.ignore_case || self.ignore_case;
+                self.patterns.push(pattern(&entry.path, ignore_case, &at)?);
+                let methods = list_methods(&entry, &at)?;
+                self.entries.push(Entry {
+                    methods,
+                    action: Action::List(list),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Adds an entry of a kind other than a list: `(path, method, disabled)`.
+    fn add(
+        &mut self,
+        at: &str,
+        (path, method, disabled): (&str, &str, bool),
+        action: Action,
+    ) -> Result<(), InvalidField> {
+        if disabled {
+            return Ok(());
+        }
+        self.patterns.push(pattern(path, self.ignore_case, at)?);
+        let methods = match method {
+            "" => Methods::Never,
+            name => Methods::Only(parse_method(name, &format!("{at}.method"))?),
+        };
+        self.entries.push(Entry { methods, action });
+        Ok(())
+    }
 }
 
 /// Tyk's path pattern as a regex: `{name}` (or `{name:regex}`) one segment, `/*/` one
@@ -277,21 +638,22 @@ fn pattern(path: &str, ignore_case: bool, at: &str) -> Result<String, InvalidFie
     Ok(regex)
 }
 
-fn methods(entry: &EntryFields, at: &str) -> Result<Methods, InvalidField> {
-    let parse = |name: &str, field: &str| {
-        Method::from_bytes(name.as_bytes())
-            .map_err(|_| invalid(field, format!("{name:?} is not an HTTP method")))
-    };
+fn parse_method(name: &str, field: &str) -> Result<Method, InvalidField> {
+    Method::from_bytes(name.as_bytes())
+        .map_err(|_| invalid(field, format!("{name:?} is not an HTTP method")))
+}
+
+fn list_methods(entry: &ListFields, at: &str) -> Result<Methods, InvalidField> {
     let Some(actions) = &entry.method_actions else {
         return Ok(match entry.method.as_str() {
             "" => Methods::Any,
-            name => Methods::Only(parse(name, &format!("{at}.method"))?),
+            name => Methods::Only(parse_method(name, &format!("{at}.method"))?),
         });
     };
     let mut methods = Vec::new();
     for (name, action) in actions {
         let field = format!("{at}.method_actions.{name}");
-        let method = parse(name, &field)?;
+        let method = parse_method(name, &field)?;
         let reply = match action.action.as_str() {
             "no_action" => None,
             "reply" => Some(mock_reply(action, &field)?),
@@ -335,17 +697,25 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    fn lists(extended_paths: Value) -> EndpointLists {
-        let data = json!({"not_versioned": true, "versions": {"Default": {
-            "name": "Default", "use_extended_paths": true, "extended_paths": extended_paths}}});
-        EndpointLists::compile(true, data.as_object().unwrap())
-            .unwrap()
-            .unwrap()
+    fn compile(not_versioned: bool, data: &Value) -> Result<Option<EndpointTable>, InvalidField> {
+        let tls = UpstreamTls::default();
+        EndpointTable::compile(not_versioned, data.as_object().unwrap(), &tls)
+            .map(|table| table.map(|(table, _)| table))
     }
 
-    fn verdict<'a>(lists: &'a EndpointLists, method: &str, path: &str) -> Verdict<'a> {
+    fn lists(extended_paths: Value) -> EndpointTable {
+        let data = json!({"not_versioned": true, "versions": {"Default": {
+            "name": "Default", "use_extended_paths": true, "extended_paths": extended_paths}}});
+        compile(true, &data).unwrap().unwrap()
+    }
+
+    fn at<'a>(table: &'a EndpointTable, version: Option<&str>, path: &str) -> Matched<'a> {
+        table.for_version(version).unwrap().matched("/api/", path)
+    }
+
+    fn verdict<'a>(table: &'a EndpointTable, method: &str, path: &str) -> Verdict<'a> {
         let method = Method::from_bytes(method.as_bytes()).unwrap();
-        lists.verdict(None, "/api/", path, &method)
+        at(table, None, path).verdict(&method)
     }
 
     #[test]
@@ -420,7 +790,7 @@ mod tests {
                 "version_data.versions.v1.extended_paths.ignored[0].path",
             ),
         ] {
-            let e = EndpointLists::compile(false, data(paths).as_object().unwrap()).unwrap_err();
+            let e = compile(false, &data(paths)).unwrap_err();
             assert_eq!(e.field, field, "{}", e.reason);
         }
     }
@@ -433,11 +803,7 @@ mod tests {
             json!({"use_extended_paths": true, "extended_paths": {"ignored": [], "white_list": []}}),
         ] {
             let data = json!({"versions": {"Default": version}});
-            assert!(
-                EndpointLists::compile(true, data.as_object().unwrap())
-                    .unwrap()
-                    .is_none()
-            );
+            assert!(compile(true, &data).unwrap().is_none());
         }
     }
 
@@ -449,10 +815,9 @@ mod tests {
             "v2": {"use_extended_paths": true,
                 "extended_paths": {"black_list": [{"path": "/orders", "method": "GET"}]}},
         }});
-        let data = data.as_object().unwrap();
         let get = Method::GET;
-        let versioned = EndpointLists::compile(false, data).unwrap().unwrap();
-        let at = |version, path| versioned.verdict(Some(version), "/api/", path, &get);
+        let versioned = compile(false, &data).unwrap().unwrap();
+        let at = |version, path| at(&versioned, Some(version), path).verdict(&get);
         assert_eq!(
             at("v1", "/api/USERS"),
             Verdict::Forbidden,
@@ -462,8 +827,8 @@ mod tests {
         assert_eq!(at("v2", "/api/orders"), Verdict::Forbidden);
         assert_eq!(at("v2", "/api/Orders"), Verdict::Pass);
         // Not versioned: the default_version's lists.
-        let unversioned = EndpointLists::compile(true, data).unwrap().unwrap();
-        let verdict = unversioned.verdict(None, "/api/", "/api/orders", &get);
+        let unversioned = compile(true, &data).unwrap().unwrap();
+        let verdict = super::tests::at(&unversioned, None, "/api/orders").verdict(&get);
         assert_eq!(verdict, Verdict::Forbidden);
     }
 }

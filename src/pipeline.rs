@@ -6,16 +6,23 @@
 //! Stages are an enum, not boxed trait objects: a request costs one match per stage its API
 //! uses, and an API that uses none of a stage never runs it.
 
-use http::Response;
+use std::cell::OnceCell;
+use std::time::Duration;
+
 use http::request::Parts;
+use http::{Method, Response, Uri};
 
 use crate::auth::{AuthChain, AuthContext, Authenticated};
+use crate::client_ip;
 use crate::counting::{Disabled, LimitError, Policy, Usage, now_secs};
-use crate::endpoints::{EndpointLists, MockReply, Verdict};
+use crate::endpoints::{EndpointTable, Matched, MockReply, Verdict};
+use crate::headers::{HeaderEdit, RenderedEdit};
 use crate::limits::{self, Limiter};
-use crate::rejection::Rejection;
+use crate::path;
+use crate::rejection::{BodySizeError, Rejection};
 use crate::session::unix_now;
 use crate::target::Target;
+use crate::variables::Scope;
 use crate::version::{Selected, Versioning};
 
 /// What a definition asks of its requests, resolved; [`Pipeline::compile`] puts it in order.
@@ -23,8 +30,10 @@ pub struct Features {
     /// `global_rate_limit`.
     pub api_limit: Option<Policy>,
     pub versioning: Option<VersionStage>,
-    /// The versions' `ignored`, `black_list` and `white_list`.
+    /// The versions' endpoint tables.
     pub endpoints: Option<EndpointStage>,
+    /// `enable_context_vars`.
+    pub context_vars: bool,
     /// `None` for a keyless API.
     pub auth: Option<AuthChain>,
     /// The key limits the API switches off (`disable_rate_limit`, `disable_quota`).
@@ -41,10 +50,11 @@ pub struct VersionStage {
     pub slug: Box<str>,
 }
 
-/// Tyk's endpoint lists (part of its `VersionCheck`), for the version the request is for.
+/// The endpoint table of the version the request is for: matched once, read by the stages
+/// of each kind (the lists are part of Tyk's `VersionCheck`).
 #[derive(Debug)]
 pub struct EndpointStage {
-    pub lists: EndpointLists,
+    pub table: EndpointTable,
     pub listen_path: Box<str>,
 }
 
@@ -55,8 +65,11 @@ pub enum RequestStage {
     ApiLimit(Policy),
     /// Tyk's `VersionCheck`.
     Version(VersionStage),
-    /// The endpoint lists: a request may be refused, answered with a mock, or spared auth.
+    /// The endpoint table is matched; the lists may refuse a request, answer it with a mock,
+    /// or spare it auth; `hard_timeouts` set the upstream's time.
     Endpoints(EndpointStage),
+    /// Tyk's `RequestSizeLimit`: `global_size_limit`, then `size_limits`.
+    BodySize,
     /// The API's auth methods, then the key's policies and rights.
     Authenticate(AuthChain),
     /// Tyk's `RateLimitAndQuotaCheck`: the key's rate limit and quota for this API.
@@ -64,6 +77,13 @@ pub enum RequestStage {
         api_id: Box<str>,
         disabled: Disabled,
     },
+    /// Tyk's `TransformHeaders`: `global_headers(_remove)`, then `transform_headers`; the
+    /// response's edits are chosen and rendered here too, while the request is at hand.
+    Headers { context_vars: bool },
+    /// Tyk's `URLRewrite`.
+    UrlRewrite { context_vars: bool },
+    /// Tyk's `TransformMethod`.
+    MethodTransform,
 }
 
 /// One step between the upstream's response and the client.
@@ -71,6 +91,9 @@ pub enum RequestStage {
 pub enum ResponseStage {
     /// Tyk's `X-RateLimit-*` headers from the key's counted usage.
     RateLimitHeaders,
+    /// Tyk's `HeaderInjector`: `transform_response_headers`, then
+    /// `global_response_headers(_remove)`.
+    Headers,
 }
 
 /// An API's stages, in Tyk's order.
@@ -88,6 +111,17 @@ pub struct Exchange<'p> {
     pub limited: Option<(Policy, Usage)>,
     /// An `ignored` endpoint: no auth, key rate limit or quota.
     pub ignored: bool,
+    /// The request matched against its version's endpoint table.
+    pub endpoints: Option<Matched<'p>>,
+    /// `hard_timeouts`: the upstream's time to answer, in place of `proxy_default_timeout`.
+    pub upstream_timeout: Option<Duration>,
+    /// A URL rewrite to another host.
+    pub rewritten_to: Option<&'p Target>,
+    /// The response's header edits (the endpoint's, then the version's), their values
+    /// rendered from the request.
+    pub response_edits: [Option<RenderedEdit<'p>>; 2],
+    /// `$tyk_context.request_id`.
+    pub request_id: OnceCell<Box<str>>,
 }
 
 /// Where a request goes once the request stages pass it.
@@ -99,12 +133,29 @@ pub enum Flow<'p> {
 }
 
 impl Exchange<'_> {
-    /// Where the request goes: its version's upstream, else the API's.
+    /// Where the request goes: a URL rewrite's host, else its version's upstream, else the
+    /// API's.
     pub fn target<'t>(&'t self, api_target: &'t Target) -> &'t Target {
-        self.version
-            .as_ref()
-            .and_then(|v| v.target)
+        self.rewritten_to
+            .or(self.version.as_ref().and_then(|v| v.target))
             .unwrap_or(api_target)
+    }
+
+    /// What Tyk's variables read for the request in `parts`.
+    fn scope<'a>(
+        &'a self,
+        parts: &'a Parts,
+        services: &Services<'_>,
+        context_vars: bool,
+    ) -> Scope<'a> {
+        Scope {
+            request: parts,
+            client: client_ip::real_ip(&parts.headers, services.auth.client, services.xff_depth),
+            request_id: &self.request_id,
+            meta: self.caller.as_ref().map(|c| &*c.access.meta),
+            context_vars,
+            captures: &[],
+        }
     }
 }
 
@@ -112,11 +163,14 @@ impl Exchange<'_> {
 pub struct Services<'a> {
     pub limiter: &'a Limiter,
     pub auth: AuthContext<'a>,
+    /// `http_server_options.xff_depth`, for the client's address (see `client_ip`).
+    pub xff_depth: usize,
 }
 
 impl Pipeline {
     /// Orders `features` as Tyk's middleware chain runs them: API limit, version, endpoint
-    /// lists, auth, key limits; on the way back, the rate-limit headers.
+    /// table (lists, timeouts), body size, auth, key limits, header transforms, URL rewrite,
+    /// method transform; on the way back, the rate-limit headers and the header transforms.
     pub fn compile(features: Features) -> Self {
         let mut request = Vec::new();
         let mut response = Vec::new();
@@ -126,8 +180,16 @@ impl Pipeline {
         if let Some(version) = features.versioning {
             request.push(RequestStage::Version(version));
         }
+        let uses = features
+            .endpoints
+            .as_ref()
+            .map(|e| e.table.uses())
+            .unwrap_or_default();
         if let Some(endpoints) = features.endpoints {
             request.push(RequestStage::Endpoints(endpoints));
+        }
+        if uses.size_limits {
+            request.push(RequestStage::BodySize);
         }
         if let Some(chain) = features.auth {
             request.push(RequestStage::Authenticate(chain));
@@ -136,6 +198,19 @@ impl Pipeline {
                 disabled: features.disabled_limits,
             });
             response.push(ResponseStage::RateLimitHeaders);
+        }
+        let context_vars = features.context_vars;
+        if uses.request_headers || uses.response_headers {
+            request.push(RequestStage::Headers { context_vars });
+        }
+        if uses.rewrites {
+            request.push(RequestStage::UrlRewrite { context_vars });
+        }
+        if uses.method_transforms {
+            request.push(RequestStage::MethodTransform);
+        }
+        if uses.response_headers {
+            response.push(ResponseStage::Headers);
         }
         Self {
             request: request.into(),
@@ -172,15 +247,22 @@ impl Pipeline {
                 }
                 RequestStage::Endpoints(stage) => {
                     let version = exchange.version.as_ref().map(|v| v.name);
-                    let path = parts.uri.path();
-                    match stage
-                        .lists
-                        .verdict(version, &stage.listen_path, path, &parts.method)
-                    {
+                    let Some(paths) = stage.table.for_version(version) else {
+                        continue;
+                    };
+                    let matched = paths.matched(&stage.listen_path, parts.uri.path());
+                    match matched.verdict(&parts.method) {
                         Verdict::Pass => {}
                         Verdict::Ignore => exchange.ignored = true,
                         Verdict::Forbidden => return Err(Rejection::EndpointForbidden),
                         Verdict::Reply(reply) => return Ok(Flow::Reply(reply)),
+                    }
+                    exchange.upstream_timeout = matched.hard_timeout(&parts.method);
+                    exchange.endpoints = Some(matched);
+                }
+                RequestStage::BodySize => {
+                    if let Some(matched) = &exchange.endpoints {
+                        check_body_size(parts, matched)?;
                     }
                 }
                 RequestStage::Authenticate(_) if exchange.ignored => {}
@@ -205,6 +287,32 @@ impl Pipeline {
                     }
                     exchange.limited = Some((policy, usage));
                 }
+                RequestStage::Headers { context_vars } => {
+                    transform_headers(parts, exchange, services, *context_vars);
+                }
+                RequestStage::UrlRewrite { context_vars } => {
+                    let Some(matched) = &exchange.endpoints else {
+                        continue;
+                    };
+                    let Some(rewrite) = matched.rewrite(&parts.method) else {
+                        continue;
+                    };
+                    let scope = exchange.scope(parts, services, *context_vars);
+                    let Some(rewritten) = rewrite.apply(&scope) else {
+                        continue;
+                    };
+                    parts.uri = rewritten_uri(&rewritten.path_and_query)?;
+                    exchange.rewritten_to = rewritten.target;
+                }
+                RequestStage::MethodTransform => {
+                    let to = exchange
+                        .endpoints
+                        .as_ref()
+                        .and_then(|m| m.method_transform(&parts.method));
+                    if let Some(to) = to {
+                        parts.method = to.clone();
+                    }
+                }
             }
         }
         Ok(Flow::Proxy)
@@ -219,7 +327,98 @@ impl Pipeline {
                         usage.write_headers(policy, response.headers_mut(), now_secs());
                     }
                 }
+                ResponseStage::Headers => {
+                    for edit in exchange.response_edits.iter().flatten() {
+                        edit.apply(response.headers_mut());
+                    }
+                }
             }
         }
+    }
+}
+
+/// Methods Tyk's size limits leave alone: their bodies are not expected.
+const UNSIZED_METHODS: [Method; 5] = [
+    Method::GET,
+    Method::DELETE,
+    Method::TRACE,
+    Method::OPTIONS,
+    Method::HEAD,
+];
+
+/// Tyk's `RequestSizeLimit`, on the declared length: a body must declare one (`411`), within
+/// the version's `global_size_limit` and then the endpoint's `size_limits` entry.
+fn check_body_size(parts: &Parts, matched: &Matched<'_>) -> Result<(), Rejection> {
+    if UNSIZED_METHODS.contains(&parts.method) {
+        return Ok(());
+    }
+    let global = matched.paths().size_limit;
+    let endpoint = matched.size_limit(&parts.method);
+    if global.is_none() && endpoint.is_none() {
+        return Ok(());
+    }
+    let declared = parts
+        .headers
+        .get(http::header::CONTENT_LENGTH)
+        .ok_or(Rejection::BodySize(BodySizeError::LengthRequired))?;
+    // hyper has already refused a length that is not a number.
+    let declared: u64 = declared
+        .to_str()
+        .ok()
+        .and_then(|v| v.trim().parse().ok())
+        .ok_or(Rejection::BodySize(BodySizeError::BadLength))?;
+    for limit in [global, endpoint].into_iter().flatten() {
+        if declared > limit {
+            return Err(Rejection::BodySize(BodySizeError::TooLarge));
+        }
+    }
+    Ok(())
+}
+
+/// Tyk's `TransformHeaders` on the request (`global_headers`, then the endpoint's
+/// `transform_headers`), and the choice (by the request's own path and method, before any
+/// rewrite) and rendering of the response's edits. Every value is rendered before any edit
+/// is made: Tyk's context variables are read before its header transforms run.
+fn transform_headers<'p>(
+    parts: &mut Parts,
+    exchange: &mut Exchange<'p>,
+    services: &Services<'_>,
+    context_vars: bool,
+) {
+    let Some(matched) = &exchange.endpoints else {
+        return;
+    };
+    let paths = matched.paths();
+    let request_edits = [
+        Some(&paths.request_headers),
+        matched.request_headers(&parts.method),
+    ];
+    let response_edits = [
+        matched.response_headers(&parts.method),
+        Some(&paths.response_headers),
+    ];
+    let scope = exchange.scope(parts, services, context_vars);
+    let render = |edit: Option<&'p HeaderEdit>| {
+        edit.filter(|e| !e.is_empty())
+            .map(|edit| edit.render(&scope))
+    };
+    let request_edits = request_edits.map(render);
+    let response_edits = response_edits.map(render);
+    for edit in request_edits.iter().flatten() {
+        edit.apply(&mut parts.headers);
+    }
+    exchange.response_edits = response_edits;
+}
+
+/// The URI a rewrite made, its dot segments resolved as a client's are (see `path`).
+fn rewritten_uri(path_and_query: &str) -> Result<Uri, Rejection> {
+    let invalid = || Rejection::RewriteInvalid;
+    let uri: Uri = path_and_query.parse().map_err(|_| invalid())?;
+    match path::normalize(uri.path()) {
+        Ok(None) => Ok(uri),
+        Ok(Some(resolved)) => {
+            path::with_path_and_query(&uri, resolved, uri.query()).ok_or_else(invalid)
+        }
+        Err(e) => Err(Rejection::Path(e.message())),
     }
 }

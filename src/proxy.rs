@@ -38,7 +38,7 @@ pub enum ProxyError {
     /// no common version or suite, a client certificate refused.
     #[error("Upstream TLS handshake failed")]
     Tls(#[source] std::io::Error),
-    #[error("Upstream request timed out")]
+    #[error("Upstream service reached hard timeout.")]
     Timeout,
     #[error("Upstream request failed")]
     Failed(#[source] hyper::Error),
@@ -178,14 +178,16 @@ impl UpstreamClient {
         }
     }
 
-    /// Sends `req` (rewritten as `forwarding` says) to `target` (the API's, or its
-    /// version's) and returns the streaming response.
+    /// Sends `req` (rewritten as `forwarding` says) to `target` (the API's, its version's or
+    /// a rewrite's) and returns the streaming response; `timeout` (an endpoint's
+    /// `hard_timeouts`) replaces `proxy_default_timeout`.
     pub async fn forward(
         &self,
         forwarding: &Forwarding,
         target: &Target,
         req: Request<Incoming>,
         peer: &Peer,
+        timeout: Option<Duration>,
     ) -> Result<Response<UpstreamBody>, ProxyError> {
         let (mut parts, body) = req.into_parts();
         let upgrade = self
@@ -221,10 +223,11 @@ impl UpstreamClient {
         // Pinned in place and awaited by reference: awaiting it by value in two branches gave
         // each branch its own copy, doubling the size of every request's future.
         let sent = std::pin::pin!(self.send(target, req));
-        let sent = if self.timeout.is_zero() {
+        let timeout = timeout.unwrap_or(self.timeout);
+        let sent = if timeout.is_zero() {
             sent.await
         } else {
-            tokio::time::timeout(self.timeout, sent)
+            tokio::time::timeout(timeout, sent)
                 .await
                 .map_err(|_| ProxyError::Timeout)?
         };

@@ -25,7 +25,31 @@ pub enum Rejection {
         error: LimitError,
         counted: Option<Box<(Policy, Usage)>>,
     },
+    /// Tyk's `RequestSizeLimit` refused the body.
+    BodySize(BodySizeError),
+    /// A URL rewrite made something that is not a URI.
+    RewriteInvalid,
     Upstream(ProxyError),
+}
+
+/// Why a body is refused by the size limits, with Tyk's messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum BodySizeError {
+    #[error("Content length is required for this request")]
+    LengthRequired,
+    #[error("content length is not a valid Integer")]
+    BadLength,
+    #[error("Request is too large")]
+    TooLarge,
+}
+
+impl BodySizeError {
+    pub fn status(self) -> StatusCode {
+        match self {
+            Self::LengthRequired => StatusCode::LENGTH_REQUIRED,
+            Self::BadLength | Self::TooLarge => StatusCode::BAD_REQUEST,
+        }
+    }
 }
 
 impl Rejection {
@@ -46,6 +70,11 @@ impl Rejection {
                 }
                 response
             }
+            Self::BodySize(e) => error_response(e.status(), &e.to_string()),
+            Self::RewriteInvalid => error_response(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "URL rewrite made an invalid URL",
+            ),
             // Tyk answers it in plain text, before any middleware.
             Self::Upstream(ProxyError::TooLarge) => {
                 plain_response(StatusCode::PAYLOAD_TOO_LARGE, "Request Entity Too Large")

@@ -99,6 +99,7 @@ impl Gateway {
                 client: peer.addr.ip(),
                 policies: &self.policies,
             },
+            xff_depth: self.config.http_server_options.xff_depth,
         };
         let mut exchange = Exchange::default();
         let flow = spec
@@ -111,7 +112,13 @@ impl Gateway {
         let req = Request::from_parts(parts, body);
         let target = exchange.target(&spec.target);
         let response = upstream
-            .forward(&spec.forwarding, target, req, peer)
+            .forward(
+                &spec.forwarding,
+                target,
+                req,
+                peer,
+                exchange.upstream_timeout,
+            )
             .await
             .inspect_err(|e| tracing::debug!(api = spec.api_id(), "upstream error: {e:?}"))?;
         let mut response = response.map(Either::Left);

@@ -17,6 +17,7 @@ use sha2::Digest;
 use subtle::ConstantTimeEq;
 
 use crate::rights::UrlRight;
+use crate::variables::meta_value;
 
 /// Tyk's session object. Field names and JSON types follow `user.SessionState`.
 #[derive(Debug, Clone, Default, Serialize, PartialEq)]
@@ -145,6 +146,8 @@ pub struct KeyAccess {
     apis: Box<[ApiAccess]>,
     /// `apply_policies` (and `apply_policy_id`): applied when a request is checked.
     pub policies: Box<[Box<str>]>,
+    /// `meta_data`'s members that Tyk's `$tyk_meta.` variables can render, as rendered.
+    pub meta: Box<[(Box<str>, Box<str>)]>,
 }
 
 /// Rate and quota settings: a session's own, or an API's in `access_rights[api].limit`.
@@ -182,6 +185,7 @@ impl Hash for KeyAccess {
             api.allowed_urls.hash(state);
         }
         self.policies.hash(state);
+        self.meta.hash(state);
     }
 }
 
@@ -255,6 +259,17 @@ impl ApiAccess {
     }
 }
 
+/// `meta_data`'s members as `$tyk_meta.` variables render them.
+fn rendered_meta(meta_data: &Value) -> Box<[(Box<str>, Box<str>)]> {
+    match meta_data {
+        Value::Object(members) => members
+            .iter()
+            .filter_map(|(k, v)| Some((k.as_str().into(), meta_value(v)?.into())))
+            .collect(),
+        _ => Box::new([]),
+    }
+}
+
 /// `apply_policies`, then `apply_policy_id` if it is not among them.
 fn policy_ids(apply_policies: &[String], apply_policy_id: &str) -> Box<[Box<str>]> {
     let mut ids: Vec<Box<str>> = apply_policies.iter().map(|p| p.as_str().into()).collect();
@@ -281,6 +296,7 @@ impl From<&SessionState> for KeyAccess {
                 .map(|(api_id, access)| ApiAccess::from_definition(api_id, access))
                 .collect(),
             policies: policy_ids(&session.apply_policies, &session.apply_policy_id),
+            meta: rendered_meta(&session.meta_data),
         }
     }
 }
@@ -461,6 +477,7 @@ struct AccessRecord {
     access_rights: AccessList,
     apply_policies: Vec<String>,
     apply_policy_id: String,
+    meta_data: Value,
     tollgate_key_verifier: String,
 }
 
@@ -485,6 +502,7 @@ deserialize_record!(skip AccessRecord {
     access_rights,
     apply_policies,
     apply_policy_id,
+    meta_data,
     tollgate_key_verifier,
 });
 deserialize_record!(skip AccessEntry {
@@ -554,6 +572,7 @@ impl<'de> Deserialize<'de> for Credential {
             },
             apis: record.access_rights.0.into_boxed_slice(),
             policies: policy_ids(&record.apply_policies, &record.apply_policy_id),
+            meta: rendered_meta(&record.meta_data),
         };
         Ok(Self {
             access: Arc::new(access),

@@ -2,8 +2,8 @@
 //! so nothing needs the internet.
 //!
 //! Answers `/get`, `/post`, `/put`, `/patch`, `/delete`, `/anything[/...]`, `/headers`, `/ip`,
-//! `/status/{code}`, `/delay/{secs}` and `/bytes/{n}` with httpbin's JSON shapes, and `/ws`,
-//! a WebSocket that echoes every message.
+//! `/status/{code}`, `/delay/{secs}`, `/bytes/{n}` and `/response-headers?name=value` with
+//! httpbin's JSON shapes, and `/ws`, a WebSocket that echoes every message.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -86,6 +86,22 @@ pub async fn serve(listener: TcpListener, shutdown: impl std::future::Future<Out
     crate::server::serve(listener, accepting, handle, shutdown).await
 }
 
+/// httpbin's `/response-headers`: each query parameter becomes a response header, and the
+/// body lists them.
+fn response_headers<B>(req: &Request<B>) -> Response<Body> {
+    let query = req.uri().query().unwrap_or_default();
+    let mut response = json_response(StatusCode::OK, &url_encoded(query.as_bytes()));
+    for (name, value) in form_urlencoded::parse(query.as_bytes()) {
+        if let (Ok(name), Ok(value)) = (
+            header::HeaderName::from_bytes(name.as_bytes()),
+            header::HeaderValue::from_str(&value),
+        ) {
+            response.headers_mut().append(name, value);
+        }
+    }
+    response
+}
+
 /// Answers one request the way httpbin would.
 pub async fn handle(req: Request<Incoming>, peer: Peer) -> Response<Body> {
     let peer = peer.addr;
@@ -103,6 +119,7 @@ pub async fn handle(req: Request<Incoming>, peer: Peer) -> Response<Body> {
         ("anything", _, _) => echo(req, peer, true, true).await,
         ("headers", None, _) => json_response(StatusCode::OK, &json!({"headers": headers(&req)})),
         ("ws", None, &Method::GET) => websocket_echo(req),
+        ("response-headers", None, _) => response_headers(&req),
         ("ip", None, _) => json_response(StatusCode::OK, &json!({"origin": peer.ip().to_string()})),
         ("status", Some(code), _) => match code
             .parse::<u16>()

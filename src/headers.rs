@@ -1,0 +1,188 @@
+//! Tyk's header transforms, compiled once: a version's `global_headers` and
+//! `global_headers_remove` and an endpoint's `transform_headers` on the request; a version's
+//! `global_response_headers(_remove)` and an endpoint's `transform_response_headers` on the
+//! response. An edit removes, then sets (replacing any value there); values may hold Tyk's
+//! variables (see `variables`).
+
+use http::{HeaderMap, HeaderName, HeaderValue};
+use serde_json::Map;
+
+use crate::variables::{Scope, Template};
+use crate::version::{InvalidField, invalid};
+
+/// Headers removed, then set.
+#[derive(Debug, Default)]
+pub struct HeaderEdit {
+    remove: Box<[HeaderName]>,
+    set: Box<[(HeaderName, HeaderText)]>,
+}
+
+#[derive(Debug)]
+enum HeaderText {
+    Fixed(HeaderValue),
+    Template(Template),
+}
+
+impl HeaderEdit {
+    /// The edit of `remove` and `set`, their fields named `{at}.{remove_field}` and
+    /// `{at}.{set_field}`. Also returns the variables in its values that tollgate leaves empty.
+    pub fn compile(
+        remove: &[String],
+        set: &Map<String, serde_json::Value>,
+        at: (&str, &str, &str),
+    ) -> Result<(Self, Vec<String>), InvalidField> {
+        let (base, remove_field, set_field) = at;
+        let name = |text: &str, field: String| {
+            HeaderName::from_bytes(text.as_bytes())
+                .map_err(|_| invalid(&field, format!("{text:?} is not a header name")))
+        };
+        let remove = remove
+            .iter()
+            .enumerate()
+            .map(|(i, text)| name(text, format!("{base}.{remove_field}[{i}]")))
+            .collect::<Result<_, _>>()?;
+        let mut unfilled = Vec::new();
+        let mut sets = Vec::with_capacity(set.len());
+        for (key, value) in set {
+            let field = format!("{base}.{set_field}.{key}");
+            let Some(value) = value.as_str() else {
+                return Err(invalid(&field, "must be a string"));
+            };
+            let header = name(key, field.clone())?;
+            let (template, mut missing) = Template::compile(value);
+            unfilled.extend(missing.drain(..).map(|v| format!("{field}: {v}")));
+            let text = match template.as_text() {
+                Some(text) => HeaderText::Fixed(
+                    HeaderValue::from_str(text)
+                        .map_err(|_| invalid(&field, "is not a header value"))?,
+                ),
+                None => HeaderText::Template(template),
+            };
+            sets.push((header, text));
+        }
+        let edit = Self {
+            remove,
+            set: sets.into(),
+        };
+        Ok((edit, unfilled))
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.remove.is_empty() && self.set.is_empty()
+    }
+
+    /// The edit with its templates' values rendered in `scope` (a response's edit is
+    /// rendered while the request is at hand, as its variables are the request's).
+    pub fn render(&self, scope: &Scope<'_>) -> RenderedEdit<'_> {
+        let values = self
+            .set
+            .iter()
+            .filter_map(|(_, text)| match text {
+                HeaderText::Fixed(_) => None,
+                HeaderText::Template(template) => {
+                    Some(HeaderValue::from_str(&template.render(scope)).ok())
+                }
+            })
+            .collect();
+        RenderedEdit { edit: self, values }
+    }
+}
+
+/// An edit whose values are rendered, ready to apply.
+#[derive(Debug)]
+pub struct RenderedEdit<'a> {
+    edit: &'a HeaderEdit,
+    /// Each template's value, in order; `None` where it was not a valid header value.
+    values: Box<[Option<HeaderValue>]>,
+}
+
+impl RenderedEdit<'_> {
+    /// Removes, then sets, in `headers` (a value that is not a valid header value is left
+    /// unset).
+    pub fn apply(&self, headers: &mut HeaderMap) {
+        for name in &*self.edit.remove {
+            headers.remove(name);
+        }
+        let mut rendered = self.values.iter();
+        for (name, text) in &*self.edit.set {
+            let value = match text {
+                HeaderText::Fixed(value) => Some(value.clone()),
+                HeaderText::Template(_) => rendered.next().cloned().flatten(),
+            };
+            if let Some(value) = value {
+                headers.insert(name.clone(), value);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::Request;
+    use serde_json::json;
+    use std::cell::OnceCell;
+
+    fn edit(remove: &[&str], set: serde_json::Value) -> HeaderEdit {
+        let remove: Vec<String> = remove.iter().map(|s| s.to_string()).collect();
+        let set = set.as_object().unwrap().clone();
+        HeaderEdit::compile(&remove, &set, ("t", "delete_headers", "add_headers"))
+            .unwrap()
+            .0
+    }
+
+    #[test]
+    fn removes_then_sets_over_what_is_there_with_variables() {
+        let (request, ()) = Request::builder()
+            .uri("/a/b")
+            .header("x-old", "1")
+            .header("x-keep", "1")
+            .header("x-over", "a")
+            .header("x-over", "b")
+            .body(())
+            .unwrap()
+            .into_parts();
+        let e = edit(
+            &["X-Old", "x-absent"],
+            json!({"x-over": "c", "x-tier": "$tyk_meta.tier", "x-path": "at $tyk_context.path"}),
+        );
+        let meta = [("tier".into(), "gold".into())];
+        let request_id = OnceCell::new();
+        let scope = Scope {
+            request: &request,
+            client: None,
+            request_id: &request_id,
+            meta: Some(&meta),
+            context_vars: true,
+            captures: &[],
+        };
+        let mut headers = request.headers.clone();
+        e.render(&scope).apply(&mut headers);
+        assert!(!headers.contains_key("x-old"));
+        assert_eq!(headers["x-keep"], "1");
+        let over: Vec<_> = headers.get_all("x-over").iter().collect();
+        assert_eq!(over, ["c"]);
+        assert_eq!(headers["x-tier"], "gold");
+        assert_eq!(headers["x-path"], "at /a/b");
+        // The response side: rendered with the request, applied to the response.
+        let rendered = e.render(&scope);
+        let mut response = HeaderMap::new();
+        response.insert("x-old", HeaderValue::from_static("1"));
+        rendered.apply(&mut response);
+        assert!(!response.contains_key("x-old"));
+        assert_eq!(response["x-tier"], "gold");
+        assert_eq!(response["x-over"], "c");
+    }
+
+    #[test]
+    fn bad_names_and_values_name_their_field() {
+        let at = ("v", "global_headers_remove", "global_headers");
+        let bad_remove = HeaderEdit::compile(&["bad name".into()], &Map::new(), at).unwrap_err();
+        assert_eq!(bad_remove.field, "v.global_headers_remove[0]");
+        let set = json!({"x-a": "line\nbreak"}).as_object().unwrap().clone();
+        let bad_value = HeaderEdit::compile(&[], &set, at).unwrap_err();
+        assert_eq!(bad_value.field, "v.global_headers.x-a");
+        let set = json!({"x-a": 5}).as_object().unwrap().clone();
+        assert!(HeaderEdit::compile(&[], &set, at).is_err());
+    }
+}

@@ -1,0 +1,380 @@
+//! Tyk's variables in header values and URL rewrites: `$tyk_context.<name>`, the request's
+//! context (filled when the API sets `enable_context_vars`), and `$tyk_meta.<name>`, a member
+//! of the key's `meta_data`. A text is compiled once into a [`Template`]; a variable without a
+//! value renders empty, as in Tyk.
+
+use std::cell::OnceCell;
+use std::net::IpAddr;
+
+use http::HeaderName;
+use http::request::Parts;
+
+const CONTEXT: &str = "$tyk_context.";
+const META: &str = "$tyk_meta.";
+
+/// A text with its variables found.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Template {
+    parts: Box<[Part]>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+enum Part {
+    Text(Box<str>),
+    Context(ContextVar),
+    Meta(Box<str>),
+}
+
+/// The context variables tollgate fills (Tyk's `MiddlewareContextVars`).
+#[derive(Debug, Clone, PartialEq)]
+enum ContextVar {
+    Path,
+    /// The path's segments, comma-joined, without the leading comma.
+    PathParts,
+    /// The client's address as Tyk's `RealIP` finds it (see `client_ip`).
+    RemoteAddr,
+    /// A UUID made for the request when first asked for.
+    RequestId,
+    /// `headers_<Canonical_Name>`: the header's first value.
+    Header(HeaderName),
+    /// `cookies_<name>`, a `-` in the cookie's name written `_`.
+    Cookie(Box<str>),
+    /// `request_data_<name>`: a query parameter's first value (Tyk also reads a form body;
+    /// tollgate streams bodies and does not).
+    Query(Box<str>),
+    /// `trigger-<n>-<name>…`: what a URL rewrite's trigger captured (filled whether or not
+    /// `enable_context_vars` is on, as in Tyk).
+    Capture(Box<str>),
+    /// A name Tyk fills that tollgate does not (or one with no value anywhere): empty.
+    Unfilled,
+}
+
+/// What a template reads when rendered.
+pub struct Scope<'a> {
+    pub request: &'a Parts,
+    pub client: Option<IpAddr>,
+    /// The request's `$tyk_context.request_id`, the same wherever it is used.
+    pub request_id: &'a OnceCell<Box<str>>,
+    /// The key's `meta_data` as strings (`None`: keyless or not yet authenticated).
+    pub meta: Option<&'a [(Box<str>, Box<str>)]>,
+    /// `enable_context_vars`: without it every `$tyk_context.` variable but a trigger's
+    /// captures is empty, as in Tyk.
+    pub context_vars: bool,
+    /// A URL rewrite's trigger captures, by their `$tyk_context.` names.
+    pub captures: &'a [(String, String)],
+}
+
+impl Template {
+    /// Finds the variables in `text`. A variable's name runs over `[A-Za-z0-9_.-]` (Tyk's
+    /// pattern). Returns the template and the context variables in it that tollgate does not
+    /// fill, so that a loader can report them.
+    pub fn compile(text: &str) -> (Self, Vec<String>) {
+        let mut parts = Vec::new();
+        let mut unfilled = Vec::new();
+        let mut rest = text;
+        loop {
+            let next = [CONTEXT, META]
+                .into_iter()
+                .filter_map(|label| rest.find(label).map(|at| (at, label)))
+                .min();
+            let Some((at, label)) = next else { break };
+            let after = &rest[at + label.len()..];
+            let length = after
+                .find(|c: char| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.')))
+                .unwrap_or(after.len());
+            if length == 0 {
+                push_text(&mut parts, &rest[..at + label.len()]);
+                rest = after;
+                continue;
+            }
+            push_text(&mut parts, &rest[..at]);
+            let name = &after[..length];
+            parts.push(if label == META {
+                Part::Meta(name.into())
+            } else {
+                let var = ContextVar::named(name);
+                if var == ContextVar::Unfilled {
+                    unfilled.push(format!("{CONTEXT}{name}"));
+                }
+                Part::Context(var)
+            });
+            rest = &after[length..];
+        }
+        push_text(&mut parts, rest);
+        (
+            Self {
+                parts: parts.into(),
+            },
+            unfilled,
+        )
+    }
+
+    /// The text, if it has no variables.
+    pub fn as_text(&self) -> Option<&str> {
+        match &*self.parts {
+            [] => Some(""),
+            [Part::Text(text)] => Some(text),
+            _ => None,
+        }
+    }
+
+    /// The text with its variables' values.
+    pub fn render(&self, scope: &Scope<'_>) -> String {
+        self.render_with(scope, false, |text, out| out.push_str(text))
+    }
+
+    /// The text with its variables' values, query-escaped if `escape` (as Tyk's URL rewrites
+    /// have them); `text` writes the template's own text (a rewrite fills its `$1` groups
+    /// there, so that a value taken from the request is never read for variables).
+    pub fn render_with(
+        &self,
+        scope: &Scope<'_>,
+        escape: bool,
+        text: impl Fn(&str, &mut String),
+    ) -> String {
+        let mut out = String::new();
+        let mut value = String::new();
+        for part in &*self.parts {
+            value.clear();
+            match part {
+                Part::Text(t) => {
+                    text(t, &mut out);
+                    continue;
+                }
+                Part::Meta(name) => {
+                    let found = scope
+                        .meta
+                        .and_then(|meta| meta.iter().find(|(k, _)| k == name))
+                        .map(|(_, v)| &**v);
+                    value.push_str(found.unwrap_or(""));
+                }
+                Part::Context(var) => var.render(scope, &mut value),
+            }
+            if escape {
+                out.extend(form_urlencoded::byte_serialize(value.as_bytes()));
+            } else {
+                out.push_str(&value);
+            }
+        }
+        out
+    }
+}
+
+/// The value of context variable `name` (a URL rewrite's `request_context_matches` reads it).
+pub fn context_value(scope: &Scope<'_>, name: &str) -> String {
+    let mut value = String::new();
+    ContextVar::named(name).render(scope, &mut value);
+    value
+}
+
+fn push_text(parts: &mut Vec<Part>, text: &str) {
+    if text.is_empty() {
+        return;
+    }
+    if let Some(Part::Text(last)) = parts.last_mut() {
+        *last = format!("{last}{text}").into();
+    } else {
+        parts.push(Part::Text(text.into()));
+    }
+}
+
+impl ContextVar {
+    fn named(name: &str) -> Self {
+        match name {
+            "path" => Self::Path,
+            "path_parts" => Self::PathParts,
+            "remote_addr" => Self::RemoteAddr,
+            "request_id" => Self::RequestId,
+            _ if name.starts_with("trigger-") => Self::Capture(name.into()),
+            _ => {
+                if let Some(header) = name.strip_prefix("headers_") {
+                    // Tyk's key is the canonical header name with `-` as `_`: only that
+                    // spelling has a value.
+                    let header = header.replace('_', "-");
+                    if canonical(&header) == header
+                        && let Ok(header) = HeaderName::from_bytes(header.as_bytes())
+                    {
+                        return Self::Header(header);
+                    }
+                } else if let Some(cookie) = name.strip_prefix("cookies_") {
+                    return Self::Cookie(cookie.into());
+                } else if let Some(param) = name.strip_prefix("request_data_") {
+                    return Self::Query(param.into());
+                }
+                Self::Unfilled
+            }
+        }
+    }
+
+    fn render(&self, scope: &Scope<'_>, out: &mut String) {
+        let request = scope.request;
+        if let Self::Capture(name) = self {
+            if let Some((_, value)) = scope.captures.iter().find(|(k, _)| k == &**name) {
+                out.push_str(value);
+            }
+            return;
+        }
+        if !scope.context_vars {
+            return;
+        }
+        match self {
+            Self::Path => out.push_str(request.uri.path()),
+            Self::PathParts => {
+                let path = request.uri.path();
+                out.push_str(&path.strip_prefix('/').unwrap_or(path).replace('/', ","));
+            }
+            Self::RemoteAddr => {
+                if let Some(client) = scope.client {
+                    out.push_str(&client.to_string());
+                }
+            }
+            Self::RequestId => out.push_str(
+                scope
+                    .request_id
+                    .get_or_init(|| uuid::Uuid::new_v4().to_string().into()),
+            ),
+            Self::Header(name) => {
+                if let Some(value) = request.headers.get(name).and_then(|v| v.to_str().ok()) {
+                    out.push_str(value);
+                }
+            }
+            Self::Cookie(name) => {
+                if let Some(value) = cookie(&request.headers, name) {
+                    out.push_str(value);
+                }
+            }
+            Self::Query(name) => {
+                let query = request.uri.query().unwrap_or("");
+                let value = form_urlencoded::parse(query.as_bytes())
+                    .find(|(k, _)| k.replace('-', "_") == **name);
+                if let Some((_, value)) = value {
+                    out.push_str(&value);
+                }
+            }
+            Self::Capture(_) | Self::Unfilled => {}
+        }
+    }
+}
+
+/// Go's canonical header key: the first letter and each after a `-` upper case, the rest lower.
+fn canonical(name: &str) -> String {
+    let mut upper = true;
+    name.chars()
+        .map(|c| {
+            let c = if upper {
+                c.to_ascii_uppercase()
+            } else {
+                c.to_ascii_lowercase()
+            };
+            upper = c == '-';
+            c
+        })
+        .collect()
+}
+
+/// The value of cookie `name` in the request's `Cookie` headers.
+fn cookie<'h>(headers: &'h http::HeaderMap, name: &str) -> Option<&'h str> {
+    headers
+        .get_all(http::header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(k, _)| k.replace('-', "_") == name)
+        .map(|(_, v)| v)
+}
+
+/// A `meta_data` member as Tyk renders it in a variable (its `valToStr`): a string as it is,
+/// a number in its shortest form without an exponent, a list as its members' values
+/// query-escaped and comma-joined; other kinds have no value.
+pub fn meta_value(value: &serde_json::Value) -> Option<String> {
+    use serde_json::Value;
+    match value {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => match n.as_i64() {
+            Some(i) => Some(i.to_string()),
+            None => n.as_f64().map(|x| x.to_string()),
+        },
+        Value::Array(items) => Some(
+            items
+                .iter()
+                .filter_map(meta_value)
+                .filter(|v| !v.is_empty())
+                .map(|v| form_urlencoded::byte_serialize(v.as_bytes()).collect::<String>())
+                .collect::<Vec<_>>()
+                .join(","),
+        ),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::Request;
+
+    fn parts(uri: &str, headers: &[(&str, &str)]) -> Parts {
+        let mut builder = Request::builder().uri(uri);
+        for (k, v) in headers {
+            builder = builder.header(*k, *v);
+        }
+        builder.body(()).unwrap().into_parts().0
+    }
+
+    #[test]
+    fn context_and_meta_variables_render_and_unknown_ones_are_empty() {
+        let request = parts(
+            "/api/users/7?x-y=1&z=2",
+            &[("X-Api-Version", "v2"), ("cookie", "a=1; my-session=abc")],
+        );
+        let meta = [
+            ("tier".into(), "gold".into()),
+            ("user.id".into(), "42".into()),
+        ];
+        let request_id = OnceCell::new();
+        let scope = Scope {
+            request: &request,
+            client: Some("10.0.0.9".parse().unwrap()),
+            request_id: &request_id,
+            meta: Some(&meta),
+            context_vars: true,
+            captures: &[],
+        };
+        let text = "p=$tyk_context.path;parts=$tyk_context.path_parts;ip=$tyk_context.remote_addr;\
+                    h=$tyk_context.headers_X_Api_Version;lower=$tyk_context.headers_x_api_version;\
+                    c=$tyk_context.cookies_my_session;q=$tyk_context.request_data_x_y;\
+                    tier=$tyk_meta.tier;id=$tyk_meta.user.id;none=$tyk_meta.absent;$tyk_context.";
+        let (template, unfilled) = Template::compile(text);
+        assert_eq!(
+            template.render(&scope),
+            "p=/api/users/7;parts=api,users,7;ip=10.0.0.9;h=v2;lower=;c=abc;q=1;tier=gold;\
+             id=42;none=;$tyk_context."
+        );
+        assert_eq!(unfilled, ["$tyk_context.headers_x_api_version"]);
+        let (id, _) = Template::compile("$tyk_context.request_id");
+        assert_eq!(id.render(&scope), id.render(&scope), "one id per request");
+        assert_eq!(id.render(&scope).len(), 36);
+        let off = Scope {
+            context_vars: false,
+            ..scope
+        };
+        let (template, _) = Template::compile("[$tyk_context.path][$tyk_meta.tier]");
+        assert_eq!(template.render(&off), "[][gold]");
+    }
+
+    #[test]
+    fn plain_text_is_known_as_such() {
+        assert_eq!(Template::compile("plain").0.as_text(), Some("plain"));
+        assert_eq!(Template::compile("$tyk_meta.x").0.as_text(), None);
+    }
+
+    #[test]
+    fn meta_values_render_as_tyk_renders_them() {
+        use serde_json::json;
+        assert_eq!(meta_value(&json!("s")), Some("s".into()));
+        assert_eq!(meta_value(&json!(100)), Some("100".into()));
+        assert_eq!(meta_value(&json!(1.5)), Some("1.5".into()));
+        assert_eq!(meta_value(&json!(["a b", 2])), Some("a+b,2".into()));
+        assert_eq!(meta_value(&json!(true)), None);
+    }
+}

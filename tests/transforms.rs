@@ -1,0 +1,267 @@
+//! Tyk's per-endpoint and version-wide transforms through the gateway to the built-in
+//! upstream, whose echo shows what arrived: header transforms with Tyk's variables, URL
+//! rewrites with triggers, method transforms, hard timeouts and body size limits.
+
+mod support;
+
+use serde_json::{Value, json};
+
+use support::{gateway, sample_api, seed_key, upstream};
+
+/// The seed's API (keyed, not versioned) with `settings` merged into its one version.
+fn api_with(target: &str, settings: Value) -> Value {
+    let mut api = sample_api(target);
+    let version = &mut api["version_data"]["versions"]["Default"];
+    for (k, v) in settings.as_object().unwrap() {
+        version[k] = v.clone();
+    }
+    version["use_extended_paths"] = json!(true);
+    api
+}
+
+fn key_with_meta() -> Value {
+    let mut key = seed_key();
+    key["meta_data"] = json!({"tier": "gold", "user_id": 42});
+    key
+}
+
+#[tokio::test]
+async fn header_transforms_edit_requests_and_responses_with_tyks_variables() {
+    let up = upstream().await;
+    let mut api = api_with(
+        &up.url(""),
+        json!({
+            "global_headers": {"x-global": "on", "x-tier": "$tyk_meta.tier"},
+            "global_headers_remove": ["x-drop-everywhere"],
+            "global_response_headers": {"x-served-by": "tollgate", "x-user": "$tyk_meta.user_id"},
+            "global_response_headers_remove": ["x-upstream-secret"],
+            "extended_paths": {
+                "transform_headers": [{"path": "/anything/edited", "method": "GET",
+                    "delete_headers": ["x-drop-here"],
+                    "add_headers": {"x-path": "$tyk_context.path", "x-global": "endpoint",
+                        "x-agent": "$tyk_context.headers_User_Agent"}}],
+                "transform_response_headers": [{"path": "/response-headers", "method": "GET",
+                    "delete_headers": ["x-remove-me"],
+                    "add_headers": {"x-added": "yes"}}],
+            },
+        }),
+    );
+    api["enable_context_vars"] = json!(true);
+    let gw = gateway().api(api).start().await;
+    gw.add_key("metakey", key_with_meta()).await;
+    let headers = [
+        ("authorization", "metakey"),
+        ("x-drop-everywhere", "1"),
+        ("x-drop-here", "1"),
+        ("user-agent", "tester/1"),
+    ];
+
+    let r = gw
+        .client
+        .request(
+            "GET",
+            &gw.url("/tyk-api-test/anything/edited"),
+            &headers,
+            None,
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let seen = &r.json()["headers"];
+    assert_eq!(seen["X-Tier"], "gold", "{seen}");
+    assert_eq!(
+        seen["X-Global"], "endpoint",
+        "the endpoint's edit comes last"
+    );
+    assert_eq!(seen["X-Path"], "/tyk-api-test/anything/edited");
+    assert_eq!(seen["X-Agent"], "tester/1");
+    assert!(seen.get("X-Drop-Everywhere").is_none(), "{seen}");
+    assert!(seen.get("X-Drop-Here").is_none(), "{seen}");
+    assert_eq!(r.header("x-served-by"), Some("tollgate"));
+    assert_eq!(r.header("x-user"), Some("42"));
+
+    // Elsewhere only the version's edits apply.
+    let r = gw
+        .client
+        .request(
+            "GET",
+            &gw.url("/tyk-api-test/anything/other"),
+            &headers,
+            None,
+        )
+        .await;
+    let seen = &r.json()["headers"];
+    assert_eq!(seen["X-Global"], "on");
+    assert_eq!(seen["X-Drop-Here"], "1");
+    assert!(seen.get("X-Path").is_none());
+
+    // The response's edits: the endpoint's, then the version's, over what the upstream sent.
+    let r = gw
+        .client
+        .request(
+            "GET",
+            &gw.url("/tyk-api-test/response-headers?x-remove-me=1&x-upstream-secret=s&x-kept=1"),
+            &headers,
+            None,
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.header("x-kept"), Some("1"));
+    assert_eq!(r.header("x-remove-me"), None);
+    assert_eq!(r.header("x-upstream-secret"), None);
+    assert_eq!(r.header("x-added"), Some("yes"));
+    assert_eq!(r.header("x-served-by"), Some("tollgate"));
+}
+
+#[tokio::test]
+async fn url_rewrites_change_what_the_upstream_gets_with_groups_and_triggers() {
+    let up = upstream().await;
+    let other = upstream().await;
+    let gw = gateway()
+        .api(api_with(
+            &up.url(""),
+            json!({"extended_paths": {"url_rewrites": [
+                {"path": "/old/{id}", "method": "GET",
+                 "match_pattern": "/old/(\\w+)", "rewrite_to": "/anything/new/$1?from=old",
+                 "triggers": [{"on": "all",
+                    "options": {"header_matches": {"x-tier": {"match_rx": "^(gold)$"}},
+                                "query_val_matches": {"region": {"match_rx": "eu"}}},
+                    "rewrite_to": "/anything/$tyk_context.trigger-0-X-Tier-0-0/$1"}]},
+                {"path": "/elsewhere", "method": "GET",
+                 "match_pattern": "/elsewhere", "rewrite_to": format!("{}/anything/moved", other.url(""))},
+                {"path": "/escape", "method": "GET",
+                 "match_pattern": "/escape\\?to=(.*)", "rewrite_to": "/anything/$1"},
+            ]}}),
+        ))
+        .start()
+        .await;
+    gw.add_key("rewritekey", seed_key()).await;
+    let get = |path: &'static str, headers: Vec<(&'static str, &'static str)>| {
+        let gw = &gw;
+        async move {
+            let mut all = vec![("authorization", "rewritekey")];
+            all.extend(headers);
+            gw.client.request("GET", &gw.url(path), &all, None).await
+        }
+    };
+    let url = |r: &support::http::TestResponse| r.json()["url"].as_str().unwrap_or("").to_owned();
+
+    let r = get("/tyk-api-test/old/ann?region=us", vec![]).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(
+        url(&r).ends_with("/anything/new/ann?from=old"),
+        "{}",
+        url(&r)
+    );
+    let r = get("/tyk-api-test/old/ann?region=eu", vec![("x-tier", "gold")]).await;
+    assert!(url(&r).ends_with("/anything/gold/ann"), "{}", url(&r));
+    // A rewrite to another host goes there.
+    let r = get("/tyk-api-test/elsewhere", vec![]).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(url(&r), other.url("/anything/moved"));
+    // What a rewrite makes has its dot segments resolved, as a client's path has.
+    let r = get("/tyk-api-test/escape?to=a/../b", vec![]).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(url(&r).ends_with("/anything/b"), "{}", url(&r));
+}
+
+#[tokio::test]
+async fn method_transforms_hard_timeouts_and_size_limits() {
+    let up = upstream().await;
+    let gw = gateway()
+        .api(api_with(
+            &up.url(""),
+            json!({
+                "global_size_limit": 1000,
+                "extended_paths": {
+                    "method_transforms": [{"path": "/anything/as-put", "method": "POST",
+                        "to_method": "PUT"}],
+                    "hard_timeouts": [{"path": "/delay/{n}", "method": "GET", "timeout": 1}],
+                    "size_limits": [{"path": "/anything/small", "method": "POST",
+                        "size_limit": 10}],
+                }
+            }),
+        ))
+        .start()
+        .await;
+    gw.add_key("limitkey", seed_key()).await;
+    let auth = [("authorization", "limitkey")];
+    let post = |path: &'static str, body: Vec<u8>| {
+        let gw = &gw;
+        async move {
+            gw.client
+                .request("POST", &gw.url(path), &auth, Some(body))
+                .await
+        }
+    };
+
+    let r = post("/tyk-api-test/anything/as-put", b"x".to_vec()).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["method"], "PUT");
+
+    let started = std::time::Instant::now();
+    let r = gw
+        .get_with_key("/tyk-api-test/delay/3", Some("limitkey"))
+        .await;
+    assert_eq!(r.status, 504, "{}", r.text());
+    assert_eq!(
+        r.json(),
+        json!({"error": "Upstream service reached hard timeout."})
+    );
+    assert!(started.elapsed() < std::time::Duration::from_secs(3));
+
+    assert_eq!(
+        post("/tyk-api-test/anything/small", vec![b'a'; 10])
+            .await
+            .status,
+        200
+    );
+    let r = post("/tyk-api-test/anything/small", vec![b'a'; 11]).await;
+    assert_eq!(r.status, 400);
+    assert_eq!(r.json(), json!({"error": "Request is too large"}));
+    let r = post("/tyk-api-test/anything/big", vec![b'a'; 1001]).await;
+    assert_eq!(r.status, 400, "global_size_limit");
+    assert_eq!(
+        post("/tyk-api-test/anything/big", vec![b'a'; 1000])
+            .await
+            .status,
+        200
+    );
+    // Refused before auth, as Tyk's size check runs first.
+    let r = gw
+        .client
+        .request(
+            "POST",
+            &gw.url("/tyk-api-test/anything/big"),
+            &[],
+            Some(vec![b'a'; 1001]),
+        )
+        .await;
+    assert_eq!(r.status, 400);
+}
+
+#[tokio::test]
+async fn a_bad_transform_is_a_load_error_naming_it() {
+    let up = upstream().await;
+    let cases = [
+        (
+            json!({"extended_paths": {"url_rewrites": [{"path": "/a", "method": "GET",
+                "match_pattern": "(", "rewrite_to": "/b"}]}}),
+            "version_data.versions.Default.extended_paths.url_rewrites[0].match_pattern",
+        ),
+        (
+            json!({"global_headers": {"bad header": "x"}}),
+            "version_data.versions.Default.global_headers.bad header",
+        ),
+        (
+            json!({"extended_paths": {"method_transforms": [{"path": "/a", "method": "GET",
+                "to_method": "NOT A METHOD"}]}}),
+            "version_data.versions.Default.extended_paths.method_transforms[0].to_method",
+        ),
+    ];
+    for (settings, field) in cases {
+        let gw = gateway().api(api_with(&up.url(""), settings)).start().await;
+        let hello = gw.hello().await.to_string();
+        assert!(hello.contains(field), "{field}: {hello}");
+        assert_eq!(gw.get_with_key("/tyk-api-test/get", None).await.status, 404);
+    }
+}
