@@ -13,10 +13,12 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use crate::auth::{AuthChain, AuthMethod, ForApi, KeySource};
+use crate::cors::Cors;
 use crate::counting::{Disabled, Policy, Rate};
 use crate::endpoints::EndpointTable;
 use crate::files;
 use crate::honoured;
+use crate::ip_access::IpAccess;
 use crate::pipeline::{EndpointStage, Features, Pipeline, VersionStage};
 use crate::target::{self, Forwarding, Target};
 use crate::tls::{self, client::UpstreamTls};
@@ -197,6 +199,8 @@ impl ApiSpec {
         }
         let target = target::parse(&definition.proxy.target_url, &tls)
             .map_err(|reason| invalid("proxy.target_url", reason))?;
+        // The key's source, for `strip_auth_data`.
+        let mut token_source = None;
         let auth = if definition.use_keyless {
             None
         } else {
@@ -224,12 +228,14 @@ impl ApiSpec {
                 api_id: definition.api_id.as_str().into(),
                 org_id: definition.org_id.as_str().into(),
             };
-            let token = AuthMethod::Token(KeySource {
+            let source = KeySource {
                 header,
                 param,
                 cookie,
-            });
-            AuthChain::new(api, vec![token], 0)
+            };
+            let cookie_name = non_empty_or(&auth.cookie_name, name);
+            token_source = Some((source.clone(), cookie_name));
+            AuthChain::new(api, vec![AuthMethod::Token(source)], 0)
         };
         let api_limit = definition
             .global_rate_limit
@@ -250,6 +256,12 @@ impl ApiSpec {
                 .strip_listen_path
                 .then(|| listen_path.trim_end_matches('/').into()),
             preserve_host: definition.proxy.preserve_host_header,
+            disable_strip_slash: definition
+                .proxy
+                .extra
+                .get("disable_strip_slash")
+                .and_then(Value::as_bool)
+                == Some(true),
         };
         let endpoints = EndpointTable::compile(
             definition.version_data.not_versioned,
@@ -268,11 +280,16 @@ impl ApiSpec {
                 listen_path: listen_path.as_str().into(),
             }
         });
-        let context_vars = definition
-            .extra
-            .get("enable_context_vars")
-            .and_then(Value::as_bool)
-            == Some(true);
+        let flag = |name: &str| definition.extra.get(name).and_then(Value::as_bool) == Some(true);
+        let context_vars = flag("enable_context_vars");
+        let cors =
+            Cors::compile(definition.extra.get("CORS")).map_err(|e| invalid(&e.field, e.reason))?;
+        let ip_access =
+            IpAccess::compile(&definition.extra).map_err(|e| invalid(&e.field, e.reason))?;
+        let strip_auth = match (&token_source, flag("strip_auth_data")) {
+            (Some((source, cookie)), true) => Some((source.clone(), cookie.as_str().into())),
+            _ => None,
+        };
         let pipeline = Pipeline::compile(Features {
             api_limit,
             endpoints,
@@ -282,6 +299,9 @@ impl ApiSpec {
                 slug: definition.slug.as_str().into(),
             }),
             context_vars,
+            cors,
+            ip_access,
+            strip_auth,
             auth,
             disabled_limits: Disabled {
                 rate: definition.disable_rate_limit,
@@ -554,6 +574,17 @@ mod tests {
             "/base/t/get"
         );
         assert_eq!(joined("/t/", "http://u", false, "/t/get"), "/t/get");
+        // Tyk's singleJoiningSlash: the root alone gets the target's path, its trailing
+        // slash dropped unless disable_strip_slash keeps it; extra slashes are joined as one.
+        assert_eq!(joined("/t/", "http://u/base/", true, "/t/"), "/base");
+        assert_eq!(joined("/t/", "http://u/base/", true, "/t//x/"), "/base/x/");
+        let mut keep = spec("/t/", "http://u/base/", true);
+        keep.forwarding.disable_strip_slash = true;
+        assert_eq!(keep.forwarding.upstream_path(&keep.target, "/t/"), "/base/");
+        assert_eq!(
+            keep.forwarding.upstream_path(&keep.target, "/t/x"),
+            "/base/x"
+        );
     }
 
     #[test]

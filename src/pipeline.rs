@@ -10,13 +10,15 @@ use std::cell::OnceCell;
 use std::time::Duration;
 
 use http::request::Parts;
-use http::{Method, Response, Uri};
+use http::{HeaderMap, HeaderValue, Method, Response, Uri};
 
-use crate::auth::{AuthChain, AuthContext, Authenticated};
+use crate::auth::{AuthChain, AuthContext, Authenticated, KeySource};
 use crate::client_ip;
+use crate::cors::Cors;
 use crate::counting::{Disabled, LimitError, Policy, Usage, now_secs};
 use crate::endpoints::{EndpointTable, Matched, MockReply, Verdict};
 use crate::headers::{HeaderEdit, RenderedEdit};
+use crate::ip_access::IpAccess;
 use crate::limits::{self, Limiter};
 use crate::path;
 use crate::rejection::{BodySizeError, Rejection};
@@ -34,6 +36,12 @@ pub struct Features {
     pub endpoints: Option<EndpointStage>,
     /// `enable_context_vars`.
     pub context_vars: bool,
+    /// `CORS`, when enabled.
+    pub cors: Option<Cors>,
+    /// `allowed_ips` and `blacklisted_ips`, when in force.
+    pub ip_access: Option<IpAccess>,
+    /// `strip_auth_data`: where the key is removed from, and its cookie's name.
+    pub strip_auth: Option<(KeySource, Box<str>)>,
     /// `None` for a keyless API.
     pub auth: Option<AuthChain>,
     /// The key limits the API switches off (`disable_rate_limit`, `disable_quota`).
@@ -68,6 +76,10 @@ pub enum RequestStage {
     /// The endpoint table is matched; the lists may refuse a request, answer it with a mock,
     /// or spare it auth; `hard_timeouts` set the upstream's time.
     Endpoints(EndpointStage),
+    /// Tyk's `CORS`: a preflight is answered here; an actual request's headers are chosen.
+    Cors(Cors),
+    /// Tyk's `IPWhiteList` and `IPBlackList`.
+    IpAccess(IpAccess),
     /// Tyk's `RequestSizeLimit`: `global_size_limit`, then `size_limits`.
     BodySize,
     /// The API's auth methods, then the key's policies and rights.
@@ -77,6 +89,8 @@ pub enum RequestStage {
         api_id: Box<str>,
         disabled: Disabled,
     },
+    /// Tyk's `StripAuth`: the key is not passed on.
+    StripAuth(KeySource, Box<str>),
     /// Tyk's `TransformHeaders`: `global_headers(_remove)`, then `transform_headers`; the
     /// response's edits are chosen and rendered here too, while the request is at hand.
     Headers { context_vars: bool },
@@ -94,6 +108,8 @@ pub enum ResponseStage {
     /// Tyk's `HeaderInjector`: `transform_response_headers`, then
     /// `global_response_headers(_remove)`.
     Headers,
+    /// An actual cross-origin request's CORS headers, over the upstream's.
+    Cors,
 }
 
 /// An API's stages, in Tyk's order.
@@ -122,6 +138,9 @@ pub struct Exchange<'p> {
     pub response_edits: [Option<RenderedEdit<'p>>; 2],
     /// `$tyk_context.request_id`.
     pub request_id: OnceCell<Box<str>>,
+    /// The API's CORS settings once the request passed them, and the
+    /// `Access-Control-Allow-Origin` it earned: written on whatever answers it.
+    pub cors: Option<(&'p Cors, Option<HeaderValue>)>,
 }
 
 /// Where a request goes once the request stages pass it.
@@ -130,6 +149,8 @@ pub enum Flow<'p> {
     Proxy,
     /// A mock response, answered as it is (no response stages run, as in Tyk).
     Reply(&'p MockReply),
+    /// A CORS preflight, answered 204 with these headers.
+    Preflight(HeaderMap),
 }
 
 impl Exchange<'_> {
@@ -139,6 +160,14 @@ impl Exchange<'_> {
         self.rewritten_to
             .or(self.version.as_ref().and_then(|v| v.target))
             .unwrap_or(api_target)
+    }
+
+    /// Writes the CORS headers the request earned on a response that is not the upstream's
+    /// (a refusal, an upstream error), as Tyk's are written before anything answers.
+    pub fn write_cors(&self, headers: &mut HeaderMap) {
+        if let Some((cors, origin)) = &self.cors {
+            cors.write(origin.as_ref(), headers);
+        }
     }
 
     /// What Tyk's variables read for the request in `parts`.
@@ -188,6 +217,13 @@ impl Pipeline {
         if let Some(endpoints) = features.endpoints {
             request.push(RequestStage::Endpoints(endpoints));
         }
+        if let Some(cors) = features.cors {
+            request.push(RequestStage::Cors(cors));
+            response.push(ResponseStage::Cors);
+        }
+        if let Some(ip_access) = features.ip_access {
+            request.push(RequestStage::IpAccess(ip_access));
+        }
         if uses.size_limits {
             request.push(RequestStage::BodySize);
         }
@@ -198,6 +234,9 @@ impl Pipeline {
                 disabled: features.disabled_limits,
             });
             response.push(ResponseStage::RateLimitHeaders);
+            if let Some((source, cookie)) = features.strip_auth {
+                request.push(RequestStage::StripAuth(source, cookie));
+            }
         }
         let context_vars = features.context_vars;
         if uses.request_headers || uses.response_headers {
@@ -260,6 +299,24 @@ impl Pipeline {
                     exchange.upstream_timeout = matched.hard_timeout(&parts.method);
                     exchange.endpoints = Some(matched);
                 }
+                RequestStage::Cors(cors) => {
+                    if !cors.options_passthrough
+                        && let Some(answer) = cors.preflight(parts)
+                    {
+                        return Ok(Flow::Preflight(answer));
+                    }
+                    exchange.cors = Some((cors, cors.actual(parts)));
+                }
+                RequestStage::IpAccess(lists) => {
+                    let client = client_ip::real_ip(
+                        &parts.headers,
+                        services.auth.client,
+                        services.xff_depth,
+                    );
+                    if !lists.admits(client) {
+                        return Err(Rejection::IpDisallowed);
+                    }
+                }
                 RequestStage::BodySize => {
                     if let Some(matched) = &exchange.endpoints {
                         check_body_size(parts, matched)?;
@@ -287,6 +344,7 @@ impl Pipeline {
                     }
                     exchange.limited = Some((policy, usage));
                 }
+                RequestStage::StripAuth(source, cookie) => source.strip(parts, cookie),
                 RequestStage::Headers { context_vars } => {
                     transform_headers(parts, exchange, services, *context_vars);
                 }
@@ -332,6 +390,7 @@ impl Pipeline {
                         edit.apply(response.headers_mut());
                     }
                 }
+                ResponseStage::Cors => exchange.write_cors(response.headers_mut()),
             }
         }
     }

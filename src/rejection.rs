@@ -25,6 +25,8 @@ pub enum Rejection {
         error: LimitError,
         counted: Option<Box<(Policy, Usage)>>,
     },
+    /// The client's address is not on `allowed_ips`, or is on `blacklisted_ips`.
+    IpDisallowed,
     /// Tyk's `RequestSizeLimit` refused the body.
     BodySize(BodySizeError),
     /// A URL rewrite made something that is not a URI.
@@ -70,6 +72,10 @@ impl Rejection {
                 }
                 response
             }
+            Self::IpDisallowed => error_response(
+                StatusCode::FORBIDDEN,
+                "access from this IP has been disallowed",
+            ),
             Self::BodySize(e) => error_response(e.status(), &e.to_string()),
             Self::RewriteInvalid => error_response(
                 StatusCode::INTERNAL_SERVER_ERROR,

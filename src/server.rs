@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
+use bytes::Bytes;
 use futures_util::FutureExt;
 use http::{Request, Response, StatusCode};
 use http_body_util::Either;
@@ -105,26 +106,42 @@ impl Gateway {
         let flow = spec
             .pipeline
             .on_request(&mut parts, &mut exchange, &services)
-            .await?;
-        if let Flow::Reply(reply) = flow {
-            return Ok(mock_response(reply));
+            .await;
+        match flow {
+            Ok(Flow::Proxy) => {}
+            Ok(Flow::Reply(reply)) => return Ok(mock_response(reply)),
+            Ok(Flow::Preflight(headers)) => {
+                let mut response = buffered_response(StatusCode::NO_CONTENT, Bytes::new());
+                *response.headers_mut() = headers;
+                return Ok(response);
+            }
+            Err(rejection) => return Ok(refused(rejection, &exchange)),
         }
         let req = Request::from_parts(parts, body);
         let target = exchange.target(&spec.target);
+        let timeout = exchange.upstream_timeout;
         let response = upstream
-            .forward(
-                &spec.forwarding,
-                target,
-                req,
-                peer,
-                exchange.upstream_timeout,
-            )
-            .await
-            .inspect_err(|e| tracing::debug!(api = spec.api_id(), "upstream error: {e:?}"))?;
+            .forward(&spec.forwarding, target, req, peer, timeout)
+            .await;
+        let response = match response {
+            Ok(response) => response,
+            Err(e) => {
+                tracing::debug!(api = spec.api_id(), "upstream error: {e:?}");
+                return Ok(refused(Rejection::Upstream(e), &exchange));
+            }
+        };
         let mut response = response.map(Either::Left);
         spec.pipeline.on_response(&mut response, &exchange);
         Ok(response)
     }
+}
+
+/// A refusal once the pipeline began, with the CORS headers the request earned (a browser
+/// can then read why it was refused).
+fn refused(rejection: Rejection, exchange: &Exchange<'_>) -> Response<Body> {
+    let mut response = rejection.into_response();
+    exchange.write_cors(response.headers_mut());
+    response
 }
 
 /// A mock reply as the client gets it: its status, headers and body, nothing added.

@@ -23,6 +23,8 @@ pub struct Target {
     pub host: http::HeaderValue,
     /// Path prefix of `target_url` without a trailing slash (`""` for the root).
     pub base_path: String,
+    /// `target_url`'s path ends with a slash (kept for `proxy.disable_strip_slash`).
+    pub base_slash: bool,
 }
 
 /// How a target's connections carry requests, from its scheme.
@@ -87,32 +89,43 @@ pub fn parse(url: &str, tls: &UpstreamTls) -> Result<Target, String> {
         wire,
         host,
         base_path: uri.path().trim_end_matches('/').to_owned(),
+        base_slash: uri.path().len() > 1 && uri.path().ends_with('/'),
     })
 }
 
-/// How a routed request is rewritten for its upstream: `proxy.strip_listen_path` and
-/// `proxy.preserve_host_header`, resolved once.
+/// How a routed request is rewritten for its upstream: `proxy.strip_listen_path`,
+/// `proxy.preserve_host_header` and `proxy.disable_strip_slash`, resolved once.
 #[derive(Debug, Clone)]
 pub struct Forwarding {
     /// The listen path without its trailing slash, when `strip_listen_path` is on.
     pub strip: Option<Box<str>>,
     pub preserve_host: bool,
+    pub disable_strip_slash: bool,
 }
 
 impl Forwarding {
-    /// The upstream path for a request path that matched the API's listen path.
+    /// The upstream path for a request path that matched the API's listen path: the
+    /// target's path and the request's joined by one slash, as Tyk's `singleJoiningSlash`
+    /// joins them (a request for the root alone gets the target's path without its trailing
+    /// slash, unless `disable_strip_slash` keeps it).
     pub fn upstream_path<'a>(&self, target: &Target, path: &'a str) -> Cow<'a, str> {
         let rest = match &self.strip {
             Some(listen_path) => path.strip_prefix(&**listen_path).unwrap_or(path),
             None => path,
         };
         let base = &target.base_path;
-        match (base.is_empty(), rest.starts_with('/')) {
-            (true, true) => Cow::Borrowed(rest),
-            (true, false) => Cow::Owned(format!("/{rest}")),
-            (false, true) => Cow::Owned(format!("{base}{rest}")),
-            (false, false) if rest.is_empty() => Cow::Owned(format!("{base}/")),
-            (false, false) => Cow::Owned(format!("{base}/{rest}")),
+        let sub = rest.trim_start_matches('/');
+        if sub.is_empty() {
+            let keep_slash = self.disable_strip_slash && target.base_slash && rest.len() <= 1;
+            return match (base.is_empty(), keep_slash) {
+                (true, _) => Cow::Borrowed("/"),
+                (false, true) => Cow::Owned(format!("{base}/")),
+                (false, false) => Cow::Owned(base.clone()),
+            };
         }
+        if base.is_empty() && rest.len() == sub.len() + 1 {
+            return Cow::Borrowed(rest);
+        }
+        Cow::Owned(format!("{base}/{sub}"))
     }
 }

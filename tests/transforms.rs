@@ -265,3 +265,174 @@ async fn a_bad_transform_is_a_load_error_naming_it() {
         assert_eq!(gw.get_with_key("/tyk-api-test/get", None).await.status, 404);
     }
 }
+
+#[tokio::test]
+async fn cors_answers_preflights_and_marks_responses_refusals_included() {
+    let up = upstream().await;
+    let mut api = sample_api(&up.url(""));
+    api["CORS"] = json!({"enable": true, "allowed_origins": ["https://*.example.com"],
+        "allowed_methods": ["GET", "POST"], "allowed_headers": ["Authorization", "Content-Type"],
+        "exposed_headers": ["X-Ratelimit-Remaining"], "max_age": 300});
+    let gw = gateway().api(api).start().await;
+    gw.add_key("corskey", seed_key()).await;
+    let origin = ("origin", "https://app.example.com");
+
+    // A preflight needs no key: the gateway answers it.
+    let r = gw
+        .client
+        .request(
+            "OPTIONS",
+            &gw.url("/tyk-api-test/get"),
+            &[
+                origin,
+                ("access-control-request-method", "GET"),
+                ("access-control-request-headers", "authorization"),
+            ],
+            None,
+        )
+        .await;
+    assert_eq!(r.status, 204, "{}", r.text());
+    assert_eq!(
+        r.header("access-control-allow-origin"),
+        Some("https://app.example.com")
+    );
+    assert_eq!(r.header("access-control-allow-methods"), Some("GET"));
+    assert_eq!(
+        r.header("access-control-allow-headers"),
+        Some("authorization")
+    );
+    assert_eq!(r.header("access-control-max-age"), Some("300"));
+    // From an origin not listed: 204 without the allow headers, and nothing proxied.
+    let r = gw
+        .client
+        .request(
+            "OPTIONS",
+            &gw.url("/tyk-api-test/get"),
+            &[
+                ("origin", "https://evil.test"),
+                ("access-control-request-method", "GET"),
+            ],
+            None,
+        )
+        .await;
+    assert_eq!(r.status, 204);
+    assert_eq!(r.header("access-control-allow-origin"), None);
+
+    // The actual request, and a refused one, carry the allow headers.
+    let r = gw
+        .client
+        .request(
+            "GET",
+            &gw.url("/tyk-api-test/get"),
+            &[origin, ("authorization", "corskey")],
+            None,
+        )
+        .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        r.header("access-control-allow-origin"),
+        Some("https://app.example.com")
+    );
+    assert_eq!(
+        r.header("access-control-expose-headers"),
+        Some("X-Ratelimit-Remaining")
+    );
+    let r = gw
+        .client
+        .request("GET", &gw.url("/tyk-api-test/get"), &[origin], None)
+        .await;
+    assert_eq!(r.status, 401);
+    assert_eq!(
+        r.header("access-control-allow-origin"),
+        Some("https://app.example.com")
+    );
+}
+
+#[tokio::test]
+async fn ip_lists_admit_and_refuse_by_address_and_range() {
+    let up = upstream().await;
+    let with_lists = |id: &str, path: &str, lists: Value| {
+        let mut api = sample_api(&up.url(""));
+        api["api_id"] = json!(id);
+        api["use_keyless"] = json!(true);
+        api["proxy"]["listen_path"] = json!(path);
+        for (k, v) in lists.as_object().unwrap() {
+            api[k] = v.clone();
+        }
+        api
+    };
+    let gw = gateway()
+        .api(with_lists(
+            "allowed",
+            "/allowed/",
+            json!({"enable_ip_whitelisting": true, "allowed_ips": ["127.0.0.0/8", "::1"]}),
+        ))
+        .api(with_lists(
+            "elsewhere",
+            "/elsewhere/",
+            json!({"enable_ip_whitelisting": true, "allowed_ips": ["10.0.0.0/8"]}),
+        ))
+        .api(with_lists(
+            "blocked",
+            "/blocked/",
+            json!({"enable_ip_blacklisting": true, "blacklisted_ips": ["127.0.0.1"]}),
+        ))
+        .start()
+        .await;
+    assert_eq!(gw.get_with_key("/allowed/get", None).await.status, 200);
+    let r = gw.get_with_key("/elsewhere/get", None).await;
+    assert_eq!(r.status, 403);
+    assert_eq!(
+        r.json(),
+        json!({"error": "access from this IP has been disallowed"})
+    );
+    assert_eq!(gw.get_with_key("/blocked/get", None).await.status, 403);
+    // As Tyk, the address X-Forwarded-For (or X-Real-IP) names is the one checked: lists only
+    // hold behind a proxy that sets it.
+    let r = gw
+        .client
+        .request(
+            "GET",
+            &gw.url("/elsewhere/get"),
+            &[("x-forwarded-for", "10.1.2.3, 127.0.0.1")],
+            None,
+        )
+        .await;
+    assert_eq!(r.status, 200);
+}
+
+#[tokio::test]
+async fn strip_auth_data_keeps_the_key_from_the_upstream() {
+    let up = upstream().await;
+    let mut api = sample_api(&up.url(""));
+    api["strip_auth_data"] = json!(true);
+    api["auth"]["use_param"] = json!(true);
+    api["auth"]["param_name"] = json!("api_key");
+    api["proxy"]["disable_strip_slash"] = json!(true);
+    let gw = gateway().api(api).start().await;
+    gw.add_key("stripkey", seed_key()).await;
+    let r = gw
+        .client
+        .request(
+            "GET",
+            &gw.url("/tyk-api-test/anything/x?api_key=stripkey&keep=1"),
+            &[("cookie", "authorization=stripkey; other=1")],
+            None,
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let seen = r.json();
+    assert!(
+        seen["url"]
+            .as_str()
+            .unwrap()
+            .ends_with("/anything/x?keep=1"),
+        "{seen}"
+    );
+    assert_eq!(seen["headers"]["Cookie"], "other=1");
+    let r = gw
+        .get_with_key("/tyk-api-test/anything/y", Some("stripkey"))
+        .await;
+    assert_eq!(r.status, 200);
+    assert!(r.json()["headers"].get("Authorization").is_none());
+}

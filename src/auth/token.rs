@@ -20,6 +20,52 @@ pub struct KeySource {
     pub cookie: Option<String>,
 }
 
+impl KeySource {
+    /// Removes the key from everywhere Tyk's `StripAuth` does: the header, the query
+    /// parameter when one is read, and the cookie (named as the header unless
+    /// `cookie_name` says otherwise).
+    pub fn strip(&self, parts: &mut Parts, cookie_name: &str) {
+        parts.headers.remove(&self.header);
+        if let Some(param) = &self.param
+            && let Some(query) = parts.uri.query()
+        {
+            let kept: Vec<&str> = query
+                .split('&')
+                .filter(|pair| {
+                    let name = pair.split('=').next().unwrap_or("");
+                    form_urlencoded::parse(name.as_bytes())
+                        .next()
+                        .is_none_or(|(name, _)| name != param.as_str())
+                })
+                .collect();
+            let path = parts.uri.path().to_owned();
+            let query = (!kept.is_empty()).then(|| kept.join("&"));
+            if let Some(uri) = crate::path::with_path_and_query(&parts.uri, path, query.as_deref())
+            {
+                parts.uri = uri;
+            }
+        }
+        let cookies: Vec<String> = parts
+            .headers
+            .get_all(http::header::COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(';'))
+            .map(str::trim)
+            .filter(|c| !c.is_empty() && c.split('=').next() != Some(cookie_name))
+            .map(str::to_owned)
+            .collect();
+        if parts.headers.contains_key(http::header::COOKIE) {
+            parts.headers.remove(http::header::COOKIE);
+            if let Ok(value) = http::HeaderValue::from_str(&cookies.join("; "))
+                && !cookies.is_empty()
+            {
+                parts.headers.insert(http::header::COOKIE, value);
+            }
+        }
+    }
+}
+
 /// The key a request carries for an API: header first, then query parameter, then cookie.
 pub fn extract_key<'a>(source: &KeySource, parts: &'a Parts) -> Result<&'a str, AuthError> {
     let raw = parts
