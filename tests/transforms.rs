@@ -436,3 +436,74 @@ async fn strip_auth_data_keeps_the_key_from_the_upstream() {
     assert_eq!(r.status, 200);
     assert!(r.json()["headers"].get("Authorization").is_none());
 }
+
+const BROWSER_FIXTURE: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/tests/fixtures/cors_browser.py"
+);
+
+/// Headless Chromium on a page of another origin fetches through the gateway with a key
+/// (so it sends a preflight first): what CORS allows, the page can read; what it does not,
+/// the browser refuses.
+#[tokio::test]
+async fn a_real_browser_on_another_origin_is_let_through_by_cors() {
+    let up = upstream().await;
+    let api = |id: &str, path: &str, cors: Value| {
+        let mut api = sample_api(&up.url(""));
+        api["api_id"] = json!(id);
+        api["proxy"]["listen_path"] = json!(path);
+        api["CORS"] = cors;
+        api
+    };
+    let gw = gateway()
+        .api(api(
+            "1",
+            "/tyk-api-test/",
+            json!({"enable": true, "allowed_origins": ["http://127.0.0.1:*"],
+                "allowed_headers": ["Authorization"]}),
+        ))
+        .api(api("2", "/no-cors/", json!({"enable": false})))
+        .api(api(
+            "3",
+            "/other-origin/",
+            json!({"enable": true, "allowed_origins": ["https://app.example.com"],
+                "allowed_headers": ["Authorization"]}),
+        ))
+        .start()
+        .await;
+    let mut key = seed_key();
+    for id in ["2", "3"] {
+        let mut access = key["access_rights"]["1"].clone();
+        access["api_id"] = json!(id);
+        key["access_rights"][id] = access;
+    }
+    gw.add_key("browserkey", key).await;
+    let (allowed, no_cors, other) = (
+        gw.url("/tyk-api-test/get"),
+        gw.url("/no-cors/get"),
+        gw.url("/other-origin/get"),
+    );
+    let out = tokio::process::Command::new("python3")
+        .args([BROWSER_FIXTURE, "browserkey", &allowed, &no_cors, &other])
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(std::time::Duration::from_secs(120), out)
+        .await
+        .expect("the browser finished")
+        .expect("python3 runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: Value = serde_json::from_str(stdout.trim()).expect("the fixture's JSON");
+    let results = &report["results"];
+    assert_eq!(results[&allowed]["status"], 200, "{report}");
+    let body: Value = serde_json::from_str(results[&allowed]["body"].as_str().unwrap()).unwrap();
+    assert_eq!(body["headers"]["Authorization"], "browserkey", "{body}");
+    for refused in [&no_cors, &other] {
+        let error = results[refused]["error"].as_str().unwrap_or_default();
+        assert!(error.contains("Failed to fetch"), "{refused}: {report}");
+    }
+}
