@@ -15,6 +15,7 @@ use serde_json::{Map, Value};
 use crate::auth::{AuthChain, AuthMethod, ForApi, KeySource};
 use crate::cors::Cors;
 use crate::counting::{Disabled, Policy, Rate};
+use crate::domain::HostPattern;
 use crate::endpoints::EndpointTable;
 use crate::files;
 use crate::honoured;
@@ -148,6 +149,8 @@ pub struct ApiSpec {
     /// Fields the definition uses that tollgate does not honour (see `honoured`).
     pub unhonoured: Vec<String>,
     pub pipeline: Pipeline,
+    /// `domain`, unless `domain_disabled` (routed by only with `enable_custom_domains`).
+    pub domain: Option<HostPattern>,
 }
 
 impl ApiSpec {
@@ -309,12 +312,21 @@ impl ApiSpec {
             },
             api_id: definition.api_id.as_str().into(),
         });
+        let domain = match definition.extra.get("domain") {
+            _ if flag("domain_disabled") => None,
+            Some(Value::String(domain)) if !domain.is_empty() => {
+                Some(HostPattern::compile(domain).map_err(|reason| invalid("domain", reason))?)
+            }
+            None | Some(Value::Null) | Some(Value::String(_)) => None,
+            Some(_) => return Err(invalid("domain", "must be a string")),
+        };
         Ok(Self {
             definition,
             target,
             forwarding,
             unhonoured,
             pipeline,
+            domain,
         })
     }
 
@@ -324,6 +336,19 @@ impl ApiSpec {
 
     pub fn listen_path(&self) -> &str {
         &self.definition.proxy.listen_path
+    }
+
+    /// The `domain` as written, for clashes.
+    fn domain_text(&self) -> &str {
+        match &self.domain {
+            Some(_) => self
+                .definition
+                .extra
+                .get("domain")
+                .and_then(Value::as_str)
+                .unwrap_or(""),
+            None => "",
+        }
     }
 
     fn matches(&self, path: &str) -> bool {
@@ -422,18 +447,25 @@ pub struct LoadError {
     pub reason: String,
 }
 
-/// The routing table: served APIs by listen path, longest first.
+/// The routing table: served APIs by listen path, longest first (with
+/// `enable_custom_domains`, those with a `domain` before those without).
 #[derive(Debug, Default)]
 pub struct ApiTable {
     by_path: Vec<Arc<ApiSpec>>,
     by_id: HashMap<String, Arc<ApiSpec>>,
+    /// `enable_custom_domains`: APIs' domains are routed by.
+    custom_domains: bool,
 }
 
 impl ApiTable {
-    /// Builds a table; inactive APIs and listen-path or id clashes are reported, not served.
-    pub fn new(specs: Vec<(PathBuf, ApiSpec)>) -> (Self, Vec<LoadError>) {
+    /// Builds a table; inactive APIs and listen-path (on one domain) or id clashes are
+    /// reported, not served. `custom_domains` is the gateway's `enable_custom_domains`.
+    pub fn new(specs: Vec<(PathBuf, ApiSpec)>, custom_domains: bool) -> (Self, Vec<LoadError>) {
         let mut errors = Vec::new();
-        let mut table = Self::default();
+        let mut table = Self {
+            custom_domains,
+            ..Self::default()
+        };
         for (path, spec) in specs {
             if !spec.definition.active {
                 continue;
@@ -446,7 +478,10 @@ impl ApiTable {
                     table
                         .by_path
                         .iter()
-                        .any(|s| s.listen_path() == spec.listen_path())
+                        .any(|s| {
+                            s.listen_path() == spec.listen_path()
+                                && (!custom_domains || s.domain_text() == spec.domain_text())
+                        })
                         .then_some("proxy.listen_path")
                 });
             if let Some(field) = clash {
@@ -460,14 +495,19 @@ impl ApiTable {
             table.by_id.insert(spec.api_id().to_owned(), spec.clone());
             table.by_path.push(spec);
         }
-        table
-            .by_path
-            .sort_by_key(|s| std::cmp::Reverse(s.listen_path().len()));
+        table.by_path.sort_by_key(|s| {
+            let domainless = !custom_domains || s.domain.is_none();
+            (domainless, std::cmp::Reverse(s.listen_path().len()))
+        });
         (table, errors)
     }
 
     /// Loads every `*.json` in `dir`, in file-name order.
-    pub fn load_dir(dir: &Path, gateway_tls: &UpstreamTls) -> (Self, Vec<LoadError>) {
+    pub fn load_dir(
+        dir: &Path,
+        gateway_tls: &UpstreamTls,
+        custom_domains: bool,
+    ) -> (Self, Vec<LoadError>) {
         let mut errors = Vec::new();
         let mut specs = Vec::new();
         for path in definition_files(dir, &mut errors) {
@@ -476,14 +516,22 @@ impl ApiTable {
                 Err(e) => errors.push(e),
             }
         }
-        let (table, mut clashes) = Self::new(specs);
+        let (table, mut clashes) = Self::new(specs, custom_domains);
         errors.append(&mut clashes);
         (table, errors)
     }
 
-    /// The API whose listen path is the longest prefix of `path`.
-    pub fn route(&self, path: &str) -> Option<&Arc<ApiSpec>> {
-        self.by_path.iter().find(|s| s.matches(path))
+    /// The API for a request to `host` (its `Host`, `None` if it has none) and `path`: the
+    /// longest listen path that prefixes `path` among the APIs whose domain matches `host`,
+    /// else among those without a domain.
+    pub fn route(&self, host: Option<&str>, path: &str) -> Option<&Arc<ApiSpec>> {
+        self.by_path.iter().find(|s| {
+            let host_matches = match (&s.domain, self.custom_domains) {
+                (Some(domain), true) => host.is_some_and(|h| domain.matches(h)),
+                _ => true,
+            };
+            host_matches && s.matches(path)
+        })
     }
 
     pub fn get(&self, api_id: &str) -> Option<&Arc<ApiSpec>> {
@@ -552,12 +600,12 @@ mod tests {
             (PathBuf::from("a"), spec("/a/", "http://u", true)),
             (PathBuf::from("b"), spec("/a/b/", "http://u", true)),
         ];
-        let (table, errors) = ApiTable::new(specs);
+        let (table, errors) = ApiTable::new(specs, false);
         assert!(errors.is_empty());
-        assert_eq!(table.route("/a/b/c").unwrap().listen_path(), "/a/b/");
-        assert_eq!(table.route("/a/x").unwrap().listen_path(), "/a/");
-        assert_eq!(table.route("/a").unwrap().listen_path(), "/a/");
-        assert!(table.route("/b").is_none());
+        assert_eq!(table.route(None, "/a/b/c").unwrap().listen_path(), "/a/b/");
+        assert_eq!(table.route(None, "/a/x").unwrap().listen_path(), "/a/");
+        assert_eq!(table.route(None, "/a").unwrap().listen_path(), "/a/");
+        assert!(table.route(None, "/b").is_none());
     }
 
     #[test]

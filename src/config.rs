@@ -58,6 +58,8 @@ pub struct GatewayConfig {
     /// HTTPS upstreams are offered HTTP/2 (ALPN `h2`, then `http/1.1`); `h2c://` targets
     /// speak HTTP/2 whatever this says.
     pub proxy_enable_http2: bool,
+    /// APIs' `domain` is routed by (Tyk's default: off, and domains are then ignored).
+    pub enable_custom_domains: bool,
     pub security: SecurityConfig,
     pub http_server_options: HttpServerOptions,
 }
@@ -208,6 +210,7 @@ impl Default for GatewayConfig {
             proxy_ssl_max_version: 0,
             proxy_ssl_ciphers: Vec::new(),
             proxy_enable_http2: false,
+            enable_custom_domains: false,
             security: SecurityConfig::default(),
             http_server_options: HttpServerOptions::default(),
         }

@@ -73,7 +73,13 @@ impl Gateway {
             config,
         });
         let tls = gateway.config.upstream_tls();
-        let loaded = load_all(&gateway.app_path(), &gateway.config.policies, &tls);
+        let custom_domains = gateway.config.enable_custom_domains;
+        let loaded = load_all(
+            &gateway.app_path(),
+            &gateway.config.policies,
+            &tls,
+            custom_domains,
+        );
         gateway.install(loaded);
         if let Some(mut asked) = gateway.sessions.reloads() {
             let node = Arc::downgrade(&gateway);
@@ -113,7 +119,10 @@ impl Gateway {
         let _serial = self.reload_lock.lock().await;
         let (dir, policies) = (self.app_path(), self.config.policies.clone());
         let tls = self.config.upstream_tls();
-        let loaded = tokio::task::spawn_blocking(move || load_all(&dir, &policies, &tls)).await;
+        let custom_domains = self.config.enable_custom_domains;
+        let loaded =
+            tokio::task::spawn_blocking(move || load_all(&dir, &policies, &tls, custom_domains))
+                .await;
         match loaded {
             Ok(loaded) => self.install(loaded),
             Err(e) => tracing::error!("API reload failed: {e}"),
@@ -172,8 +181,9 @@ fn load_all(
     app_path: &std::path::Path,
     policies: &crate::config::PoliciesConfig,
     tls: &UpstreamTls,
+    custom_domains: bool,
 ) -> Loaded {
-    let (table, errors) = ApiTable::load_dir(app_path, tls);
+    let (table, errors) = ApiTable::load_dir(app_path, tls, custom_domains);
     let (policies, policy_errors) = PolicyTable::load(policies);
     (table, errors, policies, policy_errors)
 }

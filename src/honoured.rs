@@ -153,6 +153,8 @@ const HONOURED: &[&str] = &[
     "ip_access_control_disabled",
     "strip_auth_data",
     "proxy.disable_strip_slash",
+    "domain",
+    "domain_disabled",
     "disable_rate_limit",
     "disable_quota",
     "session_lifetime",
@@ -338,6 +340,7 @@ mod tests {
                             "payload_matches": {"match_rx": "secret"}}}]}],
                     "circuit_breakers": [{"path": "/x"}]}}}},
             "domain": "api.example.com",
+            "enable_batch_request_support": true,
         }));
         let mut found = unhonoured(&definition);
         found.sort();
@@ -345,7 +348,6 @@ mod tests {
             found,
             [
                 "cache_options",
-                "domain",
                 "enable_batch_request_support",
                 "proxy.transport.proxy_url",
                 "version_data.versions.Default.extended_paths.black_list[1].method_actions.GET.delay",

@@ -13,6 +13,7 @@ pub mod config;
 pub mod connection;
 pub mod cors;
 pub mod counting;
+pub mod domain;
 pub mod drill;
 pub mod endpoints;
 pub mod files;

@@ -84,10 +84,15 @@ impl Gateway {
             // As Tyk: the control port serves no API.
             return Err(Rejection::NoApi);
         }
+        let host = req
+            .headers()
+            .get(http::header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .or_else(|| req.uri().authority().map(|a| a.as_str()));
         let spec = self
             .apis
             .load()
-            .route(req.uri().path())
+            .route(host, req.uri().path())
             .cloned()
             .ok_or(Rejection::NoApi)?;
         let (mut parts, body) = req.into_parts();

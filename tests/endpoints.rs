@@ -1,5 +1,6 @@
 //! Tyk's endpoint lists (`extended_paths`: `ignored`, `black_list`, `white_list`, and
-//! `method_actions` replies) through the gateway to the built-in upstream.
+//! `method_actions` replies) and routing by `domain` beside listen paths, through the
+//! gateway to the built-in upstream.
 
 mod support;
 
@@ -150,4 +151,72 @@ async fn a_bad_entry_is_a_load_error_naming_it_and_the_other_apis_load() {
     );
     assert_eq!(gw.get_with_key("/bad/get", None).await.status, 404);
     assert_eq!(gw.get_with_key("/tyk-api-test/get", None).await.status, 401);
+}
+
+#[tokio::test]
+async fn domains_route_before_listen_paths_and_fall_back_to_apis_without_one() {
+    let up = upstream().await;
+    let other = upstream().await;
+    let api = |id: &str, listen_path: &str, domain: &str, target: &str| {
+        let mut api = sample_api(target);
+        api["api_id"] = json!(id);
+        api["use_keyless"] = json!(true);
+        api["proxy"]["listen_path"] = json!(listen_path);
+        api["domain"] = json!(domain);
+        api
+    };
+    let gw = gateway()
+        .config(json!({"enable_custom_domains": true}))
+        .api(api(
+            "tenants",
+            "/svc/",
+            "{tenant:[a-z]+}.example.com",
+            &up.url("/anything/tenants"),
+        ))
+        .api(api("plain", "/svc/", "", &other.url("/anything/plain")))
+        .api(api(
+            "root",
+            "/",
+            "api.example.com",
+            &up.url("/anything/root"),
+        ))
+        .start()
+        .await;
+    let reached = |host: &'static str, path: &'static str| {
+        let gw = &gw;
+        async move {
+            let r = gw
+                .client
+                .request("GET", &gw.url(path), &[("host", host)], None)
+                .await;
+            assert_eq!(r.status, 200, "{host}{path}: {}", r.text());
+            let url = r.json()["url"].as_str().unwrap_or("").to_owned();
+            url.split("/anything/").nth(1).unwrap_or("").to_owned()
+        }
+    };
+    assert_eq!(reached("acme.example.com", "/svc/x").await, "tenants/x");
+    assert_eq!(
+        reached("ACME.example.com:8080", "/svc/x").await,
+        "tenants/x"
+    );
+    assert_eq!(
+        reached("acme1.example.com", "/svc/x").await,
+        "plain/x",
+        "not the pattern"
+    );
+    assert_eq!(reached("elsewhere.test", "/svc/x").await, "plain/x");
+    // The longest listen path among the domains that match (both do here); the APIs
+    // without one only after.
+    assert_eq!(reached("api.example.com", "/other").await, "root/other");
+    assert_eq!(reached("api.example.com", "/svc/y").await, "tenants/y");
+    let r = gw
+        .client
+        .request(
+            "GET",
+            &gw.url("/other"),
+            &[("host", "elsewhere.test")],
+            None,
+        )
+        .await;
+    assert_eq!(r.status, 404);
 }
