@@ -266,7 +266,7 @@ impl ApiSpec {
                 .and_then(Value::as_bool)
                 == Some(true),
         };
-        let endpoints = EndpointTable::compile(
+        let mut endpoints = EndpointTable::compile(
             definition.version_data.not_versioned,
             &definition.version_data.extra,
             &tls,
@@ -281,6 +281,7 @@ impl ApiSpec {
             EndpointStage {
                 table,
                 listen_path: listen_path.as_str().into(),
+                preflights_pass: false,
             }
         });
         let flag = |name: &str| definition.extra.get(name).and_then(Value::as_bool) == Some(true);
@@ -289,6 +290,9 @@ impl ApiSpec {
             Cors::compile(definition.extra.get("CORS")).map_err(|e| invalid(&e.field, e.reason))?;
         let ip_access =
             IpAccess::compile(&definition.extra).map_err(|e| invalid(&e.field, e.reason))?;
+        if let (Some(stage), Some(cors)) = (&mut endpoints, &cors) {
+            stage.preflights_pass = !cors.options_passthrough;
+        }
         let strip_auth = match (&token_source, flag("strip_auth_data")) {
             (Some((source, cookie)), true) => Some((source.clone(), cookie.as_str().into())),
             _ => None,

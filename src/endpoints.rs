@@ -71,6 +71,9 @@ enum Methods {
 #[derive(Debug)]
 enum Action {
     List(List),
+    /// `internal`: reachable only by Tyk's looping (`tyk://`), which tollgate does not do,
+    /// so refused to every request, as Tyk refuses one that did not loop.
+    Internal,
     /// `transform_headers`.
     RequestHeaders(HeaderEdit),
     /// `transform_response_headers`.
@@ -164,6 +167,15 @@ struct ExtendedPaths {
     hard_timeouts: Vec<TimeoutFields>,
     size_limits: Vec<SizeFields>,
     method_transforms: Vec<MethodFields>,
+    internal: Vec<InternalFields>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct InternalFields {
+    path: String,
+    method: String,
+    disabled: bool,
 }
 
 #[derive(Deserialize, Default)]
@@ -301,10 +313,7 @@ impl VersionPaths {
     }
 
     fn add_uses(&self, uses: &mut Uses) {
-        uses.lists |= self
-            .entries
-            .iter()
-            .any(|e| matches!(e.action, Action::List(_)));
+        uses.lists |= self.any(|a| matches!(a, Action::List(_) | Action::Internal));
         uses.request_headers |= !self.request_headers.is_empty()
             || self.any(|a| matches!(a, Action::RequestHeaders(_)));
         uses.response_headers |= !self.response_headers.is_empty()
@@ -335,8 +344,15 @@ impl<'p> Matched<'p> {
             .map(|(_, entry)| entry)
     }
 
-    /// The lists' verdict on `method`.
+    /// The lists' verdict on `method` (an `internal` entry that matches refuses first).
     pub fn verdict(&self, method: &Method) -> Verdict<'p> {
+        let internal = self.first(method, |a| match a {
+            Action::Internal => Some(&()),
+            _ => None,
+        });
+        if internal.is_some() {
+            return Verdict::Forbidden;
+        }
         for entry in self.hits() {
             let Action::List(list) = entry.action else {
                 continue;
@@ -521,6 +537,11 @@ fn compile_version(
             }
             let action = Action::SizeLimit(entry.size_limit as u64);
             table.add(&at, (&entry.path, &entry.method, entry.disabled), action)?;
+        }
+        for (i, entry) in paths.internal.into_iter().enumerate() {
+            let at = format!("{field}.internal[{i}]");
+            let entry_fields = (&*entry.path, &*entry.method, entry.disabled);
+            table.add(&at, entry_fields, Action::Internal)?;
         }
         for (i, entry) in paths.method_transforms.into_iter().enumerate() {
             let at = format!("{field}.method_transforms[{i}]");

@@ -136,6 +136,9 @@ const HONOURED: &[&str] = &[
     "version_data.versions.*.extended_paths.method_transforms[].method",
     "version_data.versions.*.extended_paths.method_transforms[].disabled",
     "version_data.versions.*.extended_paths.method_transforms[].to_method",
+    "version_data.versions.*.extended_paths.internal[].path",
+    "version_data.versions.*.extended_paths.internal[].method",
+    "version_data.versions.*.extended_paths.internal[].disabled",
     "enable_context_vars",
     // CORS, the IP lists, and what reaches the upstream.
     "CORS.enable",

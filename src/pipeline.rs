@@ -64,6 +64,8 @@ pub struct VersionStage {
 pub struct EndpointStage {
     pub table: EndpointTable,
     pub listen_path: Box<str>,
+    /// `CORS` answers preflights: the lists do not judge them (as in Tyk).
+    pub preflights_pass: bool,
 }
 
 /// One step between routing and the proxy.
@@ -290,7 +292,12 @@ impl Pipeline {
                         continue;
                     };
                     let matched = paths.matched(&stage.listen_path, parts.uri.path());
-                    match matched.verdict(&parts.method) {
+                    let verdict = if stage.preflights_pass && is_preflight(parts) {
+                        Verdict::Ignore
+                    } else {
+                        matched.verdict(&parts.method)
+                    };
+                    match verdict {
                         Verdict::Pass => {}
                         Verdict::Ignore => exchange.ignored = true,
                         Verdict::Forbidden => return Err(Rejection::EndpointForbidden),
@@ -394,6 +401,14 @@ impl Pipeline {
             }
         }
     }
+}
+
+/// A CORS preflight: `OPTIONS` with `Access-Control-Request-Method`.
+fn is_preflight(parts: &Parts) -> bool {
+    parts.method == Method::OPTIONS
+        && parts
+            .headers
+            .contains_key(http::header::ACCESS_CONTROL_REQUEST_METHOD)
 }
 
 /// Methods Tyk's size limits leave alone: their bodies are not expected.

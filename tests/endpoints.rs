@@ -220,3 +220,40 @@ async fn domains_route_before_listen_paths_and_fall_back_to_apis_without_one() {
         .await;
     assert_eq!(r.status, 404);
 }
+
+#[tokio::test]
+async fn internal_endpoints_are_refused_and_preflights_pass_the_lists_with_cors() {
+    let up = upstream().await;
+    let mut api = api_with(
+        &up.url(""),
+        json!({"white_list": [{"path": "/get", "method": "GET"}],
+            "internal": [{"path": "/get/internal", "method": "GET"}]}),
+    );
+    api["CORS"] = json!({"enable": true});
+    let gw = gateway().api(api).start().await;
+    gw.add_key("internalkey", seed_key()).await;
+    let key = Some("internalkey");
+    assert_eq!(gw.get_with_key("/tyk-api-test/get", key).await.status, 200);
+    // Only Tyk's looping reaches an internal endpoint; tollgate does not loop.
+    let r = gw.get_with_key("/tyk-api-test/get/internal", key).await;
+    assert_eq!(r.status, 403);
+    assert_eq!(
+        r.json(),
+        json!({"error": "Requested endpoint is forbidden"})
+    );
+    // A preflight for a path the white list does not name is CORS's to answer.
+    let r = gw
+        .client
+        .request(
+            "OPTIONS",
+            &gw.url("/tyk-api-test/headers"),
+            &[
+                ("origin", "https://app.example.com"),
+                ("access-control-request-method", "GET"),
+            ],
+            None,
+        )
+        .await;
+    assert_eq!(r.status, 204);
+    assert_eq!(r.header("access-control-allow-origin"), Some("*"));
+}
