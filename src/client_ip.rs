@@ -8,29 +8,33 @@
 
 use std::net::IpAddr;
 
-use http::HeaderMap;
+use http::{HeaderMap, HeaderName};
+
+static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 
 /// The request's address; `None` when `X-Forwarded-For` is shorter than `xff_depth` (Tyk
 /// then has no address rather than a wrong one).
 pub fn real_ip(headers: &HeaderMap, peer: IpAddr, xff_depth: usize) -> Option<IpAddr> {
-    let parsed = |name: &str| {
+    let parsed = |name: &HeaderName| {
         headers
             .get(name)
             .and_then(|v| v.to_str().ok())
             .filter(|v| !v.is_empty())
     };
-    if let Some(ip) = parsed("x-real-ip").and_then(|v| v.trim().parse().ok()) {
+    if let Some(ip) = parsed(&X_REAL_IP).and_then(|v| v.trim().parse().ok()) {
         return Some(ip);
     }
-    if let Some(chain) = parsed("x-forwarded-for") {
-        let hops: Vec<&str> = chain.split(',').collect();
-        if xff_depth > hops.len() {
+    if let Some(chain) = parsed(&X_FORWARDED_FOR) {
+        let hops = chain.split(',').count();
+        if xff_depth > hops {
             return None;
         }
-        let hop = match xff_depth {
-            0 => hops[0],
-            depth => hops[hops.len() - depth],
+        let index = match xff_depth {
+            0 => 0,
+            depth => hops - depth,
         };
+        let hop = chain.split(',').nth(index).unwrap_or("");
         if let Ok(ip) = hop.trim().parse() {
             return Some(ip);
         }

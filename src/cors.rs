@@ -215,12 +215,17 @@ impl Cors {
         match &self.origins {
             Origins::All => Some(HeaderValue::from_static("*")),
             Origins::Listed { exact, wildcards } => {
-                let lower = origin.to_str().ok()?.to_ascii_lowercase();
-                let listed = exact.contains(&lower)
+                // The listed origins are lower-case; the request's is compared without case,
+                // and without allocating.
+                let text = origin.as_bytes();
+                let listed = exact
+                    .iter()
+                    .any(|e| e.as_bytes().eq_ignore_ascii_case(text))
                     || wildcards.iter().any(|(prefix, suffix)| {
-                        lower.len() >= prefix.len() + suffix.len()
-                            && lower.starts_with(prefix.as_str())
-                            && lower.ends_with(suffix.as_str())
+                        text.len() >= prefix.len() + suffix.len()
+                            && text[..prefix.len()].eq_ignore_ascii_case(prefix.as_bytes())
+                            && text[text.len() - suffix.len()..]
+                                .eq_ignore_ascii_case(suffix.as_bytes())
                     });
                 listed.then(|| origin.clone())
             }

@@ -9,7 +9,7 @@
 //! (`no_action`, or `reply` with a mock response); the first list entry (ignored, then black,
 //! then white) whose path and method match decides. Other kinds (`transform_headers`,
 //! `transform_response_headers`, `url_rewrites`, `hard_timeouts`, `size_limits`,
-//! `method_transforms`) match their `method` exactly, as in Tyk: one left empty matches none.
+//! `method_transforms`, `circuit_breakers`, `validate_json`, `internal`) match their `method` exactly, as in Tyk: one left empty matches none.
 //!
 //! Matching is Tyk 5's: a pattern is a regex, unanchored, with `{name}` for one path segment
 //! and `*` for any; it is tried on the path after the listen path and on the whole path.
@@ -23,7 +23,9 @@ use regex::{RegexSet, SetMatches};
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
+use crate::breaker::Breaker;
 use crate::headers::HeaderEdit;
+use crate::json_validation::JsonValidation;
 use crate::rewrite::{RewriteFields, UrlRewrite};
 use crate::tls::client::UpstreamTls;
 use crate::version::{InvalidField, invalid};
@@ -86,6 +88,10 @@ enum Action {
     SizeLimit(u64),
     /// `method_transforms`: the method the upstream gets.
     MethodTransform(Method),
+    /// `circuit_breakers`.
+    CircuitBreaker(Breaker),
+    /// `validate_json`.
+    ValidateJson(Box<JsonValidation>),
 }
 
 #[derive(Debug)]
@@ -122,6 +128,7 @@ pub struct Uses {
     pub size_limits: bool,
     pub method_transforms: bool,
     pub hard_timeouts: bool,
+    pub circuit_breakers: bool,
 }
 
 /// An API's endpoint tables, by version name.
@@ -136,8 +143,49 @@ pub struct EndpointTable {
 /// A request matched against a version's patterns.
 pub struct Matched<'p> {
     paths: &'p VersionPaths,
-    near: SetMatches,
-    whole: SetMatches,
+    /// The entries whose pattern matched, found once: every stage's lookup walks these few
+    /// instead of every entry.
+    hits: Hits,
+}
+
+/// Entry indices in order, held inline for the usual few.
+enum Hits {
+    Inline { len: usize, at: [u32; INLINE_HITS] },
+    Spilled(Vec<u32>),
+}
+
+const INLINE_HITS: usize = 8;
+
+impl Hits {
+    fn of(near: &SetMatches, whole: &SetMatches) -> Self {
+        let mut hits = Self::Inline {
+            len: 0,
+            at: [0; INLINE_HITS],
+        };
+        for i in (0..near.len()).filter(|&i| near.matched(i) || whole.matched(i)) {
+            let i = i as u32;
+            match &mut hits {
+                Self::Inline { len, at } if *len < INLINE_HITS => {
+                    at[*len] = i;
+                    *len += 1;
+                }
+                Self::Inline { len, at } => {
+                    let mut all = at[..*len].to_vec();
+                    all.push(i);
+                    hits = Self::Spilled(all);
+                }
+                Self::Spilled(all) => all.push(i),
+            }
+        }
+        hits
+    }
+
+    fn as_slice(&self) -> &[u32] {
+        match self {
+            Self::Inline { len, at } => &at[..*len],
+            Self::Spilled(all) => all,
+        }
+    }
 }
 
 #[derive(Deserialize, Default)]
@@ -168,6 +216,30 @@ struct ExtendedPaths {
     size_limits: Vec<SizeFields>,
     method_transforms: Vec<MethodFields>,
     internal: Vec<InternalFields>,
+    circuit_breakers: Vec<BreakerFields>,
+    validate_json: Vec<ValidateFields>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct ValidateFields {
+    path: String,
+    method: String,
+    disabled: bool,
+    schema: Value,
+    error_response_code: i64,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct BreakerFields {
+    path: String,
+    method: String,
+    disabled: bool,
+    threshold_percent: f64,
+    samples: i64,
+    return_to_service_after: i64,
+    disable_half_open_state: bool,
 }
 
 #[derive(Deserialize, Default)]
@@ -305,11 +377,17 @@ impl VersionPaths {
             Some(rest) if rest.starts_with('/') => rest,
             Some(_) | None => "/",
         };
-        Matched {
-            paths: self,
-            near: self.patterns.matches(after_listen_path),
-            whole: self.patterns.matches(path),
-        }
+        let hits = if self.entries.is_empty() {
+            Hits::Inline {
+                len: 0,
+                at: [0; INLINE_HITS],
+            }
+        } else {
+            let near = self.patterns.matches(after_listen_path);
+            let whole = self.patterns.matches(path);
+            Hits::of(&near, &whole)
+        };
+        Matched { paths: self, hits }
     }
 
     fn add_uses(&self, uses: &mut Uses) {
@@ -323,6 +401,7 @@ impl VersionPaths {
             self.size_limit.is_some() || self.any(|a| matches!(a, Action::SizeLimit(_)));
         uses.method_transforms |= self.any(|a| matches!(a, Action::MethodTransform(_)));
         uses.hard_timeouts |= self.any(|a| matches!(a, Action::HardTimeout(_)));
+        uses.circuit_breakers |= self.any(|a| matches!(a, Action::CircuitBreaker(_)));
     }
 
     fn any(&self, kind: impl Fn(&Action) -> bool) -> bool {
@@ -336,12 +415,8 @@ impl<'p> Matched<'p> {
     }
 
     fn hits(&self) -> impl Iterator<Item = &'p Entry> + '_ {
-        self.paths
-            .entries
-            .iter()
-            .enumerate()
-            .filter(|(i, _)| self.near.matched(*i) || self.whole.matched(*i))
-            .map(|(_, entry)| entry)
+        let entries = &self.paths.entries;
+        self.hits.as_slice().iter().map(|&i| &entries[i as usize])
     }
 
     /// The lists' verdict on `method` (an `internal` entry that matches refuses first).
@@ -426,6 +501,20 @@ impl<'p> Matched<'p> {
             _ => None,
         })
         .copied()
+    }
+
+    pub fn circuit_breaker(&self, method: &Method) -> Option<&'p Breaker> {
+        self.first(method, |a| match a {
+            Action::CircuitBreaker(breaker) => Some(breaker),
+            _ => None,
+        })
+    }
+
+    pub fn validate_json(&self, method: &Method) -> Option<&'p JsonValidation> {
+        self.first(method, |a| match a {
+            Action::ValidateJson(validation) => Some(&**validation),
+            _ => None,
+        })
     }
 
     pub fn method_transform(&self, method: &Method) -> Option<&'p Method> {
@@ -543,9 +632,44 @@ fn compile_version(
             let entry_fields = (&*entry.path, &*entry.method, entry.disabled);
             table.add(&at, entry_fields, Action::Internal)?;
         }
+        for (i, entry) in paths.circuit_breakers.into_iter().enumerate() {
+            let at = format!("{field}.circuit_breakers[{i}]");
+            if !(entry.threshold_percent > 0.0 && entry.threshold_percent <= 1.0) {
+                return Err(invalid(
+                    &format!("{at}.threshold_percent"),
+                    "must be a fraction above 0 and at most 1 (0.5 is 50%)",
+                ));
+            }
+            let breaker = Breaker::new(
+                entry.threshold_percent,
+                entry.samples.max(1) as u64,
+                Duration::from_secs(entry.return_to_service_after.max(1) as u64),
+                entry.disable_half_open_state,
+            );
+            let action = Action::CircuitBreaker(breaker);
+            table.add(&at, (&entry.path, &entry.method, entry.disabled), action)?;
+        }
+        for (i, entry) in paths.validate_json.into_iter().enumerate() {
+            let at = format!("{field}.validate_json[{i}]");
+            if entry.disabled {
+                continue;
+            }
+            let validation =
+                JsonValidation::compile(&entry.schema, entry.error_response_code, &at)?;
+            let action = Action::ValidateJson(Box::new(validation));
+            table.add(&at, (&entry.path, &entry.method, false), action)?;
+        }
         for (i, entry) in paths.method_transforms.into_iter().enumerate() {
             let at = format!("{field}.method_transforms[{i}]");
-            let to = parse_method(&entry.to_method, &format!("{at}.to_method"))?;
+            let field = format!("{at}.to_method");
+            let to = parse_method(&entry.to_method.to_ascii_uppercase(), &field)?;
+            // Tyk's list: any other method (HEAD too) is refused per request there.
+            if !["GET", "POST", "PUT", "DELETE", "OPTIONS", "PATCH"].contains(&to.as_str()) {
+                return Err(invalid(
+                    &field,
+                    format!("{to} is not one of GET, POST, PUT, DELETE, OPTIONS, PATCH"),
+                ));
+            }
             let action = Action::MethodTransform(to);
             table.add(&at, (&entry.path, &entry.method, entry.disabled), action)?;
         }

@@ -150,7 +150,8 @@ mod tests {
         let request_id = OnceCell::new();
         let scope = Scope {
             request: &request,
-            client: None,
+            peer: std::net::Ipv4Addr::LOCALHOST.into(),
+            xff_depth: 0,
             request_id: &request_id,
             meta: Some(&meta),
             context_vars: true,

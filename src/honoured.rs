@@ -139,6 +139,18 @@ const HONOURED: &[&str] = &[
     "version_data.versions.*.extended_paths.internal[].path",
     "version_data.versions.*.extended_paths.internal[].method",
     "version_data.versions.*.extended_paths.internal[].disabled",
+    "version_data.versions.*.extended_paths.circuit_breakers[].path",
+    "version_data.versions.*.extended_paths.circuit_breakers[].method",
+    "version_data.versions.*.extended_paths.circuit_breakers[].disabled",
+    "version_data.versions.*.extended_paths.circuit_breakers[].threshold_percent",
+    "version_data.versions.*.extended_paths.circuit_breakers[].samples",
+    "version_data.versions.*.extended_paths.circuit_breakers[].return_to_service_after",
+    "version_data.versions.*.extended_paths.circuit_breakers[].disable_half_open_state",
+    "version_data.versions.*.extended_paths.validate_json[].path",
+    "version_data.versions.*.extended_paths.validate_json[].method",
+    "version_data.versions.*.extended_paths.validate_json[].disabled",
+    "version_data.versions.*.extended_paths.validate_json[].schema",
+    "version_data.versions.*.extended_paths.validate_json[].error_response_code",
     "enable_context_vars",
     // CORS, the IP lists, and what reaches the upstream.
     "CORS.enable",
@@ -341,7 +353,7 @@ mod tests {
                         "triggers": [{"on": "any", "rewrite_to": "/z", "options": {
                             "header_matches": {"x-a": {"match_rx": "a"}},
                             "payload_matches": {"match_rx": "secret"}}}]}],
-                    "circuit_breakers": [{"path": "/x"}]}}}},
+                    "cache": ["/x"]}}}},
             "domain": "api.example.com",
             "enable_batch_request_support": true,
         }));
@@ -354,7 +366,7 @@ mod tests {
                 "enable_batch_request_support",
                 "proxy.transport.proxy_url",
                 "version_data.versions.Default.extended_paths.black_list[1].method_actions.GET.delay",
-                "version_data.versions.Default.extended_paths.circuit_breakers",
+                "version_data.versions.Default.extended_paths.cache",
                 "version_data.versions.Default.extended_paths.url_rewrites[0].triggers[0].options.payload_matches",
             ]
         );

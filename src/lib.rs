@@ -8,6 +8,7 @@
 pub mod admin;
 pub mod api;
 pub mod auth;
+pub mod breaker;
 pub mod client_ip;
 pub mod config;
 pub mod connection;
@@ -22,6 +23,7 @@ pub mod guard;
 pub mod headers;
 pub mod honoured;
 pub mod ip_access;
+pub mod json_validation;
 pub mod limits;
 pub mod path;
 pub mod pipeline;

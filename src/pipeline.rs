@@ -13,12 +13,14 @@ use http::request::Parts;
 use http::{HeaderMap, HeaderValue, Method, Response, Uri};
 
 use crate::auth::{AuthChain, AuthContext, Authenticated, KeySource};
+use crate::breaker::Breaker;
 use crate::client_ip;
 use crate::cors::Cors;
 use crate::counting::{Disabled, LimitError, Policy, Usage, now_secs};
 use crate::endpoints::{EndpointTable, Matched, MockReply, Verdict};
 use crate::headers::{HeaderEdit, RenderedEdit};
 use crate::ip_access::IpAccess;
+use crate::json_validation::JsonValidation;
 use crate::limits::{self, Limiter};
 use crate::path;
 use crate::rejection::{BodySizeError, Rejection};
@@ -133,6 +135,11 @@ pub struct Exchange<'p> {
     pub endpoints: Option<Matched<'p>>,
     /// `hard_timeouts`: the upstream's time to answer, in place of `proxy_default_timeout`.
     pub upstream_timeout: Option<Duration>,
+    /// `circuit_breakers`: the endpoint's breaker, asked before the upstream is and told of
+    /// its answer.
+    pub breaker: Option<&'p Breaker>,
+    /// `validate_json`: the schema the body must meet (it is then read before it goes on).
+    pub validate_json: Option<&'p JsonValidation>,
     /// A URL rewrite to another host.
     pub rewritten_to: Option<&'p Target>,
     /// The response's header edits (the endpoint's, then the version's), their values
@@ -181,7 +188,8 @@ impl Exchange<'_> {
     ) -> Scope<'a> {
         Scope {
             request: parts,
-            client: client_ip::real_ip(&parts.headers, services.auth.client, services.xff_depth),
+            peer: services.auth.client,
+            xff_depth: services.xff_depth,
             request_id: &self.request_id,
             meta: self.caller.as_ref().map(|c| &*c.access.meta),
             context_vars,
@@ -304,6 +312,8 @@ impl Pipeline {
                         Verdict::Reply(reply) => return Ok(Flow::Reply(reply)),
                     }
                     exchange.upstream_timeout = matched.hard_timeout(&parts.method);
+                    exchange.breaker = matched.circuit_breaker(&parts.method);
+                    exchange.validate_json = matched.validate_json(&parts.method);
                     exchange.endpoints = Some(matched);
                 }
                 RequestStage::Cors(cors) => {

@@ -185,7 +185,7 @@ impl UpstreamClient {
         &self,
         forwarding: &Forwarding,
         target: &Target,
-        req: Request<Incoming>,
+        req: Request<ClientBody>,
         peer: &Peer,
         timeout: Option<Duration>,
     ) -> Result<Response<UpstreamBody>, ProxyError> {
@@ -534,10 +534,17 @@ pub enum RequestBodyError {
     TooLarge,
 }
 
+/// The client's request body as the proxy takes it: streamed, or already read whole by a
+/// stage that had to see it (`validate_json`).
+pub enum ClientBody {
+    Streaming(Incoming),
+    Read(Option<Bytes>),
+}
+
 /// The client's request body on its way upstream, noting when it ends and whether reading
 /// it failed, and cut off past its allowance.
 pub struct RequestBody {
-    body: Incoming,
+    body: ClientBody,
     progress: Option<Arc<BodyProgress>>,
     /// Bytes the body may still send.
     allowance: u64,
@@ -546,8 +553,9 @@ pub struct RequestBody {
 impl RequestBody {
     /// A body that is already over (most requests) has nothing to track and costs no
     /// allocation.
-    fn new(body: Incoming, allowance: u64) -> (Self, Option<Arc<BodyProgress>>) {
-        let progress = (!body.is_end_stream()).then(Arc::<BodyProgress>::default);
+    fn new(body: ClientBody, allowance: u64) -> (Self, Option<Arc<BodyProgress>>) {
+        let streaming = matches!(&body, ClientBody::Streaming(b) if !b.is_end_stream());
+        let progress = streaming.then(Arc::<BodyProgress>::default);
         let tracked = Self {
             body,
             progress: progress.clone(),
@@ -566,7 +574,11 @@ impl Body for RequestBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, RequestBodyError>>> {
         let this = self.get_mut();
-        let polled = Pin::new(&mut this.body).poll_frame(cx);
+        let body = match &mut this.body {
+            ClientBody::Streaming(body) => body,
+            ClientBody::Read(read) => return Poll::Ready(read.take().map(|b| Ok(Frame::data(b)))),
+        };
+        let polled = Pin::new(&mut *body).poll_frame(cx);
         let Some(progress) = &this.progress else {
             return polled.map_err(RequestBodyError::from);
         };
@@ -579,7 +591,7 @@ impl Body for RequestBody {
                     return Poll::Ready(Some(Err(RequestBodyError::TooLarge)));
                 }
                 this.allowance -= size;
-                if this.body.is_end_stream() {
+                if body.is_end_stream() {
                     progress.sent.store(true, Relaxed);
                 }
             }
@@ -590,11 +602,19 @@ impl Body for RequestBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
+        match &self.body {
+            ClientBody::Streaming(body) => body.is_end_stream(),
+            ClientBody::Read(read) => read.is_none(),
+        }
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.body.size_hint()
+        match &self.body {
+            ClientBody::Streaming(body) => body.size_hint(),
+            ClientBody::Read(read) => {
+                SizeHint::with_exact(read.as_ref().map_or(0, |b| b.len() as u64))
+            }
+        }
     }
 }
 

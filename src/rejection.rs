@@ -5,6 +5,7 @@ use http::{Response, StatusCode};
 
 use crate::auth::AuthError;
 use crate::counting::{LimitError, Policy, Usage, now_secs};
+use crate::json_validation::JsonRefusal;
 use crate::proxy::ProxyError;
 use crate::response::{Body, error_response, not_found, plain_response};
 use crate::version::VersionError;
@@ -29,6 +30,10 @@ pub enum Rejection {
     IpDisallowed,
     /// Tyk's `RequestSizeLimit` refused the body.
     BodySize(BodySizeError),
+    /// `validate_json` refused the body.
+    Json(JsonRefusal),
+    /// The endpoint's circuit breaker is open.
+    CircuitOpen,
     /// A URL rewrite made something that is not a URI.
     RewriteInvalid,
     Upstream(ProxyError),
@@ -77,6 +82,17 @@ impl Rejection {
                 "access from this IP has been disallowed",
             ),
             Self::BodySize(e) => error_response(e.status(), &e.to_string()),
+            Self::Json(JsonRefusal::Malformed(reason)) => error_response(
+                StatusCode::BAD_REQUEST,
+                &format!("JSON parsing error: {reason}"),
+            ),
+            Self::Json(JsonRefusal::Invalid(status, violations)) => {
+                error_response(status, &violations)
+            }
+            Self::CircuitOpen => error_response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "Service temporarily unavailable.",
+            ),
             Self::RewriteInvalid => error_response(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "URL rewrite made an invalid URL",

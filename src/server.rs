@@ -14,7 +14,7 @@ use arc_swap::ArcSwap;
 use bytes::Bytes;
 use futures_util::FutureExt;
 use http::{Request, Response, StatusCode};
-use http_body_util::Either;
+use http_body_util::{BodyExt, Either, LengthLimitError, Limited};
 use hyper::body::{Body as _, Incoming};
 use hyper::service::service_fn;
 use rustls::ServerConfig;
@@ -27,9 +27,10 @@ use crate::auth::AuthContext;
 use crate::connection::{self, Deadlines, Http1Server, Peer};
 use crate::endpoints::MockReply;
 use crate::gateway::Gateway;
+use crate::json_validation::MAX_VALIDATED_BODY;
 use crate::path;
 use crate::pipeline::{Exchange, Flow, Services};
-use crate::proxy::{ProxyError, UpstreamClient};
+use crate::proxy::{ClientBody, ProxyError, UpstreamClient};
 use crate::rejection::Rejection;
 use crate::response::{Body, buffered_response, error_response};
 
@@ -122,12 +123,48 @@ impl Gateway {
             }
             Err(rejection) => return Ok(refused(rejection, &exchange)),
         }
+        if exchange.breaker.is_some_and(|b| !b.ready()) {
+            return Ok(refused(Rejection::CircuitOpen, &exchange));
+        }
+        let body = match exchange.validate_json {
+            None => ClientBody::Streaming(body),
+            Some(schema) => {
+                let limit = self
+                    .config
+                    .http_server_options
+                    .max_body()
+                    .min(MAX_VALIDATED_BODY);
+                let read = match Limited::new(body, limit as usize).collect().await {
+                    Ok(read) => read.to_bytes(),
+                    Err(e) if e.is::<LengthLimitError>() => {
+                        return Ok(refused(
+                            Rejection::Upstream(ProxyError::TooLarge),
+                            &exchange,
+                        ));
+                    }
+                    Err(e) => {
+                        let e = ProxyError::ClientBody(e);
+                        return Ok(refused(Rejection::Upstream(e), &exchange));
+                    }
+                };
+                if let Err(refusal) = schema.check(&read) {
+                    return Ok(refused(Rejection::Json(refusal), &exchange));
+                }
+                ClientBody::Read(Some(read))
+            }
+        };
         let req = Request::from_parts(parts, body);
         let target = exchange.target(&spec.target);
         let timeout = exchange.upstream_timeout;
         let response = upstream
             .forward(&spec.forwarding, target, req, peer, timeout)
             .await;
+        if let Some(breaker) = exchange.breaker {
+            let failed = response
+                .as_ref()
+                .map_or(true, |r| r.status().is_server_error());
+            breaker.record(failed);
+        }
         let response = match response {
             Ok(response) => response,
             Err(e) => {

@@ -9,6 +9,8 @@ use std::net::IpAddr;
 use http::HeaderName;
 use http::request::Parts;
 
+use crate::client_ip;
+
 const CONTEXT: &str = "$tyk_context.";
 const META: &str = "$tyk_meta.";
 
@@ -52,7 +54,10 @@ enum ContextVar {
 /// What a template reads when rendered.
 pub struct Scope<'a> {
     pub request: &'a Parts,
-    pub client: Option<IpAddr>,
+    /// The connection's address, and `http_server_options.xff_depth`: the client's
+    /// address is found from them (see `client_ip`) only when a template asks for it.
+    pub peer: IpAddr,
+    pub xff_depth: usize,
     /// The request's `$tyk_context.request_id`, the same wherever it is used.
     pub request_id: &'a OnceCell<Box<str>>,
     /// The key's `meta_data` as strings (`None`: keyless or not yet authenticated).
@@ -224,7 +229,8 @@ impl ContextVar {
                 out.push_str(&path.strip_prefix('/').unwrap_or(path).replace('/', ","));
             }
             Self::RemoteAddr => {
-                if let Some(client) = scope.client {
+                let client = client_ip::real_ip(&request.headers, scope.peer, scope.xff_depth);
+                if let Some(client) = client {
                     out.push_str(&client.to_string());
                 }
             }
@@ -334,7 +340,8 @@ mod tests {
         let request_id = OnceCell::new();
         let scope = Scope {
             request: &request,
-            client: Some("10.0.0.9".parse().unwrap()),
+            peer: "10.0.0.9".parse().unwrap(),
+            xff_depth: 0,
             request_id: &request_id,
             meta: Some(&meta),
             context_vars: true,

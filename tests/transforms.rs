@@ -1,6 +1,7 @@
-//! Tyk's per-endpoint and version-wide transforms through the gateway to the built-in
-//! upstream, whose echo shows what arrived: header transforms with Tyk's variables, URL
-//! rewrites with triggers, method transforms, hard timeouts and body size limits.
+//! Tyk's per-endpoint and API-wide middleware through the gateway to the built-in upstream,
+//! whose echo shows what arrived: header transforms with Tyk's variables, URL rewrites with
+//! triggers, method transforms, hard timeouts, body size limits, circuit breakers, CORS (in a
+//! real browser too), IP lists and `strip_auth_data`.
 
 mod support;
 
@@ -506,4 +507,94 @@ async fn a_real_browser_on_another_origin_is_let_through_by_cors() {
         let error = results[refused]["error"].as_str().unwrap_or_default();
         assert!(error.contains("Failed to fetch"), "{refused}: {report}");
     }
+}
+
+#[tokio::test]
+async fn a_circuit_breaker_opens_on_failures_and_returns_to_service() {
+    let up = upstream().await;
+    let gw = gateway()
+        .api(api_with(
+            &up.url(""),
+            json!({"extended_paths": {"circuit_breakers": [{"path": "/status/{code}",
+                "method": "GET", "threshold_percent": 0.5, "samples": 4,
+                "return_to_service_after": 2, "disable_half_open_state": true}]}}),
+        ))
+        .start()
+        .await;
+    gw.add_key("breakerkey", seed_key()).await;
+    let key = Some("breakerkey");
+    for _ in 0..4 {
+        let r = gw.get_with_key("/tyk-api-test/status/500", key).await;
+        assert_eq!(r.status, 500, "the upstream's own answer while closed");
+    }
+    // Open: refused without reaching the upstream, whatever it would say.
+    let r = gw.get_with_key("/tyk-api-test/status/200", key).await;
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert_eq!(
+        r.json(),
+        json!({"error": "Service temporarily unavailable."})
+    );
+    // Other endpoints are not behind it.
+    assert_eq!(gw.get_with_key("/tyk-api-test/get", key).await.status, 200);
+    tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
+    assert_eq!(
+        gw.get_with_key("/tyk-api-test/status/200", key)
+            .await
+            .status,
+        200,
+        "back in service after return_to_service_after"
+    );
+}
+
+#[tokio::test]
+async fn validate_json_refuses_bodies_against_the_schema_before_the_upstream() {
+    let up = upstream().await;
+    let gw = gateway()
+        .api(api_with(
+            &up.url(""),
+            json!({"extended_paths": {"validate_json": [{"path": "/anything/people",
+                "method": "POST", "schema": {"type": "object",
+                    "properties": {"name": {"type": "string"}}, "required": ["name"]}}]}}),
+        ))
+        .start()
+        .await;
+    gw.add_key("jsonkey", seed_key()).await;
+    let post = |body: &'static [u8]| {
+        let gw = &gw;
+        async move {
+            gw.client
+                .request(
+                    "POST",
+                    &gw.url("/tyk-api-test/anything/people"),
+                    &[
+                        ("authorization", "jsonkey"),
+                        ("content-type", "application/json"),
+                    ],
+                    Some(body.to_vec()),
+                )
+                .await
+        }
+    };
+    let r = post(br#"{"name": "ann"}"#).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["json"]["name"], "ann", "the body arrives whole");
+    let r = post(br#"{"name": 5}"#).await;
+    assert_eq!(r.status, 422, "{}", r.text());
+    let error = r.json()["error"].as_str().unwrap_or_default().to_owned();
+    assert!(error.starts_with("name: "), "{error}");
+    let r = post(b"{}").await;
+    assert!(
+        r.json()["error"]
+            .as_str()
+            .unwrap_or_default()
+            .starts_with("(root): ")
+    );
+    let r = post(b"not json").await;
+    assert_eq!(r.status, 400);
+    assert!(
+        r.json()["error"]
+            .as_str()
+            .unwrap_or_default()
+            .starts_with("JSON parsing error: ")
+    );
 }
