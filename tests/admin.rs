@@ -439,7 +439,7 @@ async fn an_auth_method_tollgate_lacks_fails_closed_and_unhonoured_fields_are_na
     let mut busy = sample_api(&up.url(""));
     busy["api_id"] = json!("busy");
     busy["proxy"]["listen_path"] = json!("/busy/");
-    busy["CORS"] = json!({"enable": true, "allowed_origins": ["*"]});
+    busy["cache_options"] = json!({"enable_cache": true, "cache_timeout": 60});
     busy["enable_batch_request_support"] = json!(true);
     let gw = gateway().api(mtls.clone()).api(busy).start().await;
 
@@ -458,7 +458,7 @@ async fn an_auth_method_tollgate_lacks_fails_closed_and_unhonoured_fields_are_na
     );
     assert_eq!(
         apis["unhonoured_fields"]["busy"],
-        json!(["CORS", "enable_batch_request_support"]),
+        json!(["cache_options", "enable_batch_request_support"]),
         "{hello}"
     );
     let r = gw.admin("POST", "/tyk/apis", Some(mtls)).await;
