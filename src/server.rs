@@ -6,6 +6,7 @@
 
 use std::convert::Infallible;
 use std::future::Future;
+use std::net::SocketAddr;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Duration;
@@ -275,26 +276,9 @@ pub async fn serve<H, F>(
     let (closing, closing_seen) = tokio::sync::watch::channel(false);
     let open = Arc::new(Semaphore::new(accepting.max_connections));
     tokio::pin!(shutdown);
-    loop {
-        let permit = tokio::select! {
-            permit = open.clone().acquire_owned() => match permit {
-                Ok(permit) => permit,
-                Err(_) => break,
-            },
-            () = &mut shutdown => break,
-        };
-        let (stream, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(conn) => conn,
-                Err(e) => {
-                    // Out of file descriptors and the like: back off instead of spinning.
-                    tracing::warn!("accept failed: {e}");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            () = &mut shutdown => break,
-        };
+    let serve_connection = |stream: tokio::net::TcpStream,
+                            peer: SocketAddr,
+                            permit: tokio::sync::OwnedSemaphorePermit| {
         let _ = stream.set_nodelay(true);
         let handler = handler.clone();
         let client = Peer::new(peer, accepting.tls.is_some());
@@ -344,8 +328,45 @@ pub async fn serve<H, F>(
                 });
             }
         }
+    };
+    loop {
+        let permit = tokio::select! {
+            permit = open.clone().acquire_owned() => match permit {
+                Ok(permit) => permit,
+                Err(_) => break,
+            },
+            () = &mut shutdown => break,
+        };
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(conn) => conn,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::warn!("accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        serve_connection(stream, peer, permit);
     }
-    drop(listener);
+    // Connections the kernel queued on this socket before it closes are served, not reset:
+    // with `SO_REUSEPORT` a replacement process shares the port, and until this socket closes
+    // the kernel still hands it a share of the new connections.
+    if let Ok(queued) = listener.into_std() {
+        while let Ok((stream, peer)) = queued.accept() {
+            let Ok(permit) = open.clone().try_acquire_owned() else {
+                break;
+            };
+            let stream = stream
+                .set_nonblocking(true)
+                .and_then(|()| tokio::net::TcpStream::from_std(stream));
+            if let Ok(stream) = stream {
+                serve_connection(stream, peer, permit);
+            }
+        }
+    }
     drop(closing_seen);
     let _ = closing.send(true);
     if tokio::time::timeout(Duration::from_secs(30), closing.closed())
