@@ -22,7 +22,7 @@ use crate::counting::api_counter;
 use crate::files;
 use crate::gateway::{BodyBudget, Gateway};
 use crate::policy;
-use crate::response::{Body, json_response};
+use crate::response::{Body, json_response, status_error};
 use crate::session::{KeyVerifier, SessionState, unix_now};
 use crate::store::StoreError;
 
@@ -39,10 +39,6 @@ pub fn owns(config: &crate::config::GatewayConfig, path: &str) -> bool {
         })
 }
 
-fn status_message(status: StatusCode, message: &str) -> Response<Body> {
-    json_response(status, &json!({"status": "error", "message": message}))
-}
-
 fn modified(key: &str, action: &str) -> Response<Body> {
     json_response(
         StatusCode::OK,
@@ -51,7 +47,7 @@ fn modified(key: &str, action: &str) -> Response<Body> {
 }
 
 fn method_not_allowed() -> Response<Body> {
-    status_message(StatusCode::METHOD_NOT_ALLOWED, "Method Not Allowed")
+    status_error(StatusCode::METHOD_NOT_ALLOWED, "Method Not Allowed")
 }
 
 fn malformed(reason: impl std::fmt::Display) -> Response<Body> {
@@ -84,7 +80,7 @@ impl Rejected {
     }
 
     fn into_response(self) -> Response<Body> {
-        status_message(self.status, &self.message)
+        status_error(self.status, &self.message)
     }
 }
 
@@ -95,7 +91,7 @@ fn store_failure(e: &StoreError) -> Response<Body> {
         StoreError::Corrupt { .. } => StatusCode::INTERNAL_SERVER_ERROR,
         StoreError::Unavailable(_) | StoreError::NotDurable(_) => StatusCode::SERVICE_UNAVAILABLE,
     };
-    status_message(status, &e.to_string())
+    status_error(status, &e.to_string())
 }
 
 /// Routes one admin or probe request.
@@ -112,7 +108,7 @@ pub async fn handle(gw: &Arc<Gateway>, req: Request<Incoming>) -> Response<Body>
         return ready(gw).await;
     }
     if !authorised(&gw.config.secret, &req) {
-        return status_message(
+        return status_error(
             StatusCode::FORBIDDEN,
             "Attempted administrative access with invalid or missing key!",
         );
@@ -143,7 +139,7 @@ pub async fn handle(gw: &Arc<Gateway>, req: Request<Incoming>) -> Response<Body>
         (["keys", key], method) => {
             let key = (*key).to_owned();
             if !valid_key_name(&key) {
-                return status_message(
+                return status_error(
                     StatusCode::BAD_REQUEST,
                     "Key must be 1-1024 visible ASCII characters",
                 );
@@ -205,7 +201,7 @@ pub async fn handle(gw: &Arc<Gateway>, req: Request<Incoming>) -> Response<Body>
             json_response(StatusCode::OK, &json!({"status": "ok", "message": ""}))
         }
         (["keys" | "apis" | "policies" | "reload", ..], _) => method_not_allowed(),
-        _ => status_message(StatusCode::NOT_FOUND, "Not found"),
+        _ => status_error(StatusCode::NOT_FOUND, "Not found"),
     }
 }
 
@@ -342,7 +338,7 @@ fn parse_with_path<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Rej
 
 async fn list_keys(gw: &Gateway) -> Response<Body> {
     if gw.hasher.enabled() && !gw.config.enable_hashed_keys_listing {
-        return status_message(
+        return status_error(
             StatusCode::NOT_FOUND,
             "Hashed key listing is disabled in config (enable_hashed_keys_listing)",
         );
@@ -436,7 +432,7 @@ async fn get_key(gw: &Gateway, key: &str, query: &Query) -> Response<Body> {
             live_quota(gw, &form.id, &mut session).await;
             json_response(StatusCode::OK, &session)
         }
-        Ok(None) => status_message(StatusCode::NOT_FOUND, "Key not found"),
+        Ok(None) => status_error(StatusCode::NOT_FOUND, "Key not found"),
         Err(e) => store_failure(&e),
     }
 }
@@ -476,7 +472,7 @@ async fn delete_key(gw: &Gateway, key: &str, query: &Query) -> Response<Body> {
     if deleted {
         modified(key, "deleted")
     } else {
-        status_message(StatusCode::NOT_FOUND, "There is no such key found")
+        status_error(StatusCode::NOT_FOUND, "There is no such key found")
     }
 }
 
@@ -519,7 +515,7 @@ async fn create_key(gw: &Gateway, mut session: SessionState, query: &Query) -> R
         return rejected.into_response();
     }
     if master_key_refused(gw, &session) {
-        return status_message(
+        return status_error(
             StatusCode::BAD_REQUEST,
             "Failed to create key, keys must have at least one Access Rights record set.",
         );
@@ -537,7 +533,7 @@ async fn put_key(
     query: &Query,
 ) -> Response<Body> {
     if query.non_empty("hashed") {
-        return status_message(
+        return status_error(
             StatusCode::BAD_REQUEST,
             "Keys are written by their name, not by hash",
         );
@@ -546,7 +542,7 @@ async fn put_key(
         return rejected.into_response();
     }
     if master_key_refused(gw, &session) {
-        return status_message(
+        return status_error(
             StatusCode::INTERNAL_SERVER_ERROR,
             "Failed to create key, ensure security settings are correct.",
         );
@@ -554,7 +550,7 @@ async fn put_key(
     let expired = session.expires > 1 && session.expires < unix_now();
     if create {
         if key.len() < gw.config.min_token_length {
-            return status_message(
+            return status_error(
                 StatusCode::BAD_REQUEST,
                 &format!(
                     "Key must be at least {} characters (min_token_length)",
@@ -576,7 +572,7 @@ async fn put_key(
     };
     let (form, existing) = match find_key(gw, forms).await {
         Ok(Some(found)) => found,
-        Ok(None) => return status_message(StatusCode::NOT_FOUND, "Key is not found"),
+        Ok(None) => return status_error(StatusCode::NOT_FOUND, "Key is not found"),
         Err(e) => return store_failure(&e),
     };
     // An expiry already past keeps the key's current one.
@@ -673,7 +669,7 @@ fn list_apis(gw: &Gateway) -> Response<Body> {
 fn get_api(gw: &Gateway, id: &str) -> Response<Body> {
     match gw.apis().get(id) {
         Some(spec) => json_response(StatusCode::OK, &spec.definition),
-        None => status_message(StatusCode::NOT_FOUND, "API not found"),
+        None => status_error(StatusCode::NOT_FOUND, "API not found"),
     }
 }
 
@@ -710,7 +706,7 @@ async fn write_api(gw: &Gateway, path_id: Option<&str>, body: &[u8]) -> Response
         Err(rejected) => return rejected.into_response(),
     };
     let id = definition.api_id.clone();
-    if let Err(e) = ApiSpec::from_definition(definition.clone(), &gw.config.upstream_tls()) {
+    if let Err(e) = ApiSpec::from_definition(definition.clone(), &gw.api_defaults()) {
         return malformed(e);
     }
     let dir = gw.app_path();
@@ -747,8 +743,8 @@ fn write_answer(
 ) -> Response<Body> {
     match written {
         Ok(Ok(WriteOutcome::Written)) => modified(id, if create { "added" } else { "modified" }),
-        Ok(Ok(WriteOutcome::Exists)) => status_message(StatusCode::CONFLICT, exists),
-        Ok(Ok(WriteOutcome::Missing)) => status_message(StatusCode::NOT_FOUND, missing),
+        Ok(Ok(WriteOutcome::Exists)) => status_error(StatusCode::CONFLICT, exists),
+        Ok(Ok(WriteOutcome::Missing)) => status_error(StatusCode::NOT_FOUND, missing),
         Ok(Err(e)) => file_failure(&e),
         Err(e) => file_failure(&e),
     }
@@ -762,7 +758,7 @@ enum WriteOutcome {
 
 fn file_failure(e: &dyn std::fmt::Display) -> Response<Body> {
     tracing::error!("Gateway API file error: {e}");
-    status_message(
+    status_error(
         StatusCode::INTERNAL_SERVER_ERROR,
         "File object creation failed, write error.",
     )
@@ -773,10 +769,10 @@ fn file_failure(e: &dyn std::fmt::Display) -> Response<Body> {
 /// and the answer is 500 "Delete failed".
 async fn delete_api(gw: &Gateway, id: &str) -> Response<Body> {
     if gw.apis().get(id).is_none() {
-        return status_message(StatusCode::NOT_FOUND, "API not found");
+        return status_error(StatusCode::NOT_FOUND, "API not found");
     }
     let Some(file_name) = files::file_name_for(id) else {
-        return status_message(StatusCode::BAD_REQUEST, "Invalid API ID");
+        return status_error(StatusCode::BAD_REQUEST, "Invalid API ID");
     };
     remove_written_file(gw.app_path().join(file_name), id).await
 }
@@ -787,7 +783,7 @@ async fn remove_written_file(path: PathBuf, id: &str) -> Response<Body> {
     match tokio::task::spawn_blocking(move || std::fs::remove_file(path)).await {
         Ok(Ok(())) => modified(id, "deleted"),
         Ok(Err(e)) if e.kind() == std::io::ErrorKind::NotFound => {
-            status_message(StatusCode::INTERNAL_SERVER_ERROR, "Delete failed")
+            status_error(StatusCode::INTERNAL_SERVER_ERROR, "Delete failed")
         }
         Ok(Err(e)) => file_failure(&e),
         Err(e) => file_failure(&e),
@@ -805,7 +801,7 @@ fn list_policies(gw: &Gateway) -> Response<Body> {
 fn get_policy(gw: &Gateway, id: &str) -> Response<Body> {
     match gw.policies().get(id) {
         Some(policy) => json_response(StatusCode::OK, &**policy),
-        None => status_message(StatusCode::NOT_FOUND, "Policy not found"),
+        None => status_error(StatusCode::NOT_FOUND, "Policy not found"),
     }
 }
 
@@ -816,7 +812,7 @@ fn policy_dir(gw: &Gateway) -> Option<PathBuf> {
 }
 
 fn no_policy_dir() -> Response<Body> {
-    status_message(
+    status_error(
         StatusCode::INTERNAL_SERVER_ERROR,
         "policies.policy_path is not set: policies are written as files there",
     )
@@ -863,7 +859,7 @@ async fn delete_policy(gw: &Gateway, id: &str) -> Response<Body> {
         return no_policy_dir();
     };
     let Some(file_name) = files::file_name_for(id) else {
-        return status_message(StatusCode::BAD_REQUEST, "Invalid policy ID");
+        return status_error(StatusCode::BAD_REQUEST, "Invalid policy ID");
     };
     remove_written_file(dir.join(file_name), id).await
 }

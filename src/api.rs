@@ -13,10 +13,11 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use crate::auth::{AuthChain, AuthMethod, ForApi, KeySource};
+use crate::batch;
 use crate::cors::Cors;
 use crate::counting::{Disabled, Policy, Rate};
 use crate::domain::HostPattern;
-use crate::endpoints::EndpointTable;
+use crate::endpoints::{EndpointTable, PathMatching};
 use crate::files;
 use crate::honoured;
 use crate::ip_access::IpAccess;
@@ -151,14 +152,16 @@ pub struct ApiSpec {
     pub pipeline: Pipeline,
     /// `domain`, unless `domain_disabled` (routed by only with `enable_custom_domains`).
     pub domain: Option<HostPattern>,
+    /// The batch endpoint's path, with `enable_batch_request_support`.
+    pub batch: Option<String>,
 }
 
 impl ApiSpec {
-    /// Validates and compiles `definition`; `gateway_tls` is the gateway's `proxy_ssl_*`
+    /// Validates and compiles `definition` with what the gateway's `tyk.conf` brings to it.
     /// and `security.certificates.upstream`, which the definition's own settings override.
     pub fn from_definition(
         definition: ApiDefinition,
-        gateway_tls: &UpstreamTls,
+        gateway: &GatewayDefaults,
     ) -> Result<Self, DefinitionError> {
         if definition.api_id.trim().is_empty() {
             return Err(invalid("api_id", "must not be empty"));
@@ -177,7 +180,7 @@ impl ApiSpec {
             ));
         }
         let mut unhonoured = honoured::unhonoured(&whole);
-        let tls = upstream_tls(&definition, gateway_tls)?;
+        let tls = upstream_tls(&definition, &gateway.tls)?;
         for cipher in tls::lacking_ciphers(&tls.ciphers) {
             unhonoured.push(format!(
                 "proxy.transport.ssl_ciphers: {cipher} (not a suite tollgate offers)"
@@ -270,6 +273,7 @@ impl ApiSpec {
             definition.version_data.not_versioned,
             &definition.version_data.extra,
             &tls,
+            gateway.endpoint_matching,
         )
         .map_err(|e| invalid(&e.field, e.reason))?
         .map(|(table, unfilled)| {
@@ -324,6 +328,7 @@ impl ApiSpec {
             None | Some(Value::Null) | Some(Value::String(_)) => None,
             Some(_) => return Err(invalid("domain", "must be a string")),
         };
+        let batch = flag("enable_batch_request_support").then(|| batch::endpoint(listen_path));
         Ok(Self {
             definition,
             target,
@@ -331,6 +336,7 @@ impl ApiSpec {
             unhonoured,
             pipeline,
             domain,
+            batch,
         })
     }
 
@@ -424,14 +430,14 @@ fn non_empty_or(value: &str, fallback: &str) -> String {
 }
 
 /// Reads and validates one definition file.
-pub fn read_definition(path: &Path, gateway_tls: &UpstreamTls) -> Result<ApiSpec, LoadError> {
+pub fn read_definition(path: &Path, gateway: &GatewayDefaults) -> Result<ApiSpec, LoadError> {
     let fail = |reason: String| LoadError {
         path: path.to_owned(),
         reason,
     };
     let text = std::fs::read_to_string(path).map_err(|e| fail(e.to_string()))?;
     let definition = parse_definition(text.as_bytes()).map_err(|e| fail(e.to_string()))?;
-    ApiSpec::from_definition(definition, gateway_tls).map_err(|e| fail(e.to_string()))
+    ApiSpec::from_definition(definition, gateway).map_err(|e| fail(e.to_string()))
 }
 
 /// Parses definition JSON, naming the field at fault on a type error.
@@ -449,6 +455,18 @@ pub fn parse_definition(bytes: &[u8]) -> Result<ApiDefinition, DefinitionError> 
 pub struct LoadError {
     pub path: PathBuf,
     pub reason: String,
+}
+
+/// What the gateway's `tyk.conf` brings to every definition it loads.
+#[derive(Debug, Clone, Default)]
+pub struct GatewayDefaults {
+    /// `proxy_ssl_*` and `security.certificates.upstream`, which a definition's own settings
+    /// override.
+    pub tls: UpstreamTls,
+    /// `enable_custom_domains`: APIs' `domain` is routed by.
+    pub custom_domains: bool,
+    /// `ignore_endpoint_case` and `http_server_options.enable_path_{prefix,suffix}_matching`.
+    pub endpoint_matching: PathMatching,
 }
 
 /// The routing table: served APIs by listen path, longest first (with
@@ -507,20 +525,16 @@ impl ApiTable {
     }
 
     /// Loads every `*.json` in `dir`, in file-name order.
-    pub fn load_dir(
-        dir: &Path,
-        gateway_tls: &UpstreamTls,
-        custom_domains: bool,
-    ) -> (Self, Vec<LoadError>) {
+    pub fn load_dir(dir: &Path, gateway: &GatewayDefaults) -> (Self, Vec<LoadError>) {
         let mut errors = Vec::new();
         let mut specs = Vec::new();
         for path in definition_files(dir, &mut errors) {
-            match read_definition(&path, gateway_tls) {
+            match read_definition(&path, gateway) {
                 Ok(spec) => specs.push((path, spec)),
                 Err(e) => errors.push(e),
             }
         }
-        let (table, mut clashes) = Self::new(specs, custom_domains);
+        let (table, mut clashes) = Self::new(specs, gateway.custom_domains);
         errors.append(&mut clashes);
         (table, errors)
     }
@@ -595,7 +609,7 @@ mod tests {
             "api_id": listen_path, "proxy": {"listen_path": listen_path, "target_url": target, "strip_listen_path": strip}
         }))
         .unwrap();
-        ApiSpec::from_definition(def, &UpstreamTls::default()).unwrap()
+        ApiSpec::from_definition(def, &GatewayDefaults::default()).unwrap()
     }
 
     #[test]
@@ -656,7 +670,7 @@ mod tests {
             br#"{"api_id":"1","proxy":{"listen_path":"/x/","target_url":"ftp://h"}}"#,
         )
         .unwrap();
-        let err = ApiSpec::from_definition(def, &UpstreamTls::default()).unwrap_err();
+        let err = ApiSpec::from_definition(def, &GatewayDefaults::default()).unwrap_err();
         assert!(err.to_string().starts_with("proxy.target_url"), "{err}");
     }
 }

@@ -60,6 +60,9 @@ pub struct GatewayConfig {
     pub proxy_enable_http2: bool,
     /// APIs' `domain` is routed by (Tyk's default: off, and domains are then ignored).
     pub enable_custom_domains: bool,
+    /// Endpoint paths in every API's lists and middleware match whatever their case (listen
+    /// paths still match exactly).
+    pub ignore_endpoint_case: bool,
     pub security: SecurityConfig,
     pub http_server_options: HttpServerOptions,
 }
@@ -94,6 +97,11 @@ pub struct HttpServerOptions {
     /// Which `X-Forwarded-For` entry is the client's address: 0 the first, N the Nth from
     /// the end (see `client_ip`).
     pub xff_depth: usize,
+    /// Endpoint paths are anchored at their start (`/users` matches `/users/1`, not
+    /// `/admin/users`).
+    pub enable_path_prefix_matching: bool,
+    /// Endpoint paths are anchored at their end (`/users` no longer matches `/users/1`).
+    pub enable_path_suffix_matching: bool,
 }
 
 impl Default for HttpServerOptions {
@@ -112,6 +120,8 @@ impl Default for HttpServerOptions {
             write_timeout: 0,
             max_connections: 65_536,
             xff_depth: 0,
+            enable_path_prefix_matching: false,
+            enable_path_suffix_matching: false,
         }
     }
 }
@@ -211,6 +221,7 @@ impl Default for GatewayConfig {
             proxy_ssl_ciphers: Vec::new(),
             proxy_enable_http2: false,
             enable_custom_domains: false,
+            ignore_endpoint_case: false,
             security: SecurityConfig::default(),
             http_server_options: HttpServerOptions::default(),
         }

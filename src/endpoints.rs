@@ -316,6 +316,7 @@ impl EndpointTable {
         not_versioned: bool,
         version_data: &Map<String, Value>,
         tls: &UpstreamTls,
+        matching: PathMatching,
     ) -> Result<Option<(Self, Vec<String>)>, InvalidField> {
         let Some(versions) = version_data.get("versions").and_then(Value::as_object) else {
             return Ok(None);
@@ -323,7 +324,7 @@ impl EndpointTable {
         let mut by_version = HashMap::new();
         let mut unfilled = Vec::new();
         for (name, version) in versions {
-            if let Some(paths) = compile_version(name, version, tls, &mut unfilled)? {
+            if let Some(paths) = compile_version(name, version, tls, matching, &mut unfilled)? {
                 by_version.insert(name.clone(), paths);
             }
         }
@@ -530,6 +531,7 @@ fn compile_version(
     name: &str,
     version: &Value,
     tls: &UpstreamTls,
+    matching: PathMatching,
     unfilled: &mut Vec<String>,
 ) -> Result<Option<VersionPaths>, InvalidField> {
     let base = format!("version_data.versions.{name}");
@@ -574,7 +576,10 @@ fn compile_version(
             .map_err(|e| invalid(&format!("{field}.{}", e.path()), e.inner().to_string()))?;
         let mut table = Compiling {
             field: &field,
-            ignore_case: fields.ignore_endpoint_case,
+            matching: PathMatching {
+                ignore_case: fields.ignore_endpoint_case || matching.ignore_case,
+                ..matching
+            },
             patterns: &mut patterns,
             entries: &mut entries,
         };
@@ -693,10 +698,22 @@ fn compile_version(
     Ok((!empty).then_some(paths))
 }
 
+/// How endpoint paths match, from the gateway's `tyk.conf` (and, for case, the version's
+/// `ignore_endpoint_case` and each entry's `ignore_case`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PathMatching {
+    pub ignore_case: bool,
+    /// `http_server_options.enable_path_prefix_matching`: a path starting with `/` is
+    /// anchored at its start.
+    pub prefix: bool,
+    /// `http_server_options.enable_path_suffix_matching`: anchored at its end.
+    pub suffix: bool,
+}
+
 /// A version's entries as they are compiled.
 struct Compiling<'a> {
     field: &'a str,
-    ignore_case: bool,
+    matching: PathMatching,
     patterns: &'a mut Vec<String>,
     entries: &'a mut Vec<Entry>,
 }
@@ -718,8 +735,11 @@ impl Compiling<'_> {
                     continue;
                 }
                 let at = format!("{}.{key}[{i}]", self.field);
-                let ignore_case = entry.ignore_case || self.ignore_case;
-                self.patterns.push(pattern(&entry.path, ignore_case, &at)?);
+                let matching = PathMatching {
+                    ignore_case: entry.ignore_case || self.matching.ignore_case,
+                    ..self.matching
+                };
+                self.patterns.push(pattern(&entry.path, matching, &at)?);
                 let methods = list_methods(&entry, &at)?;
                 self.entries.push(Entry {
                     methods,
@@ -740,7 +760,7 @@ impl Compiling<'_> {
         if disabled {
             return Ok(());
         }
-        self.patterns.push(pattern(path, self.ignore_case, at)?);
+        self.patterns.push(pattern(path, self.matching, at)?);
         let methods = match method {
             "" => Methods::Never,
             name => Methods::Only(parse_method(name, &format!("{at}.method"))?),
@@ -751,15 +771,18 @@ impl Compiling<'_> {
 }
 
 /// Tyk's path pattern as a regex: `{name}` (or `{name:regex}`) one segment, `/*/` one
-/// segment, `/*` anything; the rest is regex syntax. Checked here, so that a bad one is a load
-/// error naming its entry.
-fn pattern(path: &str, ignore_case: bool, at: &str) -> Result<String, InvalidField> {
+/// segment, `/*` anything; the rest is regex syntax; anchored as `matching` says (Tyk's
+/// `PreparePathRegexp`). Checked here, so that a bad one is a load error naming its entry.
+fn pattern(path: &str, matching: PathMatching, at: &str) -> Result<String, InvalidField> {
     if path.is_empty() {
         return Err(invalid(&format!("{at}.path"), "is empty"));
     }
     let mut regex = String::with_capacity(path.len() + 16);
-    if ignore_case {
+    if matching.ignore_case {
         regex.push_str("(?i)");
+    }
+    if matching.prefix && path.starts_with('/') {
+        regex.push('^');
     }
     let mut rest = path;
     while let Some(open) = rest.find('{') {
@@ -778,7 +801,10 @@ fn pattern(path: &str, ignore_case: bool, at: &str) -> Result<String, InvalidFie
         rest = &rest[close + 1..];
     }
     regex.push_str(rest);
-    let regex = regex.replace("/*/", "/[^/]+/").replace("/*", "/.*");
+    let mut regex = regex.replace("/*/", "/[^/]+/").replace("/*", "/.*");
+    if matching.suffix && !regex.ends_with('$') {
+        regex.push('$');
+    }
     regex::Regex::new(&regex).map_err(|e| invalid(&format!("{at}.path"), e.to_string()))?;
     Ok(regex)
 }
@@ -844,8 +870,13 @@ mod tests {
 
     fn compile(not_versioned: bool, data: &Value) -> Result<Option<EndpointTable>, InvalidField> {
         let tls = UpstreamTls::default();
-        EndpointTable::compile(not_versioned, data.as_object().unwrap(), &tls)
-            .map(|table| table.map(|(table, _)| table))
+        EndpointTable::compile(
+            not_versioned,
+            data.as_object().unwrap(),
+            &tls,
+            PathMatching::default(),
+        )
+        .map(|table| table.map(|(table, _)| table))
     }
 
     fn lists(extended_paths: Value) -> EndpointTable {

@@ -9,14 +9,14 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use tokio::sync::Semaphore;
 
-use crate::api::{ApiTable, LoadError};
+use crate::api::{ApiTable, GatewayDefaults, LoadError};
 use crate::auth::KeyHasher;
 use crate::config::{ConfigError, GatewayConfig};
+use crate::endpoints::PathMatching;
 use crate::guard::KeyGuard;
 use crate::limits::Limiter;
 use crate::policy::{PolicyLoadError, PolicyTable};
 use crate::store::SessionStore;
-use crate::tls::client::UpstreamTls;
 
 /// Bytes of all admin request bodies being received at once, together.
 pub const ADMIN_BODIES_IN_FLIGHT: usize = 16 * 1024 * 1024;
@@ -72,13 +72,10 @@ impl Gateway {
             reload_lock: tokio::sync::Mutex::new(()),
             config,
         });
-        let tls = gateway.config.upstream_tls();
-        let custom_domains = gateway.config.enable_custom_domains;
         let loaded = load_all(
             &gateway.app_path(),
             &gateway.config.policies,
-            &tls,
-            custom_domains,
+            &gateway.api_defaults(),
         );
         gateway.install(loaded);
         if let Some(mut asked) = gateway.sessions.reloads() {
@@ -92,6 +89,19 @@ impl Gateway {
             });
         }
         Ok(gateway)
+    }
+
+    /// What this node's `tyk.conf` brings to every API definition.
+    pub fn api_defaults(&self) -> GatewayDefaults {
+        GatewayDefaults {
+            tls: self.config.upstream_tls(),
+            custom_domains: self.config.enable_custom_domains,
+            endpoint_matching: PathMatching {
+                ignore_case: self.config.ignore_endpoint_case,
+                prefix: self.config.http_server_options.enable_path_prefix_matching,
+                suffix: self.config.http_server_options.enable_path_suffix_matching,
+            },
+        }
     }
 
     pub fn app_path(&self) -> PathBuf {
@@ -118,11 +128,9 @@ impl Gateway {
     pub async fn reload(&self) {
         let _serial = self.reload_lock.lock().await;
         let (dir, policies) = (self.app_path(), self.config.policies.clone());
-        let tls = self.config.upstream_tls();
-        let custom_domains = self.config.enable_custom_domains;
+        let defaults = self.api_defaults();
         let loaded =
-            tokio::task::spawn_blocking(move || load_all(&dir, &policies, &tls, custom_domains))
-                .await;
+            tokio::task::spawn_blocking(move || load_all(&dir, &policies, &defaults)).await;
         match loaded {
             Ok(loaded) => self.install(loaded),
             Err(e) => tracing::error!("API reload failed: {e}"),
@@ -180,10 +188,9 @@ type Loaded = (ApiTable, Vec<LoadError>, PolicyTable, Vec<PolicyLoadError>);
 fn load_all(
     app_path: &std::path::Path,
     policies: &crate::config::PoliciesConfig,
-    tls: &UpstreamTls,
-    custom_domains: bool,
+    defaults: &GatewayDefaults,
 ) -> Loaded {
-    let (table, errors) = ApiTable::load_dir(app_path, tls, custom_domains);
+    let (table, errors) = ApiTable::load_dir(app_path, defaults);
     let (policies, policy_errors) = PolicyTable::load(policies);
     (table, errors, policies, policy_errors)
 }

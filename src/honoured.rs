@@ -26,6 +26,7 @@ const HONOURED: &[&str] = &[
     "org_id",
     "slug",
     "active",
+    "enable_batch_request_support",
     "use_keyless",
     "use_standard_auth",
     "auth.auth_header_name",
@@ -363,7 +364,6 @@ mod tests {
             found,
             [
                 "cache_options",
-                "enable_batch_request_support",
                 "proxy.transport.proxy_url",
                 "version_data.versions.Default.extended_paths.black_list[1].method_actions.GET.delay",
                 "version_data.versions.Default.extended_paths.cache",

@@ -8,6 +8,7 @@
 pub mod admin;
 pub mod api;
 pub mod auth;
+pub mod batch;
 pub mod breaker;
 pub mod client_ip;
 pub mod config;

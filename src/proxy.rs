@@ -18,6 +18,7 @@ use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::PathAndQuery;
 use http::{Request, Response, StatusCode, Uri};
+use http_body_util::{BodyExt, LengthLimitError, Limited};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::client::conn::{http1, http2};
 use hyper::upgrade::OnUpgrade;
@@ -536,9 +537,27 @@ pub enum RequestBodyError {
 
 /// The client's request body as the proxy takes it: streamed, or already read whole by a
 /// stage that had to see it (`validate_json`).
+#[derive(Debug)]
 pub enum ClientBody {
     Streaming(Incoming),
     Read(Option<Bytes>),
+}
+
+impl ClientBody {
+    /// The whole body, refused past `limit` bytes.
+    pub async fn read(self, limit: usize) -> Result<Bytes, ProxyError> {
+        match self {
+            Self::Read(read) => match read.unwrap_or_default() {
+                read if read.len() > limit => Err(ProxyError::TooLarge),
+                read => Ok(read),
+            },
+            Self::Streaming(body) => match Limited::new(body, limit).collect().await {
+                Ok(read) => Ok(read.to_bytes()),
+                Err(e) if e.is::<LengthLimitError>() => Err(ProxyError::TooLarge),
+                Err(e) => Err(ProxyError::ClientBody(e)),
+            },
+        }
+    }
 }
 
 /// The client's request body on its way upstream, noting when it ends and whether reading

@@ -4,10 +4,11 @@
 use http::{Response, StatusCode};
 
 use crate::auth::AuthError;
+use crate::batch::BatchError;
 use crate::counting::{LimitError, Policy, Usage, now_secs};
 use crate::json_validation::JsonRefusal;
 use crate::proxy::ProxyError;
-use crate::response::{Body, error_response, not_found, plain_response};
+use crate::response::{Body, error_response, not_found, plain_response, status_error};
 use crate::version::VersionError;
 
 /// Why a request got no upstream response.
@@ -36,6 +37,8 @@ pub enum Rejection {
     CircuitOpen,
     /// A URL rewrite made something that is not a URI.
     RewriteInvalid,
+    /// A batch request (`enable_batch_request_support`) that cannot be run.
+    Batch(BatchError),
     Upstream(ProxyError),
 }
 
@@ -97,6 +100,8 @@ impl Rejection {
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "URL rewrite made an invalid URL",
             ),
+            // Tyk's batch endpoint answers in its Gateway API's shape.
+            Self::Batch(e) => status_error(e.status(), &e.to_string()),
             // Tyk answers it in plain text, before any middleware.
             Self::Upstream(ProxyError::TooLarge) => {
                 plain_response(StatusCode::PAYLOAD_TOO_LARGE, "Request Entity Too Large")

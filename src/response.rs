@@ -57,3 +57,11 @@ pub fn plain_response(status: StatusCode, text: &'static str) -> Response<Body> 
 pub fn error_response(status: StatusCode, message: &str) -> Response<Body> {
     json_response(status, &serde_json::json!({ "error": message }))
 }
+
+/// Tyk's Gateway API error body (also its batch endpoint's): `{"status": "error", "message": "..."}`.
+pub fn status_error(status: StatusCode, message: &str) -> Response<Body> {
+    json_response(
+        status,
+        &serde_json::json!({"status": "error", "message": message}),
+    )
+}

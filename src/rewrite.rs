@@ -14,7 +14,7 @@ use serde_json::Value;
 
 use crate::target::{self, Target};
 use crate::tls::client::UpstreamTls;
-use crate::variables::{Scope, Template, context_value};
+use crate::variables::{Scope, Template, canonical_header_name, context_value};
 use crate::version::{InvalidField, invalid};
 
 /// One compiled rewrite.
@@ -132,7 +132,7 @@ impl UrlRewrite {
             let headers = matchers(&options.header_matches, "header_matches")?
                 .into_iter()
                 .map(|(name, m)| {
-                    let canonical = canonical_header(&name);
+                    let canonical = canonical_header_name(&name);
                     HeaderName::from_bytes(name.as_bytes())
                         .map(|header| (header, canonical, m))
                         .map_err(|_| {
@@ -421,22 +421,6 @@ fn percent_decode(bytes: &[u8]) -> Vec<u8> {
         i += 1;
     }
     out
-}
-
-/// Go's canonical form of a header name, which Tyk's trigger captures are named by.
-fn canonical_header(name: &str) -> String {
-    let mut upper = true;
-    name.chars()
-        .map(|c| {
-            let c = if upper {
-                c.to_ascii_uppercase()
-            } else {
-                c.to_ascii_lowercase()
-            };
-            upper = c == '-';
-            c
-        })
-        .collect()
 }
 
 #[cfg(test)]

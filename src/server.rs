@@ -14,8 +14,9 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use bytes::Bytes;
 use futures_util::FutureExt;
-use http::{Request, Response, StatusCode};
-use http_body_util::{BodyExt, Either, LengthLimitError, Limited};
+use futures_util::future::BoxFuture;
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::Either;
 use hyper::body::{Body as _, Incoming};
 use hyper::service::service_fn;
 use rustls::ServerConfig;
@@ -24,7 +25,9 @@ use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 
 use crate::admin;
+use crate::api::ApiSpec;
 use crate::auth::AuthContext;
+use crate::batch::{Batch, BatchError, MAX_BATCH_BODY};
 use crate::connection::{self, Deadlines, Http1Server, Peer};
 use crate::endpoints::MockReply;
 use crate::gateway::Gateway;
@@ -62,8 +65,8 @@ impl Gateway {
         }
     }
 
-    /// Path → route → the API's request stages (see `pipeline`) → proxy → its response
-    /// stages; each step refuses with its typed [`Rejection`].
+    /// Path → the Gateway API, or an API (see [`Self::serve_api`]); each step refuses with
+    /// its typed [`Rejection`].
     async fn pass(
         self: &Arc<Self>,
         mut req: Request<Incoming>,
@@ -86,6 +89,23 @@ impl Gateway {
             // As Tyk: the control port serves no API.
             return Err(Rejection::NoApi);
         }
+        self.serve_api(
+            req.map(ClientBody::Streaming),
+            peer,
+            upstream,
+            Caller::Client,
+        )
+        .await
+    }
+
+    /// Route → the API's request stages (see `pipeline`) → proxy → its response stages.
+    async fn serve_api(
+        self: &Arc<Self>,
+        req: Request<ClientBody>,
+        peer: &Peer,
+        upstream: &UpstreamClient,
+        caller: Caller,
+    ) -> Result<Response<Body>, Rejection> {
         let host = req
             .headers()
             .get(http::header::HOST)
@@ -97,6 +117,9 @@ impl Gateway {
             .route(host, req.uri().path())
             .cloned()
             .ok_or(Rejection::NoApi)?;
+        if spec.batch.as_deref() == Some(req.uri().path()) {
+            return self.batch(&spec, req, peer, upstream, caller).await;
+        }
         let (mut parts, body) = req.into_parts();
         let services = Services {
             limiter: &self.limiter,
@@ -128,25 +151,16 @@ impl Gateway {
             return Ok(refused(Rejection::CircuitOpen, &exchange));
         }
         let body = match exchange.validate_json {
-            None => ClientBody::Streaming(body),
+            None => body,
             Some(schema) => {
                 let limit = self
                     .config
                     .http_server_options
                     .max_body()
                     .min(MAX_VALIDATED_BODY);
-                let read = match Limited::new(body, limit as usize).collect().await {
-                    Ok(read) => read.to_bytes(),
-                    Err(e) if e.is::<LengthLimitError>() => {
-                        return Ok(refused(
-                            Rejection::Upstream(ProxyError::TooLarge),
-                            &exchange,
-                        ));
-                    }
-                    Err(e) => {
-                        let e = ProxyError::ClientBody(e);
-                        return Ok(refused(Rejection::Upstream(e), &exchange));
-                    }
+                let read = match body.read(limit as usize).await {
+                    Ok(read) => read,
+                    Err(e) => return Ok(refused(Rejection::Upstream(e), &exchange)),
                 };
                 if let Err(refusal) = schema.check(&read) {
                     return Ok(refused(Rejection::Json(refusal), &exchange));
@@ -177,6 +191,56 @@ impl Gateway {
         spec.pipeline.on_response(&mut response, &exchange);
         Ok(response)
     }
+
+    /// A batch request (see `batch`): each of its requests answered as [`Self::serve_api`]
+    /// answers a client's, with the batch's client address. Boxed: it calls `serve_api`, which
+    /// calls it.
+    fn batch<'a>(
+        self: &'a Arc<Self>,
+        spec: &ApiSpec,
+        req: Request<ClientBody>,
+        peer: &'a Peer,
+        upstream: &'a UpstreamClient,
+        caller: Caller,
+    ) -> BoxFuture<'a, Result<Response<Body>, Rejection>> {
+        let listen_path = spec.listen_path().to_owned();
+        Box::pin(async move {
+            if caller == Caller::Batch {
+                return Err(Rejection::Batch(BatchError::Nested));
+            }
+            if req.method() != Method::POST {
+                return Err(Rejection::Batch(BatchError::NotPost));
+            }
+            let host = req.headers().get(http::header::HOST).cloned();
+            let limit = self
+                .config
+                .http_server_options
+                .max_body()
+                .min(MAX_BATCH_BODY as u64);
+            let body = req.into_body().read(limit as usize).await?;
+            let batch =
+                Batch::parse(&body, &listen_path, host.as_ref()).map_err(Rejection::Batch)?;
+            let answer = |mut request: Request<ClientBody>| -> BoxFuture<'a, Response<Body>> {
+                Box::pin(async move {
+                    if let Err(reason) = resolve_path(&mut request) {
+                        return Rejection::Path(reason).into_response();
+                    }
+                    self.serve_api(request, peer, upstream, Caller::Batch)
+                        .await
+                        .unwrap_or_else(Rejection::into_response)
+                })
+            };
+            Ok(batch.run(answer).await)
+        })
+    }
+}
+
+/// Who sent a request to an API.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Caller {
+    Client,
+    /// A request of a batch request, which may not be one itself.
+    Batch,
 }
 
 /// A refusal once the pipeline began, with the CORS headers the request earned (a browser
@@ -197,7 +261,7 @@ fn mock_response(reply: &MockReply) -> Response<Body> {
 /// Resolves the request's dot segments in place (see [`path`]): what is routed and
 /// authorised below is then exactly the path the upstream receives. `Err`: why the path is
 /// refused.
-fn resolve_path(req: &mut Request<Incoming>) -> Result<(), &'static str> {
+fn resolve_path<B>(req: &mut Request<B>) -> Result<(), &'static str> {
     let resolved = match path::normalize(req.uri().path()) {
         Ok(None) => return Ok(()),
         Ok(Some(resolved)) => resolved,

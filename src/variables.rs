@@ -196,7 +196,7 @@ impl ContextVar {
                     // Tyk's key is the canonical header name with `-` as `_`: only that
                     // spelling has a value.
                     let header = header.replace('_', "-");
-                    if canonical(&header) == header
+                    if canonical_header_name(&header) == header
                         && let Ok(header) = HeaderName::from_bytes(header.as_bytes())
                     {
                         return Self::Header(header);
@@ -263,7 +263,8 @@ impl ContextVar {
 }
 
 /// Go's canonical header key: the first letter and each after a `-` upper case, the rest lower.
-fn canonical(name: &str) -> String {
+/// Tyk names headers so in its variables, its trigger captures and its batch replies.
+pub fn canonical_header_name(name: &str) -> String {
     let mut upper = true;
     name.chars()
         .map(|c| {

@@ -440,7 +440,7 @@ async fn an_auth_method_tollgate_lacks_fails_closed_and_unhonoured_fields_are_na
     busy["api_id"] = json!("busy");
     busy["proxy"]["listen_path"] = json!("/busy/");
     busy["cache_options"] = json!({"enable_cache": true, "cache_timeout": 60});
-    busy["enable_batch_request_support"] = json!(true);
+    busy["uptime_tests"] = json!({"check_list": [{"url": "http://u/health"}]});
     let gw = gateway().api(mtls.clone()).api(busy).start().await;
 
     let r = gw.get_with_key("/mtls/get", None).await;
@@ -458,7 +458,7 @@ async fn an_auth_method_tollgate_lacks_fails_closed_and_unhonoured_fields_are_na
     );
     assert_eq!(
         apis["unhonoured_fields"]["busy"],
-        json!(["cache_options", "enable_batch_request_support"]),
+        json!(["cache_options", "uptime_tests"]),
         "{hello}"
     );
     let r = gw.admin("POST", "/tyk/apis", Some(mtls)).await;

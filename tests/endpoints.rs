@@ -130,6 +130,60 @@ async fn a_white_list_refuses_everything_it_does_not_name() {
 }
 
 #[tokio::test]
+async fn the_gateways_path_matching_settings_apply_to_every_endpoint() {
+    let up = upstream().await;
+    let api = api_with(
+        &up.url(""),
+        json!({"black_list": [{"path": "/anything/secret", "method": "GET"}]}),
+    );
+    let exact = gateway().api(api.clone()).start().await;
+    let any_case = gateway()
+        .api(api)
+        .config(json!({"ignore_endpoint_case": true}))
+        .start()
+        .await;
+    for gw in [&exact, &any_case] {
+        gw.add_key("casekey", seed_key()).await;
+        let r = gw
+            .get_with_key("/tyk-api-test/anything/secret", Some("casekey"))
+            .await;
+        assert_eq!(r.status, 403, "{}", r.text());
+    }
+    let path = "/tyk-api-test/anything/SeCrEt";
+    let r = exact.get_with_key(path, Some("casekey")).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let r = any_case.get_with_key(path, Some("casekey")).await;
+    assert_eq!(r.status, 403, "{}", r.text());
+    // Listen paths still match exactly.
+    let r = any_case
+        .get_with_key("/TYK-API-TEST/get", Some("casekey"))
+        .await;
+    assert_eq!(r.status, 404);
+
+    // Unanchored, as Tyk 5's default, unless prefix and suffix matching anchor the pattern.
+    let anchored = gateway()
+        .api(api_with(
+            &up.url(""),
+            json!({"black_list": [{"path": "/anything/secret", "method": "GET"}]}),
+        ))
+        .config(json!({"http_server_options": {
+            "enable_path_prefix_matching": true, "enable_path_suffix_matching": true}}))
+        .start()
+        .await;
+    anchored.add_key("casekey", seed_key()).await;
+    for (path, unanchored, both) in [
+        ("/tyk-api-test/anything/secret", 403, 403),
+        ("/tyk-api-test/anything/x/anything/secret", 403, 200),
+        ("/tyk-api-test/anything/secret/more", 403, 200),
+    ] {
+        let r = exact.get_with_key(path, Some("casekey")).await;
+        assert_eq!(r.status, unanchored, "{path}: {}", r.text());
+        let r = anchored.get_with_key(path, Some("casekey")).await;
+        assert_eq!(r.status, both, "{path}: {}", r.text());
+    }
+}
+
+#[tokio::test]
 async fn a_bad_entry_is_a_load_error_naming_it_and_the_other_apis_load() {
     let up = upstream().await;
     let mut bad = api_with(

@@ -1,7 +1,7 @@
 //! Tyk's per-endpoint and API-wide middleware through the gateway to the built-in upstream,
 //! whose echo shows what arrived: header transforms with Tyk's variables, URL rewrites with
 //! triggers, method transforms, hard timeouts, body size limits, circuit breakers, CORS (in a
-//! real browser too), IP lists and `strip_auth_data`.
+//! real browser too), IP lists, `strip_auth_data` and batch requests.
 
 mod support;
 
@@ -597,4 +597,119 @@ async fn validate_json_refuses_bodies_against_the_schema_before_the_upstream() {
             .unwrap_or_default()
             .starts_with("JSON parsing error: ")
     );
+}
+
+#[tokio::test]
+async fn batch_requests_answer_each_request_as_a_client_sending_it_alone() {
+    let up = upstream().await;
+    let mut api = sample_api(&up.url(""));
+    api["enable_batch_request_support"] = json!(true);
+    let mut unbatched = sample_api(&up.url(""));
+    unbatched["api_id"] = json!("2");
+    unbatched["proxy"]["listen_path"] = json!("/unbatched/");
+    let gw = gateway().api(api).api(unbatched).start().await;
+    let mut key = seed_key();
+    key["rate"] = json!(2);
+    key["allowance"] = json!(2);
+    gw.add_key("batchkey", key).await;
+    let batch = json!({"requests": [
+        {"method": "GET", "relative_url": "get?n=1", "headers": {"authorization": "batchkey"}},
+        {"method": "POST", "relative_url": "post", "body": "hello",
+            "headers": {"authorization": "batchkey", "content-type": "text/plain"}},
+        {"method": "GET", "relative_url": "get?n=3", "headers": {"authorization": "batchkey"}},
+        {"method": "GET", "relative_url": "get", "headers": {}},
+        {"method": "POST", "relative_url": "tyk/batch/", "body": "{}",
+            "headers": {"authorization": "batchkey"}},
+    ], "suppress_parallel_execution": true});
+    let batch_url = gw.url("/tyk-api-test/tyk/batch/");
+    let post_batch = |body: Vec<u8>| gw.client.request("POST", &batch_url, &[], Some(body));
+    let body = batch.to_string();
+    let r = gw
+        .client
+        .request(
+            "POST",
+            &gw.url("/tyk-api-test/tyk/batch/"),
+            &[("content-type", "application/json")],
+            Some(body.clone().into_bytes()),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let replies = r.json();
+    let replies = replies.as_array().expect("an array of replies");
+    assert_eq!(replies.len(), 5, "{replies:?}");
+    let codes: Vec<_> = replies
+        .iter()
+        .map(|r| r["code"].as_u64().unwrap())
+        .collect();
+    // The key's rate (2 a minute) counts each request; the unkeyed one and the nested batch
+    // are refused on their own.
+    assert_eq!(codes, [200, 200, 429, 401, 400], "{replies:?}");
+    assert_eq!(replies[0]["relative_url"], "get?n=1");
+    assert_eq!(
+        replies[0]["headers"]["Content-Type"],
+        json!(["application/json"])
+    );
+    let echoed: Value = serde_json::from_str(replies[0]["body"].as_str().unwrap()).unwrap();
+    assert_eq!(echoed["args"]["n"], "1");
+    assert_eq!(echoed["headers"]["Authorization"], "batchkey");
+    let posted: Value = serde_json::from_str(replies[1]["body"].as_str().unwrap()).unwrap();
+    assert_eq!(posted["data"], "hello");
+    assert_eq!(posted["headers"]["Content-Length"], "5");
+    let unkeyed: Value = serde_json::from_str(replies[3]["body"].as_str().unwrap()).unwrap();
+    assert_eq!(unkeyed["error"], "Authorization field missing");
+    let nested: Value = serde_json::from_str(replies[4]["body"].as_str().unwrap()).unwrap();
+    assert_eq!(
+        nested["message"],
+        "Batch requests cannot hold batch requests"
+    );
+
+    // Run together (the default), the answers still come in the order of the requests.
+    gw.add_key("batchkey2", seed_key()).await;
+    let together = json!({"requests": (0..10).map(|n| json!({
+        "method": "GET", "relative_url": format!("get?n={n}"),
+        "headers": {"authorization": "batchkey2"}})).collect::<Vec<_>>()});
+    let r = post_batch(together.to_string().into_bytes()).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    for (n, reply) in r.json().as_array().unwrap().iter().enumerate() {
+        assert_eq!(reply["code"], 200, "{reply}");
+        assert_eq!(reply["relative_url"], format!("get?n={n}"));
+    }
+
+    // Refusals, in Tyk's Gateway API shape.
+    let r = post_batch(b"{not json".to_vec()).await;
+    assert_eq!(r.status, 400);
+    assert_eq!(
+        r.json(),
+        json!({"status": "error", "message": "Batch request malformed"})
+    );
+    let bad_url = json!({"requests": [{"method": "GET", "relative_url": "a b"}]}).to_string();
+    let r = post_batch(bad_url.into_bytes()).await;
+    assert_eq!(r.status, 400);
+    assert_eq!(
+        r.json()["message"],
+        "Batch request creation failed , request structure malformed"
+    );
+    let too_many = json!({"requests": vec![json!({"relative_url": "get"}); 65]}).to_string();
+    let r = post_batch(too_many.into_bytes()).await;
+    assert_eq!(r.status, 400, "{}", r.text());
+    let r = gw
+        .client
+        .request("GET", &gw.url("/tyk-api-test/tyk/batch/"), &[], None)
+        .await;
+    assert_eq!(r.status, 405, "{}", r.text());
+    let huge = vec![b' '; 2 * 1024 * 1024];
+    let r = post_batch(huge).await;
+    assert_eq!(r.status, 413, "{}", r.text());
+
+    // Without `enable_batch_request_support` the path is the API's like any other.
+    let r = gw
+        .client
+        .request(
+            "POST",
+            &gw.url("/unbatched/tyk/batch/"),
+            &[],
+            Some(b"{}".to_vec()),
+        )
+        .await;
+    assert_eq!(r.status, 401, "{}", r.text());
 }
