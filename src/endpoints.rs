@@ -19,7 +19,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
-use regex::{RegexSet, SetMatches};
+use regex::RegexSet;
+use regex_syntax::hir::{Look, LookSet};
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
@@ -103,8 +104,8 @@ struct Entry {
 /// One version's entries and settings.
 #[derive(Debug)]
 pub struct VersionPaths {
-    /// Every entry's pattern, in the order of `entries`.
-    patterns: RegexSet,
+    /// Every entry's pattern, split by whether it can be tried on the whole path alone.
+    patterns: Patterns,
     entries: Vec<Entry>,
     /// A `white_list` entry exists: what matches no list entry is refused.
     whitelist: bool,
@@ -140,12 +141,116 @@ pub struct EndpointTable {
     uses: Uses,
 }
 
+/// A version's patterns, tried on the path after the listen path and on the whole path.
+/// A pattern that looks at neither its start's context nor the haystack's start (no `^`,
+/// `\A`, `\b`) matches the whole path wherever it matches the path after the listen path (its
+/// suffix), so the whole path alone answers for it: one scan instead of two.
+#[derive(Debug)]
+struct Patterns {
+    /// Patterns free of such looks, and the entry each is of.
+    anywhere: RegexSet,
+    anywhere_entries: Box<[u32]>,
+    /// The others (all of them with `enable_path_prefix_matching`), tried on both paths.
+    start_bound: RegexSet,
+    start_bound_entries: Box<[u32]>,
+}
+
+impl Patterns {
+    fn compile(patterns: &[String]) -> Result<Self, regex::Error> {
+        let (mut anywhere, mut start_bound) = (Vec::new(), Vec::new());
+        for (i, pattern) in patterns.iter().enumerate() {
+            let looks = regex_syntax::parse(pattern)
+                .map(|hir| hir.properties().look_set())
+                .unwrap_or(LookSet::full());
+            let end_looks = LookSet::singleton(Look::End)
+                .insert(Look::EndLF)
+                .insert(Look::EndCRLF);
+            let side = if looks.subtract(end_looks).is_empty() {
+                &mut anywhere
+            } else {
+                &mut start_bound
+            };
+            side.push((i as u32, pattern.as_str()));
+        }
+        let set = |side: &[(u32, &str)]| RegexSet::new(side.iter().map(|(_, p)| *p));
+        Ok(Self {
+            anywhere: set(&anywhere)?,
+            anywhere_entries: anywhere.iter().map(|(i, _)| *i).collect(),
+            start_bound: set(&start_bound)?,
+            start_bound_entries: start_bound.iter().map(|(i, _)| *i).collect(),
+        })
+    }
+
+    /// The entries whose pattern matches `near` (the path after the listen path) or `whole`,
+    /// in entry order.
+    fn hits(&self, near: &str, whole: &str) -> Hits {
+        let mut hits = Hits::default();
+        // `is_match` first: most requests match few entries, and it neither allocates nor
+        // runs on past the first match as `matches` does.
+        let mut scan = |set: &RegexSet, entries: &[u32], path: &str| {
+            if !entries.is_empty() && set.is_match(path) {
+                for i in set.matches(path).iter() {
+                    hits.push(entries[i]);
+                }
+            }
+        };
+        scan(&self.anywhere, &self.anywhere_entries, whole);
+        if !whole.ends_with(near) {
+            scan(&self.anywhere, &self.anywhere_entries, near);
+        }
+        scan(&self.start_bound, &self.start_bound_entries, near);
+        scan(&self.start_bound, &self.start_bound_entries, whole);
+        hits.sort_unique();
+        hits
+    }
+}
+
 /// A request matched against a version's patterns.
 pub struct Matched<'p> {
     paths: &'p VersionPaths,
-    /// The entries whose pattern matched, found once: every stage's lookup walks these few
+    /// The entries whose pattern matched, found once: the lists' verdict walks these few
     /// instead of every entry.
     hits: Hits,
+    /// For each kind of entry other than lists, the first hit of that kind for the
+    /// request's method (`NO_ENTRY`: none), so that each stage's lookup is one index.
+    first: [u32; KINDS],
+    /// The request's method, which the lists' verdict is on.
+    method: Method,
+}
+
+/// The kinds of entry other than lists, each answered by the first of its entries whose path
+/// and method match.
+#[derive(Debug, Clone, Copy)]
+enum Kind {
+    Internal,
+    RequestHeaders,
+    ResponseHeaders,
+    Rewrite,
+    HardTimeout,
+    SizeLimit,
+    MethodTransform,
+    CircuitBreaker,
+    ValidateJson,
+}
+
+const KINDS: usize = 9;
+const NO_ENTRY: u32 = u32::MAX;
+
+impl Action {
+    fn kind(&self) -> Option<Kind> {
+        Some(match self {
+            Self::List(_) => return None,
+            Self::Internal => Kind::Internal,
+            Self::RequestHeaders(_) => Kind::RequestHeaders,
+            Self::ResponseHeaders(_) => Kind::ResponseHeaders,
+            Self::Rewrite(_) => Kind::Rewrite,
+            Self::HardTimeout(_) => Kind::HardTimeout,
+            Self::SizeLimit(_) => Kind::SizeLimit,
+            Self::MethodTransform(_) => Kind::MethodTransform,
+            Self::CircuitBreaker(_) => Kind::CircuitBreaker,
+            Self::ValidateJson(_) => Kind::ValidateJson,
+        })
+    }
 }
 
 /// Entry indices in order, held inline for the usual few.
@@ -156,28 +261,51 @@ enum Hits {
 
 const INLINE_HITS: usize = 8;
 
-impl Hits {
-    fn of(near: &SetMatches, whole: &SetMatches) -> Self {
-        let mut hits = Self::Inline {
+impl Default for Hits {
+    fn default() -> Self {
+        Self::Inline {
             len: 0,
             at: [0; INLINE_HITS],
-        };
-        for i in (0..near.len()).filter(|&i| near.matched(i) || whole.matched(i)) {
-            let i = i as u32;
-            match &mut hits {
-                Self::Inline { len, at } if *len < INLINE_HITS => {
-                    at[*len] = i;
-                    *len += 1;
+        }
+    }
+}
+
+impl Hits {
+    fn push(&mut self, i: u32) {
+        match self {
+            Self::Inline { len, at } if *len < INLINE_HITS => {
+                at[*len] = i;
+                *len += 1;
+            }
+            Self::Inline { len, at } => {
+                let mut all = at[..*len].to_vec();
+                all.push(i);
+                *self = Self::Spilled(all);
+            }
+            Self::Spilled(all) => all.push(i),
+        }
+    }
+
+    /// In entry order, each once (an entry found on both paths is pushed twice).
+    fn sort_unique(&mut self) {
+        match self {
+            Self::Inline { len, at } => {
+                let hits = &mut at[..*len];
+                hits.sort_unstable();
+                let mut kept = 0;
+                for i in 0..hits.len() {
+                    if kept == 0 || hits[kept - 1] != hits[i] {
+                        hits[kept] = hits[i];
+                        kept += 1;
+                    }
                 }
-                Self::Inline { len, at } => {
-                    let mut all = at[..*len].to_vec();
-                    all.push(i);
-                    hits = Self::Spilled(all);
-                }
-                Self::Spilled(all) => all.push(i),
+                *len = kept;
+            }
+            Self::Spilled(all) => {
+                all.sort_unstable();
+                all.dedup();
             }
         }
-        hits
     }
 
     fn as_slice(&self) -> &[u32] {
@@ -372,23 +500,34 @@ impl EndpointTable {
 }
 
 impl VersionPaths {
-    /// Matches `path` (of an API listening on `listen_path`) against every pattern.
-    pub fn matched(&self, listen_path: &str, path: &str) -> Matched<'_> {
+    /// Matches `path` (of an API listening on `listen_path`) and `method` against every
+    /// entry.
+    pub fn matched(&self, listen_path: &str, path: &str, method: &Method) -> Matched<'_> {
         let after_listen_path = match path.strip_prefix(listen_path.trim_end_matches('/')) {
             Some(rest) if rest.starts_with('/') => rest,
             Some(_) | None => "/",
         };
         let hits = if self.entries.is_empty() {
-            Hits::Inline {
-                len: 0,
-                at: [0; INLINE_HITS],
-            }
+            Hits::default()
         } else {
-            let near = self.patterns.matches(after_listen_path);
-            let whole = self.patterns.matches(path);
-            Hits::of(&near, &whole)
+            self.patterns.hits(after_listen_path, path)
         };
-        Matched { paths: self, hits }
+        let mut first = [NO_ENTRY; KINDS];
+        for &i in hits.as_slice() {
+            let entry = &self.entries[i as usize];
+            if let (Some(kind), Methods::Only(only)) = (entry.action.kind(), &entry.methods)
+                && only == method
+                && first[kind as usize] == NO_ENTRY
+            {
+                first[kind as usize] = i;
+            }
+        }
+        Matched {
+            paths: self,
+            hits,
+            first,
+            method: method.clone(),
+        }
     }
 
     fn add_uses(&self, uses: &mut Uses) {
@@ -421,12 +560,9 @@ impl<'p> Matched<'p> {
     }
 
     /// The lists' verdict on `method` (an `internal` entry that matches refuses first).
-    pub fn verdict(&self, method: &Method) -> Verdict<'p> {
-        let internal = self.first(method, |a| match a {
-            Action::Internal => Some(&()),
-            _ => None,
-        });
-        if internal.is_some() {
+    pub fn verdict(&self) -> Verdict<'p> {
+        let method = &self.method;
+        if self.first(Kind::Internal).is_some() {
             return Verdict::Forbidden;
         }
         for entry in self.hits() {
@@ -456,73 +592,67 @@ impl<'p> Matched<'p> {
         }
     }
 
-    /// The first entry of a kind (`pick` returns its settings) for `method`.
-    fn first<T: ?Sized>(
-        &self,
-        method: &Method,
-        pick: impl Fn(&'p Action) -> Option<&'p T>,
-    ) -> Option<&'p T> {
-        self.hits()
-            .filter(|entry| matches!(&entry.methods, Methods::Only(m) if m == method))
-            .find_map(|entry| pick(&entry.action))
+    /// The first entry of `kind` for the request's method.
+    fn first(&self, kind: Kind) -> Option<&'p Action> {
+        let i = self.first[kind as usize];
+        (i != NO_ENTRY).then(|| &self.paths.entries[i as usize].action)
     }
 
-    pub fn request_headers(&self, method: &Method) -> Option<&'p HeaderEdit> {
-        self.first(method, |a| match a {
+    pub fn request_headers(&self) -> Option<&'p HeaderEdit> {
+        match self.first(Kind::RequestHeaders)? {
             Action::RequestHeaders(edit) => Some(edit),
             _ => None,
-        })
+        }
     }
 
-    pub fn response_headers(&self, method: &Method) -> Option<&'p HeaderEdit> {
-        self.first(method, |a| match a {
+    pub fn response_headers(&self) -> Option<&'p HeaderEdit> {
+        match self.first(Kind::ResponseHeaders)? {
             Action::ResponseHeaders(edit) => Some(edit),
             _ => None,
-        })
+        }
     }
 
-    pub fn rewrite(&self, method: &Method) -> Option<&'p UrlRewrite> {
-        self.first(method, |a| match a {
-            Action::Rewrite(rewrite) => Some(&**rewrite),
+    pub fn rewrite(&self) -> Option<&'p UrlRewrite> {
+        match self.first(Kind::Rewrite)? {
+            Action::Rewrite(rewrite) => Some(rewrite),
             _ => None,
-        })
+        }
     }
 
-    pub fn hard_timeout(&self, method: &Method) -> Option<Duration> {
-        self.first(method, |a| match a {
-            Action::HardTimeout(timeout) => Some(timeout),
+    pub fn hard_timeout(&self) -> Option<Duration> {
+        match self.first(Kind::HardTimeout)? {
+            Action::HardTimeout(timeout) => Some(*timeout),
             _ => None,
-        })
-        .copied()
+        }
     }
 
-    pub fn size_limit(&self, method: &Method) -> Option<u64> {
-        self.first(method, |a| match a {
-            Action::SizeLimit(limit) => Some(limit),
+    pub fn size_limit(&self) -> Option<u64> {
+        match self.first(Kind::SizeLimit)? {
+            Action::SizeLimit(limit) => Some(*limit),
             _ => None,
-        })
-        .copied()
+        }
     }
 
-    pub fn circuit_breaker(&self, method: &Method) -> Option<&'p Breaker> {
-        self.first(method, |a| match a {
+    pub fn circuit_breaker(&self) -> Option<&'p Breaker> {
+        match self.first(Kind::CircuitBreaker)? {
             Action::CircuitBreaker(breaker) => Some(breaker),
             _ => None,
-        })
+        }
     }
 
-    pub fn validate_json(&self, method: &Method) -> Option<&'p JsonValidation> {
-        self.first(method, |a| match a {
-            Action::ValidateJson(validation) => Some(&**validation),
+    pub fn validate_json(&self) -> Option<&'p JsonValidation> {
+        match self.first(Kind::ValidateJson)? {
+            Action::ValidateJson(validation) => Some(validation),
             _ => None,
-        })
+        }
     }
 
-    pub fn method_transform(&self, method: &Method) -> Option<&'p Method> {
-        self.first(method, |a| match a {
+    /// The method the upstream gets instead of the request's.
+    pub fn method_transform(&self) -> Option<&'p Method> {
+        match self.first(Kind::MethodTransform)? {
             Action::MethodTransform(to) => Some(to),
             _ => None,
-        })
+        }
     }
 }
 
@@ -683,7 +813,7 @@ fn compile_version(
         .iter()
         .any(|e| matches!(e.action, Action::List(List::White)));
     let paths = VersionPaths {
-        patterns: RegexSet::new(&patterns)
+        patterns: Patterns::compile(&patterns)
             .map_err(|e| invalid(&format!("{base}.extended_paths"), format!("patterns: {e}")))?,
         entries,
         whitelist,
@@ -879,19 +1009,40 @@ mod tests {
         .map(|table| table.map(|(table, _)| table))
     }
 
+    #[test]
+    fn patterns_free_of_start_looks_are_tried_once_and_the_others_on_both_paths() {
+        let patterns = ["/users", "^/users$", r"\bapi\b", "/$", "(?i)X{2}"].map(String::from);
+        let p = Patterns::compile(&patterns).unwrap();
+        assert_eq!(&*p.anywhere_entries, [0, 3, 4]);
+        assert_eq!(&*p.start_bound_entries, [1, 2]);
+        let hits = |near, whole| p.hits(near, whole).as_slice().to_vec();
+        assert_eq!(hits("/users", "/api/users"), [0, 1, 2]);
+        assert_eq!(hits("/xx", "/api/xx"), [2, 4]);
+        // A path after the listen path that is not the whole path's end (`/api` on `/api/`).
+        assert_eq!(hits("/", "/api"), [2, 3]);
+    }
+
     fn lists(extended_paths: Value) -> EndpointTable {
         let data = json!({"not_versioned": true, "versions": {"Default": {
             "name": "Default", "use_extended_paths": true, "extended_paths": extended_paths}}});
         compile(true, &data).unwrap().unwrap()
     }
 
-    fn at<'a>(table: &'a EndpointTable, version: Option<&str>, path: &str) -> Matched<'a> {
-        table.for_version(version).unwrap().matched("/api/", path)
+    fn at<'a>(
+        table: &'a EndpointTable,
+        version: Option<&str>,
+        method: &Method,
+        path: &str,
+    ) -> Matched<'a> {
+        table
+            .for_version(version)
+            .unwrap()
+            .matched("/api/", path, method)
     }
 
     fn verdict<'a>(table: &'a EndpointTable, method: &str, path: &str) -> Verdict<'a> {
         let method = Method::from_bytes(method.as_bytes()).unwrap();
-        at(table, None, path).verdict(&method)
+        at(table, None, &method, path).verdict()
     }
 
     #[test]
@@ -993,7 +1144,7 @@ mod tests {
         }});
         let get = Method::GET;
         let versioned = compile(false, &data).unwrap().unwrap();
-        let at = |version, path| at(&versioned, Some(version), path).verdict(&get);
+        let at = |version, path| at(&versioned, Some(version), &get, path).verdict();
         assert_eq!(
             at("v1", "/api/USERS"),
             Verdict::Forbidden,
@@ -1004,7 +1155,7 @@ mod tests {
         assert_eq!(at("v2", "/api/Orders"), Verdict::Pass);
         // Not versioned: the default_version's lists.
         let unversioned = compile(true, &data).unwrap().unwrap();
-        let verdict = super::tests::at(&unversioned, None, "/api/orders").verdict(&get);
+        let verdict = super::tests::at(&unversioned, None, &get, "/api/orders").verdict();
         assert_eq!(verdict, Verdict::Forbidden);
     }
 }

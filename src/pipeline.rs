@@ -299,11 +299,12 @@ impl Pipeline {
                     let Some(paths) = stage.table.for_version(version) else {
                         continue;
                     };
-                    let matched = paths.matched(&stage.listen_path, parts.uri.path());
+                    let matched =
+                        paths.matched(&stage.listen_path, parts.uri.path(), &parts.method);
                     let verdict = if stage.preflights_pass && is_preflight(parts) {
                         Verdict::Ignore
                     } else {
-                        matched.verdict(&parts.method)
+                        matched.verdict()
                     };
                     match verdict {
                         Verdict::Pass => {}
@@ -311,9 +312,9 @@ impl Pipeline {
                         Verdict::Forbidden => return Err(Rejection::EndpointForbidden),
                         Verdict::Reply(reply) => return Ok(Flow::Reply(reply)),
                     }
-                    exchange.upstream_timeout = matched.hard_timeout(&parts.method);
-                    exchange.breaker = matched.circuit_breaker(&parts.method);
-                    exchange.validate_json = matched.validate_json(&parts.method);
+                    exchange.upstream_timeout = matched.hard_timeout();
+                    exchange.breaker = matched.circuit_breaker();
+                    exchange.validate_json = matched.validate_json();
                     exchange.endpoints = Some(matched);
                 }
                 RequestStage::Cors(cors) => {
@@ -369,7 +370,7 @@ impl Pipeline {
                     let Some(matched) = &exchange.endpoints else {
                         continue;
                     };
-                    let Some(rewrite) = matched.rewrite(&parts.method) else {
+                    let Some(rewrite) = matched.rewrite() else {
                         continue;
                     };
                     let scope = exchange.scope(parts, services, *context_vars);
@@ -383,7 +384,7 @@ impl Pipeline {
                     let to = exchange
                         .endpoints
                         .as_ref()
-                        .and_then(|m| m.method_transform(&parts.method));
+                        .and_then(|m| m.method_transform());
                     if let Some(to) = to {
                         parts.method = to.clone();
                     }
@@ -437,7 +438,7 @@ fn check_body_size(parts: &Parts, matched: &Matched<'_>) -> Result<(), Rejection
         return Ok(());
     }
     let global = matched.paths().size_limit;
-    let endpoint = matched.size_limit(&parts.method);
+    let endpoint = matched.size_limit();
     if global.is_none() && endpoint.is_none() {
         return Ok(());
     }
@@ -473,14 +474,8 @@ fn transform_headers<'p>(
         return;
     };
     let paths = matched.paths();
-    let request_edits = [
-        Some(&paths.request_headers),
-        matched.request_headers(&parts.method),
-    ];
-    let response_edits = [
-        matched.response_headers(&parts.method),
-        Some(&paths.response_headers),
-    ];
+    let request_edits = [Some(&paths.request_headers), matched.request_headers()];
+    let response_edits = [matched.response_headers(), Some(&paths.response_headers)];
     let scope = exchange.scope(parts, services, context_vars);
     let render = |edit: Option<&'p HeaderEdit>| {
         edit.filter(|e| !e.is_empty())

@@ -21,6 +21,9 @@ use crate::version::{InvalidField, invalid};
 #[derive(Debug)]
 pub struct UrlRewrite {
     pattern: Regex,
+    /// A `rewrite_to` (its own or a trigger's) names `match_pattern`'s groups (`$1`): only
+    /// then are they captured, a search that costs several times a match.
+    uses_groups: bool,
     rewrite_to: Destination,
     triggers: Box<[Trigger]>,
 }
@@ -155,8 +158,16 @@ impl UrlRewrite {
                 rewrite_to: rewrite_to.0,
             });
         }
+        let names_group = |text: &str| {
+            text.split('$')
+                .skip(1)
+                .any(|after| after.starts_with(|c: char| c.is_ascii_digit()))
+        };
+        let uses_groups = names_group(&fields.rewrite_to)
+            || fields.triggers.iter().any(|t| names_group(&t.rewrite_to));
         let rewrite = Self {
             pattern,
+            uses_groups,
             rewrite_to: rewrite_to.0,
             triggers: triggers.into(),
         };
@@ -177,11 +188,11 @@ impl UrlRewrite {
             .find(|(n, trigger)| trigger.holds(*n, scope, &mut captures))
             .map_or(&self.rewrite_to, |(_, trigger)| &trigger.rewrite_to);
         let decoded;
-        let groups = match self.pattern.captures(url) {
+        let groups = match self.find(url) {
             Some(groups) => groups,
             None if url.contains('%') => {
                 decoded = percent_decoded(url);
-                self.pattern.captures(&decoded)?
+                self.find(&decoded)?
             }
             None => return None,
         };
@@ -189,7 +200,10 @@ impl UrlRewrite {
             captures: &captures,
             ..*scope
         };
-        let fill_groups = |text: &str, out: &mut String| fill_dollar_groups(text, &groups, out);
+        let fill_groups = |text: &str, out: &mut String| match &groups {
+            Some(groups) => fill_dollar_groups(text, groups, out),
+            None => out.push_str(text),
+        };
         let rendered = destination.template.render_with(&scope, true, fill_groups);
         let path_and_query = match destination.target {
             // The host is the target's; what follows it is the path and query.
@@ -208,6 +222,15 @@ impl UrlRewrite {
             path_and_query,
             target: destination.target.as_deref(),
         })
+    }
+
+    /// Whether `match_pattern` matches `url`: `Some(None)` when no group is needed.
+    fn find<'u>(&self, url: &'u str) -> Option<Option<regex::Captures<'u>>> {
+        if self.uses_groups {
+            self.pattern.captures(url).map(Some)
+        } else {
+            self.pattern.is_match(url).then_some(None)
+        }
     }
 }
 
