@@ -10,6 +10,7 @@ use http::{Method, request::Parts};
 use serde::Deserialize;
 use serde_json::Value;
 
+use crate::variables::canonical_header_name;
 use crate::version::{InvalidField, invalid};
 
 /// An API's compiled `CORS` settings.
@@ -108,7 +109,7 @@ impl Cors {
             let joined = fields
                 .exposed_headers
                 .iter()
-                .map(|h| canonical(h))
+                .map(|h| canonical_header_name(h))
                 .collect::<Vec<_>>()
                 .join(", ");
             Some(
@@ -180,28 +181,23 @@ impl Cors {
             .then_some(origin)
     }
 
-    /// Writes an actual request's CORS headers on its response, over the upstream's.
+    /// Writes an actual request's CORS headers on its response.
     pub fn write(&self, allowed_origin: Option<&HeaderValue>, headers: &mut HeaderMap) {
         headers.append(header::VARY, HeaderValue::from_static("Origin"));
         let Some(origin) = allowed_origin else {
             return;
         };
+        // As Tyk's `copyHeader`: an upstream's CORS header gives way to one the gateway sets,
+        // and passes where the gateway sets none.
         headers.insert(ALLOW_ORIGIN.clone(), origin.clone());
-        match &self.exposed {
-            Some(exposed) => {
-                headers.insert(header::ACCESS_CONTROL_EXPOSE_HEADERS, exposed.clone());
-            }
-            None => {
-                headers.remove(header::ACCESS_CONTROL_EXPOSE_HEADERS);
-            }
+        if let Some(exposed) = &self.exposed {
+            headers.insert(header::ACCESS_CONTROL_EXPOSE_HEADERS, exposed.clone());
         }
         if self.credentials {
             headers.insert(
                 header::ACCESS_CONTROL_ALLOW_CREDENTIALS,
                 HeaderValue::from_static("true"),
             );
-        } else {
-            headers.remove(header::ACCESS_CONTROL_ALLOW_CREDENTIALS);
         }
     }
 
@@ -216,16 +212,17 @@ impl Cors {
             Origins::All => Some(HeaderValue::from_static("*")),
             Origins::Listed { exact, wildcards } => {
                 // The listed origins are lower-case; the request's is compared without case,
-                // and without allocating.
+                // and without allocating (as sent, origins are lower-case: an exact compare
+                // answers first).
                 let text = origin.as_bytes();
-                let listed = exact
-                    .iter()
-                    .any(|e| e.as_bytes().eq_ignore_ascii_case(text))
+                let same = |listed: &[u8], sent: &[u8]| {
+                    listed == sent || listed.eq_ignore_ascii_case(sent)
+                };
+                let listed = exact.iter().any(|e| same(e.as_bytes(), text))
                     || wildcards.iter().any(|(prefix, suffix)| {
                         text.len() >= prefix.len() + suffix.len()
-                            && text[..prefix.len()].eq_ignore_ascii_case(prefix.as_bytes())
-                            && text[text.len() - suffix.len()..]
-                                .eq_ignore_ascii_case(suffix.as_bytes())
+                            && same(prefix.as_bytes(), &text[..prefix.len()])
+                            && same(suffix.as_bytes(), &text[text.len() - suffix.len()..])
                     });
                 listed.then(|| origin.clone())
             }
@@ -250,22 +247,6 @@ impl Cors {
             .filter(|name| !name.is_empty())
             .all(|name| allowed.iter().any(|a| a.eq_ignore_ascii_case(name)))
     }
-}
-
-/// Go's canonical header name (`x-request-id` → `X-Request-Id`).
-fn canonical(name: &str) -> String {
-    let mut upper = true;
-    name.chars()
-        .map(|c| {
-            let c = if upper {
-                c.to_ascii_uppercase()
-            } else {
-                c.to_ascii_lowercase()
-            };
-            upper = c == '-';
-            c
-        })
-        .collect()
 }
 
 #[cfg(test)]
