@@ -13,6 +13,9 @@ use crate::client_ip;
 
 const CONTEXT: &str = "$tyk_context.";
 const META: &str = "$tyk_meta.";
+/// Tyk's secrets (`$secret_env.`, `$secret_conf.`, `$secret_vault.`, `$secret_consul.`), which
+/// tollgate does not resolve: left empty, as Tyk leaves one it cannot, and reported.
+const SECRET: &str = "$secret_";
 
 /// A text with its variables found.
 #[derive(Debug, Clone, PartialEq)]
@@ -71,14 +74,14 @@ pub struct Scope<'a> {
 
 impl Template {
     /// Finds the variables in `text`. A variable's name runs over `[A-Za-z0-9_.-]` (Tyk's
-    /// pattern). Returns the template and the context variables in it that tollgate does not
-    /// fill, so that a loader can report them.
+    /// pattern). Returns the template and the variables in it that tollgate does not fill
+    /// (some context variables, secrets), so that a loader can report them.
     pub fn compile(text: &str) -> (Self, Vec<String>) {
         let mut parts = Vec::new();
         let mut unfilled = Vec::new();
         let mut rest = text;
         loop {
-            let next = [CONTEXT, META]
+            let next = [CONTEXT, META, SECRET]
                 .into_iter()
                 .filter_map(|label| rest.find(label).map(|at| (at, label)))
                 .min();
@@ -94,6 +97,11 @@ impl Template {
             }
             push_text(&mut parts, &rest[..at]);
             let name = &after[..length];
+            if label == SECRET {
+                unfilled.push(format!("{SECRET}{name}"));
+                rest = &after[length..];
+                continue;
+            }
             parts.push(if label == META {
                 Part::Meta(name.into())
             } else {
@@ -368,6 +376,9 @@ mod tests {
         };
         let (template, _) = Template::compile("[$tyk_context.path][$tyk_meta.tier]");
         assert_eq!(template.render(&off), "[][gold]");
+        let (secret, unfilled) = Template::compile("Bearer $secret_env.UPSTREAM_TOKEN!");
+        assert_eq!(secret.render(&scope), "Bearer !");
+        assert_eq!(unfilled, ["$secret_env.UPSTREAM_TOKEN"]);
     }
 
     #[test]
