@@ -158,7 +158,6 @@ pub struct ApiSpec {
 
 impl ApiSpec {
     /// Validates and compiles `definition` with what the gateway's `tyk.conf` brings to it.
-    /// and `security.certificates.upstream`, which the definition's own settings override.
     pub fn from_definition(
         definition: ApiDefinition,
         gateway: &GatewayDefaults,

@@ -20,7 +20,7 @@ use crate::variables::canonical_header_name;
 /// Requests one batch may carry.
 pub const MAX_BATCH_REQUESTS: usize = 64;
 /// Bytes of a batch request's body.
-pub const MAX_BATCH_BODY: usize = 1024 * 1024;
+pub const MAX_BATCH_BODY: u64 = 1024 * 1024;
 /// Bytes of each answer's body a reply takes; a larger answer is replied as failed.
 pub const MAX_REPLY_BODY: usize = 1024 * 1024;
 
@@ -168,9 +168,8 @@ fn build(
         return Err(BatchError::Creation);
     }
     let body = definition.body.unwrap_or_default();
-    let mut request = Request::new(ClientBody::Read(
-        (!body.is_empty()).then(|| body.clone().into()),
-    ));
+    let length = body.len();
+    let mut request = Request::new(ClientBody::Read((length > 0).then(|| body.into())));
     *request.method_mut() = method;
     *request.uri_mut() = uri;
     let headers = request.headers_mut();
@@ -187,7 +186,7 @@ fn build(
     if let Some(host) = host {
         headers.insert(header::HOST, host.clone());
     }
-    let sends_length = !body.is_empty()
+    let sends_length = length > 0
         || matches!(
             *request.method(),
             Method::POST | Method::PUT | Method::PATCH
@@ -195,7 +194,7 @@ fn build(
     if sends_length {
         request
             .headers_mut()
-            .insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+            .insert(header::CONTENT_LENGTH, HeaderValue::from(length));
     }
     Ok(request)
 }

@@ -144,6 +144,12 @@ impl HttpServerOptions {
             size => size,
         }
     }
+
+    /// The most of a body the gateway reads whole (`validate_json`, batch requests): `cap`,
+    /// or `max_request_body_size` when that is smaller.
+    pub fn read_limit(&self, cap: u64) -> usize {
+        usize::try_from(self.max_body().min(cap)).unwrap_or(usize::MAX)
+    }
 }
 
 /// `security`: of Tyk's settings, the client certificates for upstream mutual TLS.

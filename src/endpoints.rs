@@ -158,13 +158,13 @@ struct Patterns {
 impl Patterns {
     fn compile(patterns: &[String]) -> Result<Self, regex::Error> {
         let (mut anywhere, mut start_bound) = (Vec::new(), Vec::new());
+        let end_looks = LookSet::singleton(Look::End)
+            .insert(Look::EndLF)
+            .insert(Look::EndCRLF);
         for (i, pattern) in patterns.iter().enumerate() {
             let looks = regex_syntax::parse(pattern)
                 .map(|hir| hir.properties().look_set())
                 .unwrap_or(LookSet::full());
-            let end_looks = LookSet::singleton(Look::End)
-                .insert(Look::EndLF)
-                .insert(Look::EndCRLF);
             let side = if looks.subtract(end_looks).is_empty() {
                 &mut anywhere
             } else {

@@ -118,7 +118,7 @@ impl Gateway {
             .cloned()
             .ok_or(Rejection::NoApi)?;
         if spec.batch.as_deref() == Some(req.uri().path()) {
-            return self.batch(&spec, req, peer, upstream, caller).await;
+            return self.batch(spec, req, peer, upstream, caller).await;
         }
         let (mut parts, body) = req.into_parts();
         let services = Services {
@@ -156,9 +156,8 @@ impl Gateway {
                 let limit = self
                     .config
                     .http_server_options
-                    .max_body()
-                    .min(MAX_VALIDATED_BODY);
-                let read = match body.read(limit as usize).await {
+                    .read_limit(MAX_VALIDATED_BODY);
+                let read = match body.read(limit).await {
                     Ok(read) => read,
                     Err(e) => return Ok(refused(Rejection::Upstream(e), &exchange)),
                 };
@@ -197,13 +196,12 @@ impl Gateway {
     /// calls it.
     fn batch<'a>(
         self: &'a Arc<Self>,
-        spec: &ApiSpec,
+        spec: Arc<ApiSpec>,
         req: Request<ClientBody>,
         peer: &'a Peer,
         upstream: &'a UpstreamClient,
         caller: Caller,
     ) -> BoxFuture<'a, Result<Response<Body>, Rejection>> {
-        let listen_path = spec.listen_path().to_owned();
         Box::pin(async move {
             if caller == Caller::Batch {
                 return Err(Rejection::Batch(BatchError::Nested));
@@ -212,14 +210,10 @@ impl Gateway {
                 return Err(Rejection::Batch(BatchError::NotPost));
             }
             let host = req.headers().get(http::header::HOST).cloned();
-            let limit = self
-                .config
-                .http_server_options
-                .max_body()
-                .min(MAX_BATCH_BODY as u64);
-            let body = req.into_body().read(limit as usize).await?;
+            let limit = self.config.http_server_options.read_limit(MAX_BATCH_BODY);
+            let body = req.into_body().read(limit).await?;
             let batch =
-                Batch::parse(&body, &listen_path, host.as_ref()).map_err(Rejection::Batch)?;
+                Batch::parse(&body, spec.listen_path(), host.as_ref()).map_err(Rejection::Batch)?;
             let answer = |mut request: Request<ClientBody>| -> BoxFuture<'a, Response<Body>> {
                 Box::pin(async move {
                     if let Err(reason) = resolve_path(&mut request) {
