@@ -17,10 +17,11 @@ use crate::batch;
 use crate::cors::Cors;
 use crate::counting::{Disabled, Policy, Rate};
 use crate::domain::HostPattern;
-use crate::endpoints::{EndpointTable, PathMatching};
+use crate::endpoints::EndpointTable;
 use crate::files;
 use crate::honoured;
 use crate::ip_access::IpAccess;
+use crate::path_pattern::PathMatching;
 use crate::pipeline::{EndpointStage, Features, Pipeline, VersionStage};
 use crate::target::{self, Forwarding, Target};
 use crate::tls::{self, client::UpstreamTls};
@@ -232,6 +233,7 @@ impl ApiSpec {
             let api = ForApi {
                 api_id: definition.api_id.as_str().into(),
                 org_id: definition.org_id.as_str().into(),
+                listen_path: listen_path.as_str().into(),
             };
             let source = KeySource {
                 header,

@@ -12,6 +12,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+use crate::path_pattern::PathMatching;
 use crate::tls::TlsError;
 use crate::tls::client::UpstreamTls;
 use crate::tls::server::{CertificateFiles, ListenerTlsSettings, listener_config};
@@ -351,6 +352,16 @@ pub struct Loaded {
 }
 
 impl GatewayConfig {
+    /// How Tyk's path patterns match (`ignore_endpoint_case`, `http_server_options`'
+    /// prefix and suffix matching).
+    pub fn path_matching(&self) -> PathMatching {
+        PathMatching {
+            ignore_case: self.ignore_endpoint_case,
+            prefix: self.http_server_options.enable_path_prefix_matching,
+            suffix: self.http_server_options.enable_path_suffix_matching,
+        }
+    }
+
     /// Reads a `tyk.conf` (JSON) or a `.toml` file, applies `TYK_GW_*` overrides, validates.
     pub fn load(path: &Path) -> Result<Loaded, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read {

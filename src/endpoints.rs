@@ -27,6 +27,7 @@ use serde_json::{Map, Value};
 use crate::breaker::Breaker;
 use crate::headers::HeaderEdit;
 use crate::json_validation::JsonValidation;
+use crate::path_pattern::{PathMatching, after_listen_path};
 use crate::rewrite::{RewriteFields, UrlRewrite};
 use crate::tls::client::UpstreamTls;
 use crate::version::{InvalidField, invalid};
@@ -503,10 +504,7 @@ impl VersionPaths {
     /// Matches `path` (of an API listening on `listen_path`) and `method` against every
     /// entry.
     pub fn matched(&self, listen_path: &str, path: &str, method: &Method) -> Matched<'_> {
-        let after_listen_path = match path.strip_prefix(listen_path.trim_end_matches('/')) {
-            Some(rest) if rest.starts_with('/') => rest,
-            Some(_) | None => "/",
-        };
+        let after_listen_path = after_listen_path(listen_path, path);
         let hits = if self.entries.is_empty() {
             Hits::default()
         } else {
@@ -828,18 +826,6 @@ fn compile_version(
     Ok((!empty).then_some(paths))
 }
 
-/// How endpoint paths match, from the gateway's `tyk.conf` (and, for case, the version's
-/// `ignore_endpoint_case` and each entry's `ignore_case`).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct PathMatching {
-    pub ignore_case: bool,
-    /// `http_server_options.enable_path_prefix_matching`: a path starting with `/` is
-    /// anchored at its start.
-    pub prefix: bool,
-    /// `http_server_options.enable_path_suffix_matching`: anchored at its end.
-    pub suffix: bool,
-}
-
 /// A version's entries as they are compiled.
 struct Compiling<'a> {
     field: &'a str,
@@ -911,9 +897,6 @@ fn pattern(path: &str, matching: PathMatching, at: &str) -> Result<String, Inval
     if matching.ignore_case {
         regex.push_str("(?i)");
     }
-    if matching.prefix && path.starts_with('/') {
-        regex.push('^');
-    }
     let mut rest = path;
     while let Some(open) = rest.find('{') {
         let Some(close) = rest[open..].find('}').map(|c| open + c) else {
@@ -931,10 +914,7 @@ fn pattern(path: &str, matching: PathMatching, at: &str) -> Result<String, Inval
         rest = &rest[close + 1..];
     }
     regex.push_str(rest);
-    let mut regex = regex.replace("/*/", "/[^/]+/").replace("/*", "/.*");
-    if matching.suffix && !regex.ends_with('$') {
-        regex.push('$');
-    }
+    let regex = matching.anchor(path, regex.replace("/*/", "/[^/]+/").replace("/*", "/.*"));
     regex::Regex::new(&regex).map_err(|e| invalid(&format!("{at}.path"), e.to_string()))?;
     Ok(regex)
 }

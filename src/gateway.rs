@@ -12,7 +12,6 @@ use tokio::sync::Semaphore;
 use crate::api::{ApiTable, GatewayDefaults, LoadError};
 use crate::auth::KeyHasher;
 use crate::config::{ConfigError, GatewayConfig};
-use crate::endpoints::PathMatching;
 use crate::guard::KeyGuard;
 use crate::limits::Limiter;
 use crate::policy::{PolicyLoadError, PolicyTable};
@@ -96,11 +95,7 @@ impl Gateway {
         GatewayDefaults {
             tls: self.config.upstream_tls(),
             custom_domains: self.config.enable_custom_domains,
-            endpoint_matching: PathMatching {
-                ignore_case: self.config.ignore_endpoint_case,
-                prefix: self.config.http_server_options.enable_path_prefix_matching,
-                suffix: self.config.http_server_options.enable_path_suffix_matching,
-            },
+            endpoint_matching: self.config.path_matching(),
         }
     }
 

@@ -27,6 +27,7 @@ pub mod ip_access;
 pub mod json_validation;
 pub mod limits;
 pub mod path;
+pub mod path_pattern;
 pub mod pipeline;
 pub mod policy;
 pub mod proxy;

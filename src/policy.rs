@@ -452,7 +452,12 @@ mod tests {
         assert_eq!(applied.limits.quota_max, -1, "unlimited beats any quota");
         let a = applied.access_to("a").unwrap();
         assert_eq!(&*a.versions, &["v1".into(), "v2".into()] as &[Box<str>]);
-        assert!(a.allowed_urls[0].allows("POST", "/x") && a.allowed_urls[0].allows("GET", "/x"));
+        let x = crate::rights::RequestPath {
+            whole: "/x",
+            listen_path: "/",
+        };
+        let allows = |method| a.allowed_urls[0].allows(method, x, Default::default());
+        assert!(allows("POST") && allows("GET"));
         assert!(applied.access_to("b").is_some());
         assert!(applied.policies.is_empty());
         // The memo answers the same access with the same applied copy.

@@ -3,13 +3,18 @@
 //!
 //! An entry is `{"url": <pattern>, "methods": [...]}`. The pattern is Tyk's: `{name}` stands
 //! for one path segment, `/*` for the rest of the path, anything else is a regular expression,
-//! matched unanchored against the whole request path (listen path included). The method must
-//! be one of `methods`, exactly; an entry without methods allows nothing.
+//! matched unanchored against the whole request path (listen path included); with the
+//! gateway's prefix matching, anchored at its start and tried on the path after the listen
+//! path too; with its suffix matching, anchored at its end. The method must be one of
+//! `methods`, exactly; an entry without methods allows nothing.
 
 use std::hash::{Hash, Hasher};
+use std::sync::OnceLock;
 
 use regex::Regex;
 use serde::{Deserialize, Deserializer};
+
+use crate::path_pattern::{PathMatching, after_listen_path};
 
 /// One `allowed_urls` entry.
 #[derive(Debug, Clone)]
@@ -18,6 +23,18 @@ pub struct UrlRight {
     methods: Box<[Box<str>]>,
     /// `None` when the pattern is not a valid expression: it then matches nothing, as in Tyk.
     regex: Option<Regex>,
+    /// The pattern anchored as the gateway's path matching asks (prefix, suffix, both),
+    /// compiled when first asked for: most gateways use none of them.
+    anchored: [OnceLock<Option<Regex>>; 3],
+}
+
+/// A request's path as rights are matched against it.
+#[derive(Debug, Clone, Copy)]
+pub struct RequestPath<'a> {
+    /// Listen path included, after dot segments are resolved and the version stripped.
+    pub whole: &'a str,
+    /// The API's: with prefix matching, the path after it is tried too, as Tyk does.
+    pub listen_path: &'a str,
 }
 
 impl UrlRight {
@@ -30,6 +47,7 @@ impl UrlRight {
             pattern: pattern.into(),
             methods: methods.into_iter().map(String::into_boxed_str).collect(),
             regex,
+            anchored: Default::default(),
         }
     }
 
@@ -51,21 +69,47 @@ impl UrlRight {
         }
     }
 
-    /// Whether this entry lets `method` call `path`.
-    pub fn allows(&self, method: &str, path: &str) -> bool {
-        self.methods.iter().any(|m| &**m == method)
-            && self.regex.as_ref().is_some_and(|r| r.is_match(path))
+    /// Whether this entry lets `method` call `path`, matched as `matching` says (Tyk's
+    /// `GranularAccessMiddleware`).
+    pub fn allows(&self, method: &str, path: RequestPath<'_>, matching: PathMatching) -> bool {
+        if !self.methods.iter().any(|m| &**m == method) {
+            return false;
+        }
+        let Some(regex) = self.regex_for(matching) else {
+            return false;
+        };
+        regex.is_match(path.whole)
+            || (matching.prefix && regex.is_match(after_listen_path(path.listen_path, path.whole)))
+    }
+
+    fn regex_for(&self, matching: PathMatching) -> Option<&Regex> {
+        let slot = match (matching.prefix, matching.suffix) {
+            (false, false) => return self.regex.as_ref(),
+            (true, false) => 0,
+            (false, true) => 1,
+            (true, true) => 2,
+        };
+        self.anchored[slot]
+            .get_or_init(|| {
+                Regex::new(&matching.anchor(&self.pattern, tyk_pattern(&self.pattern))).ok()
+            })
+            .as_ref()
     }
 }
 
 /// Whether `rights` (a key's `allowed_urls` for one API) let `method` call `path`: an empty
 /// list restricts nothing.
-pub fn allowed(rights: &[UrlRight], method: &str, path: &str) -> bool {
-    rights.is_empty() || rights.iter().any(|r| r.allows(method, path))
+pub fn allowed(
+    rights: &[UrlRight],
+    method: &str,
+    path: RequestPath<'_>,
+    matching: PathMatching,
+) -> bool {
+    rights.is_empty() || rights.iter().any(|r| r.allows(method, path, matching))
 }
 
-/// Tyk's `PreparePathRegexp` without prefix or suffix matching (its defaults): `{name}` is one
-/// segment, `/*/` one segment, a final `/*` the rest.
+/// Tyk's `PreparePathRegexp` before anchoring: `{name}` is one segment, `/*/` one segment, a
+/// final `/*` the rest.
 fn tyk_pattern(pattern: &str) -> String {
     let mut out = String::with_capacity(pattern.len() + 8);
     let mut rest = pattern;
@@ -118,26 +162,75 @@ mod tests {
         UrlRight::new(url, methods.iter().map(|m| m.to_string()).collect())
     }
 
+    /// `path` of an API listening on `/api/`.
+    fn at(path: &str) -> RequestPath<'_> {
+        RequestPath {
+            whole: path,
+            listen_path: "/api/",
+        }
+    }
+
+    fn allows(right: &UrlRight, method: &str, path: &str) -> bool {
+        right.allows(method, at(path), PathMatching::default())
+    }
+
     #[test]
     fn patterns_and_methods_as_tyk_matches_them() {
         let user = right("/users/{id}$", &["GET"]);
-        assert!(user.allows("GET", "/api/users/42"));
-        assert!(!user.allows("POST", "/api/users/42"), "method");
-        assert!(!user.allows("GET", "/api/users/42/orders"), "one segment");
+        assert!(allows(&user, "GET", "/api/users/42"));
+        assert!(!allows(&user, "POST", "/api/users/42"), "method");
+        assert!(!allows(&user, "GET", "/api/users/42/orders"), "one segment");
         assert!(
-            !user.allows("get", "/api/users/42"),
+            !allows(&user, "get", "/api/users/42"),
             "methods match exactly"
         );
         let any = right("/orders/*", &["GET", "POST"]);
-        assert!(any.allows("POST", "/api/orders/1/items"));
+        assert!(allows(&any, "POST", "/api/orders/1/items"));
         let unanchored = right("status", &["GET"]);
-        assert!(unanchored.allows("GET", "/api/v1/status/all"));
-        assert!(!right("/x", &[]).allows("GET", "/x"), "no methods: nothing");
+        assert!(allows(&unanchored, "GET", "/api/v1/status/all"));
         assert!(
-            !right("/x(", &["GET"]).allows("GET", "/x("),
+            !allows(&right("/x", &[]), "GET", "/x"),
+            "no methods: nothing"
+        );
+        assert!(
+            !allows(&right("/x(", &["GET"]), "GET", "/x("),
             "invalid: nothing"
         );
-        assert!(allowed(&[], "DELETE", "/anything"));
-        assert!(!allowed(&[user], "GET", "/api/other"));
+        assert!(allowed(
+            &[],
+            "DELETE",
+            at("/anything"),
+            PathMatching::default()
+        ));
+        assert!(!allowed(
+            &[user],
+            "GET",
+            at("/api/other"),
+            PathMatching::default()
+        ));
+    }
+
+    #[test]
+    fn prefix_and_suffix_matching_anchor_the_pattern_as_tyk_does() {
+        let get = right("/get", &["GET"]);
+        let (prefix, suffix) = (
+            PathMatching {
+                prefix: true,
+                ..PathMatching::default()
+            },
+            PathMatching {
+                suffix: true,
+                ..PathMatching::default()
+            },
+        );
+        let check = |path, matching| get.allows("GET", at(path), matching);
+        // Prefix: anchored at the start, tried on the path after the listen path too.
+        assert!(check("/api/get", prefix));
+        assert!(check("/api/get/more", prefix));
+        assert!(!check("/api/anything/get", prefix));
+        assert!(check("/api/anything/get", PathMatching::default()));
+        // Suffix: anchored at the end, on the whole path.
+        assert!(check("/api/anything/get", suffix));
+        assert!(!check("/api/get/more", suffix));
     }
 }

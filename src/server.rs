@@ -129,6 +129,7 @@ impl Gateway {
                 guard: &self.guard,
                 client: peer.addr.ip(),
                 policies: &self.policies,
+                path_matching: self.config.path_matching(),
             },
             xff_depth: self.config.http_server_options.xff_depth,
         };

@@ -58,6 +58,38 @@ async fn a_key_with_allowed_urls_calls_only_those_paths_and_methods() {
     assert_eq!(r.status, 200);
 }
 
+#[tokio::test]
+async fn the_gateways_prefix_and_suffix_matching_anchor_allowed_urls() {
+    let up = upstream().await;
+    let mut key = seed_key();
+    key["access_rights"]["1"]["allowed_urls"] = json!([{"url": "/get", "methods": ["GET"]}]);
+    let matching = |prefix: bool, suffix: bool| {
+        json!({"http_server_options": {
+            "enable_path_prefix_matching": prefix, "enable_path_suffix_matching": suffix}})
+    };
+    let mut gateways = Vec::new();
+    for (prefix, suffix) in [(false, false), (true, false), (false, true)] {
+        let gw = gateway()
+            .api(sample_api(&up.url("")))
+            .config(matching(prefix, suffix))
+            .start()
+            .await;
+        gw.add_key("anchored", key.clone()).await;
+        gateways.push(gw);
+    }
+    // Statuses on the gateways: unanchored, prefix matching, suffix matching.
+    for (path, statuses) in [
+        ("/tyk-api-test/get", [200, 200, 200]),
+        ("/tyk-api-test/anything/get", [200, 403, 200]),
+        ("/tyk-api-test/anything/get/more", [200, 403, 403]),
+    ] {
+        for (gw, status) in gateways.iter().zip(statuses) {
+            let r = gw.get_with_key(path, Some("anchored")).await;
+            assert_eq!(r.status, status, "{path}: {}", r.text());
+        }
+    }
+}
+
 fn versioned_api(upstream: &str) -> serde_json::Value {
     let mut api = sample_api(upstream);
     api["definition"] =

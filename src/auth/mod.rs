@@ -18,6 +18,7 @@ pub use hashing::KeyHasher;
 pub use token::{KeySource, extract_key};
 
 use crate::guard::KeyGuard;
+use crate::path_pattern::PathMatching;
 use crate::policy::PolicyTable;
 use crate::session::KeyAccess;
 use crate::store::SessionStore;
@@ -78,6 +79,8 @@ pub struct AuthContext<'a> {
     /// The policies keys may name (loaded only where a key is checked, never held across a
     /// store read).
     pub policies: &'a ArcSwap<PolicyTable>,
+    /// The gateway's prefix and suffix matching, which keys' `allowed_urls` follow.
+    pub path_matching: PathMatching,
 }
 
 /// The API a request is authenticated for.
@@ -85,6 +88,8 @@ pub struct AuthContext<'a> {
 pub struct ForApi {
     pub api_id: Box<str>,
     pub org_id: Box<str>,
+    /// Keys' `allowed_urls` are also tried on the path after it (with prefix matching).
+    pub listen_path: Box<str>,
 }
 
 /// One of Tyk's ways to authenticate a request for an API, run by [`AuthChain`] after the

@@ -7,7 +7,8 @@ use http::request::Parts;
 use super::{
     AuthContext, AuthError, Authenticate, Authenticated, ForApi, MAX_KEY_LEN, check_access,
 };
-use crate::rights;
+use crate::path_pattern::PathMatching;
+use crate::rights::{self, RequestPath};
 use crate::session::{ApiAccess, unix_now};
 use crate::store::StoreError;
 use crate::version::Selected;
@@ -153,7 +154,7 @@ impl Authenticate for KeySource {
                 .map_err(|_| AuthError::Disallowed)?;
             check_access(&access, &api.api_id, unix_now())?;
             if let Some(rights) = access.access_to(&api.api_id) {
-                check_rights(rights, version, parts)?;
+                check_rights(rights, version, parts, api, cx.path_matching)?;
             }
             return Ok(Authenticated { key_id, access });
         }
@@ -168,6 +169,8 @@ fn check_rights(
     api: &ApiAccess,
     version: Option<&Selected<'_>>,
     parts: &Parts,
+    route: &ForApi,
+    matching: PathMatching,
 ) -> Result<(), AuthError> {
     if let Some(version) = version {
         let granted = |name: &str| api.versions.iter().any(|v| &**v == name);
@@ -175,7 +178,11 @@ fn check_rights(
             return Err(AuthError::Disallowed);
         }
     }
-    if !rights::allowed(&api.allowed_urls, parts.method.as_str(), parts.uri.path()) {
+    let path = RequestPath {
+        whole: parts.uri.path(),
+        listen_path: &route.listen_path,
+    };
+    if !rights::allowed(&api.allowed_urls, parts.method.as_str(), path, matching) {
         return Err(AuthError::ResourceDisallowed);
     }
     Ok(())
