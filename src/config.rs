@@ -691,6 +691,8 @@ fn collect_unsupported(
     for (key, value) in map {
         match known.get(key) {
             None => out.push(format!("{prefix}{key}")),
+            // A map (`security.certificates.upstream`): its keys are the user's, not fields.
+            Some(Value::Object(inner)) if inner.is_empty() => {}
             Some(Value::Object(inner)) => {
                 if let Value::Object(given) = value {
                     collect_unsupported(given, inner, &format!("{prefix}{key}."), out);
@@ -776,7 +778,8 @@ mod tests {
     fn tyk_names_and_unsupported_fields() {
         let loaded = GatewayConfig::from_value(
             json!({"listen_port": 9000, "secret": "s", "storage": {"type": "redis", "host": "r", "port": 6380, "enable_cluster": false, "optimisation_max_idle": 2000},
-                   "analytics_config": {}, "enable_analytics": true}),
+                   "analytics_config": {}, "enable_analytics": true,
+                   "security": {"certificates": {"upstream": {"*.example.com": "client.pem"}}}}),
             no_env,
         )
         .unwrap();
