@@ -276,7 +276,9 @@ impl PolicyTable {
         let mut inactive = key.is_inactive;
         for policy in &found {
             let p = policy.partitions;
-            let all = !(p.quota || p.rate_limit || p.acl || p.per_api);
+            // As Tyk's: a policy partitioned on complexity alone (GraphQL query depth, which
+            // tollgate does not apply) sets none of the rest.
+            let all = !(p.quota || p.rate_limit || p.acl || p.per_api || p.complexity);
             inactive |= policy.is_inactive;
             if p.per_api {
                 acl_set = true;
@@ -545,6 +547,21 @@ mod tests {
             table.apply(&key(&["off"]), "").unwrap_err(),
             PolicyRefused::NotFound("off".into())
         );
+    }
+
+    #[test]
+    fn a_policy_partitioned_on_complexity_alone_sets_no_rate_quota_or_rights() {
+        let table = PolicyTable::new(vec![
+            policy(json!({"id": "depth", "rate": 500, "per": 1, "quota_max": 5,
+                "partitions": {"complexity": true},
+                "access_rights": {"b": {"api_id": "b"}}})),
+            policy(json!({"id": "acl", "partitions": {"acl": true},
+                "access_rights": {"a": {"api_id": "a"}}})),
+        ]);
+        let applied = table.apply(&key(&["depth", "acl"]), "").unwrap();
+        assert_eq!((applied.limits.rate, applied.limits.per), (1.0, 1.0));
+        assert!(applied.access_to("a").is_some());
+        assert!(applied.access_to("b").is_none());
     }
 
     #[test]
