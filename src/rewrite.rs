@@ -529,6 +529,9 @@ mod tests {
                 {"on": "any", "options": {
                     "header_matches": {"x-block": {"match_rx": "yes", "reverse": true}}},
                  "rewrite_to": "/unblocked/$1"},
+                {"on": "any", "options": {
+                    "request_context_matches": {"headers_X_Zone": {"match_rx": "^(eu)$"}}},
+                 "rewrite_to": "/zone/$tyk_context.trigger-3-headers_X_Zone-0/$1"},
             ]}),
         );
         let gold = [("x-tier", "gold"), ("x-block", "yes")];
@@ -559,6 +562,12 @@ mod tests {
         assert_eq!(
             apply(&r, "/api/a", &blocked, None).as_deref(),
             Some("/default/a")
+        );
+        let zone = [("x-block", "yes"), ("x-zone", "eu")];
+        assert_eq!(
+            apply(&r, "/api/a", &zone, None).as_deref(),
+            Some("/zone/eu/a"),
+            "a request context variable, captured"
         );
     }
 

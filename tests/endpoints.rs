@@ -234,6 +234,16 @@ async fn domains_route_before_listen_paths_and_fall_back_to_apis_without_one() {
             "api.example.com",
             &up.url("/anything/root"),
         ))
+        .api({
+            let mut loose = api(
+                "loose",
+                "/loose/",
+                "nowhere.example.com",
+                &up.url("/anything/loose"),
+            );
+            loose["domain_disabled"] = json!(true);
+            loose
+        })
         .start()
         .await;
     let reached = |host: &'static str, path: &'static str| {
@@ -259,6 +269,8 @@ async fn domains_route_before_listen_paths_and_fall_back_to_apis_without_one() {
         "not the pattern"
     );
     assert_eq!(reached("elsewhere.test", "/svc/x").await, "plain/x");
+    // `domain_disabled`: served on any host.
+    assert_eq!(reached("elsewhere.test", "/loose/z").await, "loose/z");
     // The longest listen path among the domains that match (both do here); the APIs
     // without one only after.
     assert_eq!(reached("api.example.com", "/other").await, "root/other");

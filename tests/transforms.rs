@@ -713,3 +713,103 @@ async fn batch_requests_answer_each_request_as_a_client_sending_it_alone() {
         .await;
     assert_eq!(r.status, 401, "{}", r.text());
 }
+
+#[tokio::test]
+async fn the_disabled_switches_turn_their_settings_off() {
+    let up = upstream().await;
+    let gw = gateway()
+        .api(api_with(
+            &up.url(""),
+            json!({
+                "global_headers": {"x-global": "on"}, "global_headers_disabled": true,
+                "global_response_headers": {"x-served-by": "tollgate"},
+                "global_response_headers_disabled": true,
+                "global_size_limit": 4, "global_size_limit_disabled": true,
+                "extended_paths": {
+                    "transform_headers": [{"path": "/anything/a", "method": "POST",
+                        "add_headers": {"x-endpoint": "1"}, "disabled": true}],
+                    "url_rewrites": [{"path": "/anything/a", "method": "POST",
+                        "match_pattern": ".*", "rewrite_to": "/anything/rewritten",
+                        "disabled": true}],
+                },
+            }),
+        ))
+        .start()
+        .await;
+    gw.add_key("offkey", seed_key()).await;
+    let r = gw
+        .client
+        .request(
+            "POST",
+            &gw.url("/tyk-api-test/anything/a"),
+            &[("authorization", "offkey")],
+            Some(b"longer than four".to_vec()),
+        )
+        .await;
+    assert_eq!(r.status, 200, "no size limit: {}", r.text());
+    let seen = r.json();
+    assert!(seen["headers"].get("X-Global").is_none(), "{seen}");
+    assert!(seen["headers"].get("X-Endpoint").is_none(), "{seen}");
+    assert!(
+        seen["url"].as_str().unwrap().ends_with("/anything/a"),
+        "{seen}"
+    );
+    assert_eq!(r.header("x-served-by"), None);
+}
+
+#[tokio::test]
+async fn with_options_passthrough_a_preflight_goes_through_the_pipeline_to_the_upstream() {
+    let up = upstream().await;
+    let mut api = sample_api(&up.url(""));
+    api["CORS"] = json!({"enable": true, "options_passthrough": true});
+    let gw = gateway().api(api).start().await;
+    gw.add_key("passkey", seed_key()).await;
+    let preflight = |key: Option<&'static str>| {
+        let gw = &gw;
+        async move {
+            let mut headers = vec![
+                ("origin", "https://app.example.com"),
+                ("access-control-request-method", "GET"),
+            ];
+            headers.extend(key.map(|k| ("authorization", k)));
+            gw.client
+                .request(
+                    "OPTIONS",
+                    &gw.url("/tyk-api-test/anything/x"),
+                    &headers,
+                    None,
+                )
+                .await
+        }
+    };
+    // Not answered by CORS: auth applies, then the upstream answers.
+    assert_eq!(preflight(None).await.status, 401);
+    let r = preflight(Some("passkey")).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["method"], "OPTIONS");
+    assert_eq!(r.header("access-control-allow-methods"), None);
+}
+
+#[tokio::test]
+async fn xff_depth_picks_which_forwarded_address_the_ip_lists_check() {
+    let up = upstream().await;
+    let mut api = sample_api(&up.url(""));
+    api["use_keyless"] = json!(true);
+    api["enable_ip_whitelisting"] = json!(true);
+    api["allowed_ips"] = json!(["10.0.0.1"]);
+    let first = gateway().api(api.clone()).start().await;
+    let last = gateway()
+        .api(api)
+        .config(json!({"http_server_options": {"xff_depth": 1}}))
+        .start()
+        .await;
+    async fn call(gw: &support::TestGateway, forwarded: &str) -> u16 {
+        let headers = [("x-forwarded-for", forwarded)];
+        let url = gw.url("/tyk-api-test/get");
+        gw.client.request("GET", &url, &headers, None).await.status
+    }
+    assert_eq!(call(&first, "10.0.0.1, 10.0.0.2").await, 200);
+    assert_eq!(call(&first, "10.0.0.2, 10.0.0.1").await, 403);
+    assert_eq!(call(&last, "10.0.0.1, 10.0.0.2").await, 403);
+    assert_eq!(call(&last, "10.0.0.2, 10.0.0.1").await, 200);
+}
