@@ -1041,6 +1041,41 @@ async fn a_keys_own_session_lifetime_sets_its_ttl_unless_forced() {
 }
 
 #[tokio::test]
+async fn records_go_to_storage_database_and_live_as_long_as_the_apis_session_lifetime() {
+    let redis = RedisServer::start().await;
+    let up = upstream().await;
+    let mut config = direct(redis.port);
+    config["storage"]["database"] = json!(3);
+    let mut api = sample_api(&up.url(""));
+    api["session_lifetime"] = json!(700);
+    let gw = gateway().api(api).config(config).start().await;
+    gw.add_key("apilifetime", seed_key()).await;
+    let record = format!("apikey-{}", gw.key_id("apilifetime"));
+    let ttl_in = |db: &'static str| {
+        let record = record.clone();
+        async move {
+            let script = "redis.call('SELECT', ARGV[1]); return redis.call('TTL', KEYS[1])";
+            let ttl = support::redis::cmd(redis.port, &["EVAL", script, "1", &record, db])
+                .await
+                .unwrap();
+            redis::from_redis_value::<i64>(ttl).unwrap()
+        }
+    };
+    assert_eq!(ttl_in("0").await, -2, "nothing in database 0");
+    let ttl = ttl_in("3").await;
+    assert!(
+        (690..=700).contains(&ttl),
+        "the key has no lifetime of its own: the API's: {ttl}"
+    );
+    assert_eq!(
+        gw.get_with_key("/tyk-api-test/get", Some("apilifetime"))
+            .await
+            .status,
+        200
+    );
+}
+
+#[tokio::test]
 async fn a_tls_sentinel_is_followed_over_tls() {
     let redis = TlsRedisServer::start(false).await;
     let sentinel = redis.sentinel().await;

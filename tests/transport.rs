@@ -160,6 +160,21 @@ async fn bad_upstream_tls_settings_are_load_errors_naming_the_field() {
         "{hello}"
     );
     assert_eq!(gw.get_with_key("/fine/get", None).await.status, 200);
+
+    // The gateway-wide `proxy_ssl_max_version` is every HTTPS API's unless it sets its own.
+    let gw = gateway()
+        .api(api("inherits", "/inherits/", target))
+        .config(json!({"proxy_ssl_max_version": 770}))
+        .start()
+        .await;
+    let hello = gw.hello().await;
+    assert!(
+        hello
+            .to_string()
+            .contains("ssl_max_version: 770 asks for TLS 1.1"),
+        "{hello}"
+    );
+    assert_eq!(gw.get_with_key("/inherits/get", None).await.status, 404);
 }
 
 #[tokio::test]
