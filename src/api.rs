@@ -17,7 +17,7 @@ use crate::batch;
 use crate::cors::Cors;
 use crate::counting::{Disabled, Policy, Rate};
 use crate::domain::HostPattern;
-use crate::endpoints::EndpointTable;
+use crate::endpoints::{EndpointTable, EntryContext};
 use crate::files;
 use crate::honoured;
 use crate::ip_access::IpAccess;
@@ -25,6 +25,7 @@ use crate::path_pattern::PathMatching;
 use crate::pipeline::{EndpointStage, Features, Pipeline, VersionStage};
 use crate::target::{self, Forwarding, Target};
 use crate::tls::{self, client::UpstreamTls};
+use crate::variables::Secrets;
 use crate::version::Versioning;
 
 /// Tyk's API definition. Unmodelled fields are kept in `extra` and written back unchanged.
@@ -273,8 +274,11 @@ impl ApiSpec {
         let mut endpoints = EndpointTable::compile(
             definition.version_data.not_versioned,
             &definition.version_data.extra,
-            &tls,
-            gateway.endpoint_matching,
+            EntryContext {
+                tls: &tls,
+                matching: gateway.endpoint_matching,
+                secrets: &gateway.secrets,
+            },
         )
         .map_err(|e| invalid(&e.field, e.reason))?
         .map(|(table, unfilled)| {
@@ -468,6 +472,8 @@ pub struct GatewayDefaults {
     pub custom_domains: bool,
     /// `ignore_endpoint_case` and `http_server_options.enable_path_{prefix,suffix}_matching`.
     pub endpoint_matching: PathMatching,
+    /// `secrets` and the environment's `TYK_SECRET_*`, for `$secret_conf.` and `$secret_env.`.
+    pub secrets: Secrets,
 }
 
 /// The routing table: served APIs by listen path, longest first (with

@@ -64,6 +64,8 @@ pub struct GatewayConfig {
     /// Endpoint paths in every API's lists and middleware match whatever their case (listen
     /// paths still match exactly).
     pub ignore_endpoint_case: bool,
+    /// Values API definitions name as `$secret_conf.<name>`.
+    pub secrets: std::collections::BTreeMap<String, String>,
     pub security: SecurityConfig,
     pub http_server_options: HttpServerOptions,
 }
@@ -229,6 +231,7 @@ impl Default for GatewayConfig {
             proxy_enable_http2: false,
             enable_custom_domains: false,
             ignore_endpoint_case: false,
+            secrets: Default::default(),
             security: SecurityConfig::default(),
             http_server_options: HttpServerOptions::default(),
         }

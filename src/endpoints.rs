@@ -30,6 +30,7 @@ use crate::json_validation::JsonValidation;
 use crate::path_pattern::{PathMatching, after_listen_path};
 use crate::rewrite::{RewriteFields, UrlRewrite};
 use crate::tls::client::UpstreamTls;
+use crate::variables::Secrets;
 use crate::version::{InvalidField, invalid};
 
 /// What the lists say of a request.
@@ -435,17 +436,26 @@ struct MethodFields {
     to_method: String,
 }
 
+/// What an API's endpoint entries are compiled with besides their own fields.
+#[derive(Clone, Copy)]
+pub struct EntryContext<'a> {
+    /// The API's, for a rewrite to an HTTPS host.
+    pub tls: &'a UpstreamTls,
+    /// The gateway's path matching (`ignore_endpoint_case` and the prefix and suffix switches).
+    pub matching: PathMatching,
+    /// The values of secrets in header values and rewrites.
+    pub secrets: &'a Secrets,
+}
+
 impl EndpointTable {
     /// The tables of `version_data`'s versions; `None` when no version asks for anything.
     /// For an API that is not versioned, the table of its `default_version`, else of
-    /// `Default`, else of its first version by name. `tls` is the API's, for a rewrite to an
-    /// HTTPS host. Also returns the variables in header values and rewrites that tollgate
-    /// leaves empty, by field.
+    /// `Default`, else of its first version by name. Also returns the variables in header
+    /// values and rewrites that tollgate leaves empty, by field.
     pub fn compile(
         not_versioned: bool,
         version_data: &Map<String, Value>,
-        tls: &UpstreamTls,
-        matching: PathMatching,
+        context: EntryContext<'_>,
     ) -> Result<Option<(Self, Vec<String>)>, InvalidField> {
         let Some(versions) = version_data.get("versions").and_then(Value::as_object) else {
             return Ok(None);
@@ -453,7 +463,7 @@ impl EndpointTable {
         let mut by_version = HashMap::new();
         let mut unfilled = Vec::new();
         for (name, version) in versions {
-            if let Some(paths) = compile_version(name, version, tls, matching, &mut unfilled)? {
+            if let Some(paths) = compile_version(name, version, context, &mut unfilled)? {
                 by_version.insert(name.clone(), paths);
             }
         }
@@ -658,8 +668,7 @@ impl<'p> Matched<'p> {
 fn compile_version(
     name: &str,
     version: &Value,
-    tls: &UpstreamTls,
-    matching: PathMatching,
+    context: EntryContext<'_>,
     unfilled: &mut Vec<String>,
 ) -> Result<Option<VersionPaths>, InvalidField> {
     let base = format!("version_data.versions.{name}");
@@ -669,7 +678,7 @@ fn compile_version(
         if disabled {
             return Ok((HeaderEdit::default(), Vec::new()));
         }
-        HeaderEdit::compile(remove, set, names)
+        HeaderEdit::compile(remove, set, names, context.secrets)
     };
     let (request_headers, missing) = globals(
         fields.global_headers_disabled,
@@ -705,8 +714,8 @@ fn compile_version(
         let mut table = Compiling {
             field: &field,
             matching: PathMatching {
-                ignore_case: fields.ignore_endpoint_case || matching.ignore_case,
-                ..matching
+                ignore_case: fields.ignore_endpoint_case || context.matching.ignore_case,
+                ..context.matching
             },
             patterns: &mut patterns,
             entries: &mut entries,
@@ -725,6 +734,7 @@ fn compile_version(
                     &entry.delete_headers,
                     &entry.add_headers,
                     (&at, "delete_headers", "add_headers"),
+                    context.secrets,
                 )?;
                 unfilled.extend(missing);
                 let action = match key {
@@ -739,7 +749,7 @@ fn compile_version(
             if entry.disabled {
                 continue;
             }
-            let (rewrite, missing) = UrlRewrite::compile(entry, &at, tls)?;
+            let (rewrite, missing) = UrlRewrite::compile(entry, &at, context.tls, context.secrets)?;
             unfilled.extend(missing);
             let action = Action::Rewrite(Box::new(rewrite));
             table.add(&at, (&entry.path, &entry.method, false), action)?;
@@ -979,14 +989,13 @@ mod tests {
     use serde_json::json;
 
     fn compile(not_versioned: bool, data: &Value) -> Result<Option<EndpointTable>, InvalidField> {
-        let tls = UpstreamTls::default();
-        EndpointTable::compile(
-            not_versioned,
-            data.as_object().unwrap(),
-            &tls,
-            PathMatching::default(),
-        )
-        .map(|table| table.map(|(table, _)| table))
+        let context = EntryContext {
+            tls: &UpstreamTls::default(),
+            matching: PathMatching::default(),
+            secrets: &Secrets::default(),
+        };
+        EndpointTable::compile(not_versioned, data.as_object().unwrap(), context)
+            .map(|table| table.map(|(table, _)| table))
     }
 
     #[test]

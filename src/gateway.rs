@@ -16,6 +16,7 @@ use crate::guard::KeyGuard;
 use crate::limits::Limiter;
 use crate::policy::{PolicyLoadError, PolicyTable};
 use crate::store::SessionStore;
+use crate::variables::Secrets;
 
 /// Bytes of all admin request bodies being received at once, together.
 pub const ADMIN_BODIES_IN_FLIGHT: usize = 16 * 1024 * 1024;
@@ -96,6 +97,7 @@ impl Gateway {
             tls: self.config.upstream_tls(),
             custom_domains: self.config.enable_custom_domains,
             endpoint_matching: self.config.path_matching(),
+            secrets: Secrets::with_process_env(self.config.secrets.clone()),
         }
     }
 

@@ -7,7 +7,7 @@
 use http::{HeaderMap, HeaderName, HeaderValue};
 use serde_json::Map;
 
-use crate::variables::{Scope, Template};
+use crate::variables::{Scope, Secrets, Template};
 use crate::version::{InvalidField, invalid};
 
 /// Headers removed, then set.
@@ -25,11 +25,13 @@ enum HeaderText {
 
 impl HeaderEdit {
     /// The edit of `remove` and `set`, their fields named `{at}.{remove_field}` and
-    /// `{at}.{set_field}`. Also returns the variables in its values that tollgate leaves empty.
+    /// `{at}.{set_field}`, its values' secrets filled in from `secrets`. Also returns the
+    /// variables in its values that tollgate leaves empty.
     pub fn compile(
         remove: &[String],
         set: &Map<String, serde_json::Value>,
         at: (&str, &str, &str),
+        secrets: &Secrets,
     ) -> Result<(Self, Vec<String>), InvalidField> {
         let (base, remove_field, set_field) = at;
         let name = |text: &str, field: String| {
@@ -49,7 +51,7 @@ impl HeaderEdit {
                 return Err(invalid(&field, "must be a string"));
             };
             let header = name(key, field.clone())?;
-            let (template, mut missing) = Template::compile(value);
+            let (template, mut missing) = Template::compile(value, secrets);
             unfilled.extend(missing.drain(..).map(|v| format!("{field}: {v}")));
             let text = match template.as_text() {
                 Some(text) => HeaderText::Fixed(
@@ -126,9 +128,14 @@ mod tests {
     fn edit(remove: &[&str], set: serde_json::Value) -> HeaderEdit {
         let remove: Vec<String> = remove.iter().map(|s| s.to_string()).collect();
         let set = set.as_object().unwrap().clone();
-        HeaderEdit::compile(&remove, &set, ("t", "delete_headers", "add_headers"))
-            .unwrap()
-            .0
+        HeaderEdit::compile(
+            &remove,
+            &set,
+            ("t", "delete_headers", "add_headers"),
+            &Secrets::default(),
+        )
+        .unwrap()
+        .0
     }
 
     #[test]
@@ -178,12 +185,14 @@ mod tests {
     #[test]
     fn bad_names_and_values_name_their_field() {
         let at = ("v", "global_headers_remove", "global_headers");
-        let bad_remove = HeaderEdit::compile(&["bad name".into()], &Map::new(), at).unwrap_err();
+        let none = Secrets::default();
+        let bad_remove =
+            HeaderEdit::compile(&["bad name".into()], &Map::new(), at, &none).unwrap_err();
         assert_eq!(bad_remove.field, "v.global_headers_remove[0]");
         let set = json!({"x-a": "line\nbreak"}).as_object().unwrap().clone();
-        let bad_value = HeaderEdit::compile(&[], &set, at).unwrap_err();
+        let bad_value = HeaderEdit::compile(&[], &set, at, &none).unwrap_err();
         assert_eq!(bad_value.field, "v.global_headers.x-a");
         let set = json!({"x-a": 5}).as_object().unwrap().clone();
-        assert!(HeaderEdit::compile(&[], &set, at).is_err());
+        assert!(HeaderEdit::compile(&[], &set, at, &none).is_err());
     }
 }

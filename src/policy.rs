@@ -48,8 +48,9 @@ const APPLIED_ACCESS_FIELDS: [&str; 5] =
 
 impl PolicyDefinition {
     /// The fields this policy uses that tollgate does not apply, named for the load's warning:
-    /// its fields tollgate does not model (`throttle_*` and the rest), `tags`, `meta_data`, and
-    /// the fields of its access rights other than those policies apply.
+    /// its fields tollgate does not model (`throttle_*` and the rest), `tags` (which only
+    /// analytics records would carry), and the fields of its access rights other than those
+    /// policies apply.
     pub fn unhonoured(&self) -> Vec<String> {
         let mut found: Vec<String> = self
             .extra
@@ -59,9 +60,6 @@ impl PolicyDefinition {
             .collect();
         if !self.tags.is_empty() {
             found.push("tags".into());
-        }
-        if honoured::in_use(&self.meta_data) {
-            found.push("meta_data".into());
         }
         for (api_id, access) in &self.access_rights {
             if let Ok(Value::Object(fields)) = serde_json::to_value(access) {
@@ -257,7 +255,8 @@ impl PolicyTable {
     /// Tyk's `Apply`: a missing policy is skipped among several and refuses a key that names
     /// only it; rate, quota and access rights come from the policies that set them (the
     /// highest rate, the largest quota, the union of access rights with their versions and
-    /// URL rights merged); `is_inactive` from any.
+    /// URL rights merged); `is_inactive` from any; each policy's `meta_data` set over the
+    /// key's, in the key's order of policies.
     fn combine(&self, key: &KeyAccess) -> Result<Applied, PolicyRefused> {
         let mut found = Vec::with_capacity(key.policies.len());
         for id in &key.policies {
@@ -327,6 +326,9 @@ impl PolicyTable {
         let mut applied = key.with_apis(apis);
         applied.limits = limits;
         applied.is_inactive = inactive;
+        for policy in &found {
+            applied.merge_meta(&policy.meta_data);
+        }
         let mut orgs: Vec<Box<str>> = Vec::new();
         for policy in &found {
             if !orgs.iter().any(|org| **org == *policy.org_id) {
@@ -562,6 +564,26 @@ mod tests {
         assert_eq!((applied.limits.rate, applied.limits.per), (1.0, 1.0));
         assert!(applied.access_to("a").is_some());
         assert!(applied.access_to("b").is_none());
+    }
+
+    #[test]
+    fn policies_meta_data_is_set_over_the_keys_in_order() {
+        let table = PolicyTable::new(vec![
+            policy(
+                json!({"id": "a", "meta_data": {"tier": "silver", "region": "eu", "flag": "x"},
+                "access_rights": {"a": {"api_id": "a"}}}),
+            ),
+            policy(json!({"id": "b", "meta_data": {"tier": "gold", "flag": true}})),
+        ]);
+        let session: SessionState = serde_json::from_value(json!({
+            "apply_policies": ["a", "b"], "meta_data": {"tier": "bronze", "user": "u1"}
+        }))
+        .unwrap();
+        let applied = table
+            .apply(&Arc::new(KeyAccess::from(&session)), "")
+            .unwrap();
+        let meta: Vec<(&str, &str)> = applied.meta.iter().map(|(k, v)| (&**k, &**v)).collect();
+        assert_eq!(meta, [("user", "u1"), ("region", "eu"), ("tier", "gold")]);
     }
 
     #[test]

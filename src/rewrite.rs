@@ -14,7 +14,7 @@ use serde_json::Value;
 
 use crate::target::{self, Target};
 use crate::tls::client::UpstreamTls;
-use crate::variables::{Scope, Template, canonical_header_name, context_value};
+use crate::variables::{Scope, Secrets, Template, canonical_header_name, context_value};
 use crate::version::{InvalidField, invalid};
 
 /// One compiled rewrite.
@@ -98,17 +98,24 @@ struct MatcherFields {
 }
 
 impl UrlRewrite {
-    /// Compiles an entry found at `at`; `tls` is the API's, for a rewrite to an HTTPS host.
-    /// Also returns the variables in its texts that tollgate leaves empty.
+    /// Compiles an entry found at `at`; `tls` is the API's, for a rewrite to an HTTPS host;
+    /// secrets in its texts are filled in from `secrets`. Also returns the variables in its
+    /// texts that tollgate leaves empty.
     pub fn compile(
         fields: &RewriteFields,
         at: &str,
         tls: &UpstreamTls,
+        secrets: &Secrets,
     ) -> Result<(Self, Vec<String>), InvalidField> {
         let pattern = Regex::new(&fields.match_pattern)
             .map_err(|e| invalid(&format!("{at}.match_pattern"), e.to_string()))?;
         let mut unfilled = Vec::new();
-        let rewrite_to = destination(&fields.rewrite_to, &format!("{at}.rewrite_to"), tls)?;
+        let rewrite_to = destination(
+            &fields.rewrite_to,
+            &format!("{at}.rewrite_to"),
+            tls,
+            secrets,
+        )?;
         unfilled.extend(rewrite_to.1);
         let mut triggers = Vec::new();
         for (i, trigger) in fields.triggers.iter().enumerate() {
@@ -146,7 +153,12 @@ impl UrlRewrite {
                         })
                 })
                 .collect::<Result<_, _>>()?;
-            let rewrite_to = destination(&trigger.rewrite_to, &format!("{at}.rewrite_to"), tls)?;
+            let rewrite_to = destination(
+                &trigger.rewrite_to,
+                &format!("{at}.rewrite_to"),
+                tls,
+                secrets,
+            )?;
             unfilled.extend(rewrite_to.1);
             triggers.push(Trigger {
                 any,
@@ -359,8 +371,9 @@ fn destination(
     text: &str,
     at: &str,
     tls: &UpstreamTls,
+    secrets: &Secrets,
 ) -> Result<(Destination, Vec<String>), InvalidField> {
-    let (template, unfilled) = Template::compile(text);
+    let (template, unfilled) = Template::compile(text, secrets);
     let target = match text.split_once("://") {
         Some(("tyk", _)) => {
             return Err(invalid(
@@ -455,7 +468,7 @@ mod tests {
 
     fn rewrite(fields: Value) -> UrlRewrite {
         let fields: RewriteFields = serde_json::from_value(fields).unwrap();
-        UrlRewrite::compile(&fields, "r", &UpstreamTls::default())
+        UrlRewrite::compile(&fields, "r", &UpstreamTls::default(), &Secrets::default())
             .unwrap()
             .0
     }
@@ -586,7 +599,7 @@ mod tests {
     fn bad_fields_are_load_errors_naming_them() {
         let fail = |fields: Value| {
             let fields: RewriteFields = serde_json::from_value(fields).unwrap();
-            UrlRewrite::compile(&fields, "r", &UpstreamTls::default())
+            UrlRewrite::compile(&fields, "r", &UpstreamTls::default(), &Secrets::default())
                 .unwrap_err()
                 .field
         };

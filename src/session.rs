@@ -223,6 +223,23 @@ impl KeyAccess {
         }
     }
 
+    /// Sets `meta_data`'s members over the key's own, as Tyk's apply merges a policy's
+    /// `meta_data` into the key's (a member whose value does not render, such as a boolean,
+    /// leaves the variable empty).
+    pub fn merge_meta(&mut self, meta_data: &Value) {
+        let Value::Object(members) = meta_data else {
+            return;
+        };
+        let mut meta = std::mem::take(&mut self.meta).into_vec();
+        for (name, value) in members {
+            meta.retain(|(known, _)| **known != **name);
+            if let Some(rendered) = meta_value(value) {
+                meta.push((name.as_str().into(), rendered.into()));
+            }
+        }
+        self.meta = meta.into_boxed_slice();
+    }
+
     /// The key's access to `api_id`, if it has any. A linear scan: keys name a few APIs, and
     /// their ids sit in one allocation.
     pub fn access_to(&self, api_id: &str) -> Option<&ApiAccess> {

@@ -1,9 +1,11 @@
 //! Tyk's variables in header values and URL rewrites: `$tyk_context.<name>`, the request's
 //! context (filled when the API sets `enable_context_vars`), and `$tyk_meta.<name>`, a member
 //! of the key's `meta_data`. A text is compiled once into a [`Template`]; a variable without a
-//! value renders empty, as in Tyk.
+//! value renders empty, as in Tyk. Tyk's secrets from the environment and from `tyk.conf`
+//! (`$secret_env.<name>`, `$secret_conf.<name>`) are filled in when the text is compiled.
 
 use std::cell::OnceCell;
+use std::collections::HashMap;
 use std::net::IpAddr;
 
 use http::HeaderName;
@@ -13,9 +15,68 @@ use crate::client_ip;
 
 const CONTEXT: &str = "$tyk_context.";
 const META: &str = "$tyk_meta.";
-/// Tyk's secrets (`$secret_env.`, `$secret_conf.`, `$secret_vault.`, `$secret_consul.`), which
-/// tollgate does not resolve: left empty, as Tyk leaves one it cannot, and reported.
+/// Tyk's secrets: `$secret_env.` and `$secret_conf.` are resolved (see [`Secrets`]); those
+/// of a secret store (`$secret_vault.`, `$secret_consul.`, `$secret_file.`) are not, and are
+/// left empty, as Tyk leaves one it cannot resolve, and reported.
 const SECRET: &str = "$secret_";
+/// Where Tyk looks for `$secret_env.<name>`: the environment variable `TYK_SECRET_<NAME>`.
+const SECRET_ENV_PREFIX: &str = "TYK_SECRET_";
+
+/// The values of `$secret_env.<name>` (the environment's `TYK_SECRET_<NAME>`, the name
+/// upper-cased) and `$secret_conf.<name>` (tyk.conf's `secrets`), read when definitions load.
+/// Printed with its names only.
+#[derive(Clone, Default)]
+pub struct Secrets {
+    /// By the variable's name after `TYK_SECRET_`.
+    env: HashMap<String, String>,
+    conf: HashMap<String, String>,
+}
+
+impl std::fmt::Debug for Secrets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Secrets")
+            .field("env", &self.env.keys().collect::<Vec<_>>())
+            .field("conf", &self.conf.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+impl Secrets {
+    /// `conf` from tyk.conf; `env` the environment's variables (those not named
+    /// `TYK_SECRET_*` are left out).
+    pub fn new(
+        conf: impl IntoIterator<Item = (String, String)>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Self {
+        Self {
+            env: env
+                .into_iter()
+                .filter_map(|(name, value)| {
+                    Some((name.strip_prefix(SECRET_ENV_PREFIX)?.to_owned(), value))
+                })
+                .collect(),
+            conf: conf.into_iter().collect(),
+        }
+    }
+
+    /// With this process's environment (variables whose name or value is not UTF-8 left out).
+    pub fn with_process_env(conf: impl IntoIterator<Item = (String, String)>) -> Self {
+        let env = std::env::vars_os().filter_map(|(name, value)| {
+            Some((name.into_string().ok()?, value.into_string().ok()?))
+        });
+        Self::new(conf, env)
+    }
+
+    /// The value of `$secret_<name>` (`name` is `env.X` or `conf.X`), if it has one.
+    fn value(&self, name: &str) -> Option<&str> {
+        match name.split_once('.')? {
+            ("env", key) => self.env.get(&key.to_uppercase()),
+            ("conf", key) => self.conf.get(key),
+            _ => None,
+        }
+        .map(String::as_str)
+    }
+}
 
 /// A text with its variables found.
 #[derive(Debug, Clone, PartialEq)]
@@ -73,10 +134,11 @@ pub struct Scope<'a> {
 }
 
 impl Template {
-    /// Finds the variables in `text`. A variable's name runs over `[A-Za-z0-9_.-]` (Tyk's
-    /// pattern). Returns the template and the variables in it that tollgate does not fill
-    /// (some context variables, secrets), so that a loader can report them.
-    pub fn compile(text: &str) -> (Self, Vec<String>) {
+    /// Finds the variables in `text`, and fills in its secrets from `secrets`. A variable's
+    /// name runs over `[A-Za-z0-9_.-]` (Tyk's pattern). Returns the template and the
+    /// variables in it that tollgate does not fill (some context variables, secrets it has
+    /// no value for), so that a loader can report them.
+    pub fn compile(text: &str, secrets: &Secrets) -> (Self, Vec<String>) {
         let mut parts = Vec::new();
         let mut unfilled = Vec::new();
         let mut rest = text;
@@ -98,7 +160,10 @@ impl Template {
             push_text(&mut parts, &rest[..at]);
             let name = &after[..length];
             if label == SECRET {
-                unfilled.push(format!("{SECRET}{name}"));
+                match secrets.value(name) {
+                    Some(value) => push_text(&mut parts, value),
+                    None => unfilled.push(format!("{SECRET}{name}")),
+                }
                 rest = &after[length..];
                 continue;
             }
@@ -328,6 +393,10 @@ mod tests {
     use super::*;
     use http::Request;
 
+    fn compile(text: &str) -> (Template, Vec<String>) {
+        Template::compile(text, &Secrets::default())
+    }
+
     fn parts(uri: &str, headers: &[(&str, &str)]) -> Parts {
         let mut builder = Request::builder().uri(uri);
         for (k, v) in headers {
@@ -360,31 +429,56 @@ mod tests {
                     h=$tyk_context.headers_X_Api_Version;lower=$tyk_context.headers_x_api_version;\
                     c=$tyk_context.cookies_my_session;q=$tyk_context.request_data_x_y;\
                     tier=$tyk_meta.tier;id=$tyk_meta.user.id;none=$tyk_meta.absent;$tyk_context.";
-        let (template, unfilled) = Template::compile(text);
+        let (template, unfilled) = compile(text);
         assert_eq!(
             template.render(&scope),
             "p=/api/users/7;parts=api,users,7;ip=10.0.0.9;h=v2;lower=;c=abc;q=1;tier=gold;\
              id=42;none=;$tyk_context."
         );
         assert_eq!(unfilled, ["$tyk_context.headers_x_api_version"]);
-        let (id, _) = Template::compile("$tyk_context.request_id");
+        let (id, _) = compile("$tyk_context.request_id");
         assert_eq!(id.render(&scope), id.render(&scope), "one id per request");
         assert_eq!(id.render(&scope).len(), 36);
         let off = Scope {
             context_vars: false,
             ..scope
         };
-        let (template, _) = Template::compile("[$tyk_context.path][$tyk_meta.tier]");
+        let (template, _) = compile("[$tyk_context.path][$tyk_meta.tier]");
         assert_eq!(template.render(&off), "[][gold]");
-        let (secret, unfilled) = Template::compile("Bearer $secret_env.UPSTREAM_TOKEN!");
+        let (secret, unfilled) = compile("Bearer $secret_env.UPSTREAM_TOKEN!");
         assert_eq!(secret.render(&scope), "Bearer !");
         assert_eq!(unfilled, ["$secret_env.UPSTREAM_TOKEN"]);
     }
 
     #[test]
+    fn secrets_from_the_environment_and_tyk_conf_are_filled_in_when_compiled() {
+        let secrets = Secrets::new(
+            [("db.pass".to_owned(), "p$1".to_owned())],
+            [
+                ("TYK_SECRET_UPSTREAM_TOKEN".to_owned(), "t0k".to_owned()),
+                ("UPSTREAM_TOKEN".to_owned(), "not a secret".to_owned()),
+            ],
+        );
+        let (template, unfilled) = Template::compile(
+            "Bearer $secret_env.upstream_token;$secret_conf.db.pass;\
+             $secret_conf.DB.PASS;$secret_vault.a.b;$secret_env.absent",
+            &secrets,
+        );
+        assert_eq!(template.as_text(), Some("Bearer t0k;p$1;;;"));
+        assert_eq!(
+            unfilled,
+            [
+                "$secret_conf.DB.PASS",
+                "$secret_vault.a.b",
+                "$secret_env.absent"
+            ]
+        );
+    }
+
+    #[test]
     fn plain_text_is_known_as_such() {
-        assert_eq!(Template::compile("plain").0.as_text(), Some("plain"));
-        assert_eq!(Template::compile("$tyk_meta.x").0.as_text(), None);
+        assert_eq!(compile("plain").0.as_text(), Some("plain"));
+        assert_eq!(compile("$tyk_meta.x").0.as_text(), None);
     }
 
     #[test]

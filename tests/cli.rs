@@ -251,6 +251,81 @@ async fn toml_config_works_too() {
 }
 
 #[tokio::test]
+async fn secrets_from_the_environment_and_tyk_conf_fill_header_values_and_rewrites() {
+    let up = upstream().await;
+    let dir = tempfile::tempdir().unwrap();
+    let apps = dir.path().join("apps");
+    std::fs::create_dir(&apps).unwrap();
+    let mut api = sample_api(&up.url(""));
+    api["use_keyless"] = json!(true);
+    let version = &mut api["version_data"]["versions"]["Default"];
+    version["use_extended_paths"] = json!(true);
+    version["global_headers"] = json!({
+        "x-upstream-token": "Bearer $secret_env.upstream_token",
+        "x-db": "$secret_conf.db_user",
+        "x-unset": "[$secret_env.absent]",
+    });
+    version["extended_paths"] = json!({"url_rewrites": [{"path": "/tenant", "method": "GET",
+        "match_pattern": "/tenant", "rewrite_to": "/anything/$secret_conf.tenant"}]});
+    std::fs::write(apps.join("a.json"), api.to_string()).unwrap();
+    let port = free_port();
+    let conf = dir.path().join("tyk.conf");
+    std::fs::write(
+        &conf,
+        json!({"listen_address": "127.0.0.1", "listen_port": port, "secret": "s",
+            "app_path": apps, "storage": {"type": "memory"},
+            "secrets": {"db_user": "svc-reader", "tenant": "acme"}})
+        .to_string(),
+    )
+    .unwrap();
+    let log = dir.path().join("log");
+    let _gw = Process {
+        child: Command::new(BIN)
+            .args(["serve", "--conf"])
+            .arg(&conf)
+            .env("TYK_SECRET_UPSTREAM_TOKEN", "t0k3n")
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap(),
+    };
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    assert!(wait_for_port(addr, Duration::from_secs(10)).await);
+    let client = Client::new();
+    let r = client
+        .request("GET", &format!("http://{addr}/tyk-api-test/get"), &[], None)
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let seen = &r.json()["headers"];
+    assert_eq!(seen["X-Upstream-Token"], "Bearer t0k3n", "{seen}");
+    assert_eq!(seen["X-Db"], "svc-reader");
+    assert_eq!(seen["X-Unset"], "[]");
+    let r = client
+        .request(
+            "GET",
+            &format!("http://{addr}/tyk-api-test/tenant"),
+            &[],
+            None,
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(
+        r.json()["url"]
+            .as_str()
+            .unwrap()
+            .ends_with("/anything/acme"),
+        "{}",
+        r.text()
+    );
+    // The secret without a value is reported at load; no secret's value is logged.
+    let logged = std::fs::read_to_string(&log).unwrap();
+    assert!(logged.contains("$secret_env.absent"), "{logged}");
+    assert!(
+        !logged.contains("t0k3n") && !logged.contains("svc-reader"),
+        "{logged}"
+    );
+}
+
+#[tokio::test]
 async fn demo_answers_the_seed_curl() {
     let out = Command::new(BIN)
         .args(["demo", "--print-config"])

@@ -220,3 +220,36 @@ async fn a_new_key_takes_its_policys_key_expires_in() {
     );
     assert_eq!(status(&gw, "/tyk-api-test/get", &key).await, 200);
 }
+
+#[tokio::test]
+async fn a_policys_meta_data_is_merged_over_the_keys_for_tyk_meta_variables() {
+    let up = upstream().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut gold = policy("gold", "1");
+    gold["meta_data"] = json!({"tier": "gold", "plan": "annual"});
+    std::fs::write(dir.path().join("gold.json"), gold.to_string()).unwrap();
+    let mut api = sample_api(&up.url(""));
+    let version = &mut api["version_data"]["versions"]["Default"];
+    version["use_extended_paths"] = json!(true);
+    version["global_headers"] =
+        json!({"x-tier": "$tyk_meta.tier", "x-plan": "$tyk_meta.plan", "x-user": "$tyk_meta.user"});
+    let gw = gateway()
+        .api(api)
+        .config(json!({"policies": {"policy_source": "file", "policy_path": dir.path()}}))
+        .start()
+        .await;
+    let hello = gw.hello().await.to_string();
+    assert!(
+        !hello.contains("meta_data"),
+        "merged, so not reported: {hello}"
+    );
+    let mut key = policy_key(&["gold"]);
+    key["meta_data"] = json!({"tier": "bronze", "user": "u7"});
+    gw.add_key("metakey", key).await;
+    let r = gw.get_with_key("/tyk-api-test/get", Some("metakey")).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let seen = &r.json()["headers"];
+    assert_eq!(seen["X-Tier"], "gold", "the policy's value wins: {seen}");
+    assert_eq!(seen["X-Plan"], "annual");
+    assert_eq!(seen["X-User"], "u7", "the key's own members stay");
+}
