@@ -19,6 +19,7 @@ use crate::counting::{Disabled, Policy, Rate};
 use crate::domain::HostPattern;
 use crate::endpoints::{EndpointTable, EntryContext};
 use crate::files;
+use crate::headers;
 use crate::honoured;
 use crate::ip_access::IpAccess;
 use crate::path_pattern::PathMatching;
@@ -271,6 +272,12 @@ impl ApiSpec {
                 .and_then(Value::as_bool)
                 == Some(true),
         };
+        let (response_injector, left_out) = headers::response_injector(
+            definition.extra.get("response_processors"),
+            &gateway.secrets,
+        )
+        .map_err(|e| invalid(&e.field, e.reason))?;
+        unhonoured.extend(left_out);
         let mut endpoints = EndpointTable::compile(
             definition.version_data.not_versioned,
             &definition.version_data.extra,
@@ -278,6 +285,7 @@ impl ApiSpec {
                 tls: &tls,
                 matching: gateway.endpoint_matching,
                 secrets: &gateway.secrets,
+                response_injector: &response_injector,
             },
         )
         .map_err(|e| invalid(&e.field, e.reason))?

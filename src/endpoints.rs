@@ -445,6 +445,9 @@ pub struct EntryContext<'a> {
     pub matching: PathMatching,
     /// The values of secrets in header values and rewrites.
     pub secrets: &'a Secrets,
+    /// The API's `header_injector` response processor, applied after each version's own
+    /// response headers.
+    pub response_injector: &'a HeaderEdit,
 }
 
 impl EndpointTable {
@@ -698,6 +701,11 @@ fn compile_version(
         ),
     )?;
     unfilled.extend(missing);
+    let response_headers = if fields.global_response_headers_disabled {
+        response_headers
+    } else {
+        response_headers.then(context.response_injector)
+    };
     let size_limit = match fields.global_size_limit {
         _ if fields.global_size_limit_disabled => None,
         n if n > 0 => Some(n as u64),
@@ -993,6 +1001,7 @@ mod tests {
             tls: &UpstreamTls::default(),
             matching: PathMatching::default(),
             secrets: &Secrets::default(),
+            response_injector: &HeaderEdit::default(),
         };
         EndpointTable::compile(not_versioned, data.as_object().unwrap(), context)
             .map(|table| table.map(|(table, _)| table))

@@ -1,23 +1,25 @@
 //! Tyk's header transforms, compiled once: a version's `global_headers` and
 //! `global_headers_remove` and an endpoint's `transform_headers` on the request; a version's
 //! `global_response_headers(_remove)` and an endpoint's `transform_response_headers` on the
-//! response. An edit removes, then sets (replacing any value there); values may hold Tyk's
-//! variables (see `variables`).
+//! response, followed there by the API's `header_injector` response processor. An edit
+//! removes, then sets (replacing any value there); values may hold Tyk's variables (see
+//! `variables`).
 
 use http::{HeaderMap, HeaderName, HeaderValue};
-use serde_json::Map;
+use serde::Deserialize;
+use serde_json::{Map, Value};
 
 use crate::variables::{Scope, Secrets, Template};
 use crate::version::{InvalidField, invalid};
 
 /// Headers removed, then set.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct HeaderEdit {
     remove: Box<[HeaderName]>,
     set: Box<[(HeaderName, HeaderText)]>,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 enum HeaderText {
     Fixed(HeaderValue),
     Template(Template),
@@ -73,6 +75,32 @@ impl HeaderEdit {
         self.remove.is_empty() && self.set.is_empty()
     }
 
+    /// This edit followed by `next`, as one edit: a header `next` removes or sets is no
+    /// longer set by this one.
+    pub fn then(&self, next: &HeaderEdit) -> HeaderEdit {
+        let mut remove = self.remove.to_vec();
+        remove.extend(
+            next.remove
+                .iter()
+                .filter(|n| !self.remove.contains(n))
+                .cloned(),
+        );
+        let overridden = |name: &HeaderName| {
+            next.remove.contains(name) || next.set.iter().any(|(n, _)| n == name)
+        };
+        let set = self
+            .set
+            .iter()
+            .filter(|(name, _)| !overridden(name))
+            .chain(next.set.iter())
+            .cloned()
+            .collect();
+        HeaderEdit {
+            remove: remove.into(),
+            set,
+        }
+    }
+
     /// The edit with its templates' values rendered in `scope` (a response's edit is
     /// rendered while the request is at hand, as its variables are the request's).
     pub fn render(&self, scope: &Scope<'_>) -> RenderedEdit<'_> {
@@ -88,6 +116,62 @@ impl HeaderEdit {
             .collect();
         RenderedEdit { edit: self, values }
     }
+}
+
+/// `response_processors`: the `header_injector` processor's `options` (`remove_headers`, then
+/// `add_headers`), which Tyk applies to every response after a version's own response
+/// headers (not where the version sets `global_response_headers_disabled`). Also returns what
+/// tollgate leaves out, for the load's report: the variables without a value, and any other
+/// processor (Tyk's `header_transform` and its plugin hooks), by field.
+pub fn response_injector(
+    processors: Option<&Value>,
+    secrets: &Secrets,
+) -> Result<(HeaderEdit, Vec<String>), InvalidField> {
+    #[derive(Deserialize)]
+    struct Processor {
+        name: String,
+        #[serde(default)]
+        options: Option<InjectorOptions>,
+    }
+    #[derive(Deserialize, Default)]
+    #[serde(default)]
+    struct InjectorOptions {
+        add_headers: Map<String, Value>,
+        remove_headers: Vec<String>,
+    }
+    let Some(processors) = processors.filter(|p| !p.is_null()) else {
+        return Ok((HeaderEdit::default(), Vec::new()));
+    };
+    let processors: Vec<Value> = serde_json::from_value(processors.clone())
+        .map_err(|e| invalid("response_processors", e.to_string()))?;
+    let mut edit = HeaderEdit::default();
+    let mut left_out = Vec::new();
+    for (i, processor) in processors.into_iter().enumerate() {
+        let at = format!("response_processors[{i}]");
+        let processor: Processor =
+            serde_json::from_value(processor).map_err(|e| invalid(&at, e.to_string()))?;
+        if processor.name != "header_injector" {
+            left_out.push(format!(
+                "{at}: {} (a processor tollgate does not run)",
+                processor.name
+            ));
+            continue;
+        }
+        let options = processor.options.unwrap_or_default();
+        let (next, unfilled) = HeaderEdit::compile(
+            &options.remove_headers,
+            &options.add_headers,
+            (&format!("{at}.options"), "remove_headers", "add_headers"),
+            secrets,
+        )?;
+        left_out.extend(
+            unfilled
+                .into_iter()
+                .map(|v| format!("{v} (a variable tollgate leaves empty)")),
+        );
+        edit = edit.then(&next);
+    }
+    Ok((edit, left_out))
 }
 
 /// An edit whose values are rendered, ready to apply.
@@ -194,5 +278,55 @@ mod tests {
         assert_eq!(bad_value.field, "v.global_headers.x-a");
         let set = json!({"x-a": 5}).as_object().unwrap().clone();
         assert!(HeaderEdit::compile(&[], &set, at, &none).is_err());
+    }
+
+    #[test]
+    fn one_edit_then_another_is_their_effect_in_order() {
+        let first = edit(&["x-a"], json!({"x-b": "1", "x-c": "1", "x-d": "1"}));
+        let next = edit(&["x-b", "x-up"], json!({"x-c": "2"}));
+        let both = first.then(&next);
+        let request = Request::builder()
+            .header("x-a", "up")
+            .header("x-up", "up")
+            .header("x-kept", "up")
+            .body(())
+            .unwrap();
+        let (parts, _) = request.into_parts();
+        let mut headers = parts.headers.clone();
+        let id = OnceCell::new();
+        let scope = Scope {
+            request: &parts,
+            peer: "127.0.0.1".parse().unwrap(),
+            xff_depth: 0,
+            request_id: &id,
+            meta: None,
+            context_vars: false,
+            captures: &[],
+        };
+        both.render(&scope).apply(&mut headers);
+        let seen = |name: &str| headers.get(name).map(|v| v.to_str().unwrap().to_owned());
+        assert_eq!(seen("x-a"), None);
+        assert_eq!(seen("x-b"), None, "removed by the later edit");
+        assert_eq!(seen("x-c").as_deref(), Some("2"));
+        assert_eq!(seen("x-d").as_deref(), Some("1"));
+        assert_eq!(seen("x-up"), None);
+        assert_eq!(seen("x-kept").as_deref(), Some("up"));
+    }
+
+    #[test]
+    fn the_header_injector_processor_is_read_and_others_are_named() {
+        let processors = json!([
+            {"name": "header_injector", "options": {"add_headers": {"x-a": "1"}, "remove_headers": ["server"]}},
+            {"name": "header_transform", "options": {"rev_proxy_header_cleanup": {}}}
+        ]);
+        let (edit, left_out) = response_injector(Some(&processors), &Secrets::default()).unwrap();
+        assert!(!edit.is_empty());
+        assert_eq!(
+            left_out,
+            ["response_processors[1]: header_transform (a processor tollgate does not run)"]
+        );
+        let bad = json!([{"name": "header_injector", "options": {"add_headers": {"x a": "1"}}}]);
+        let e = response_injector(Some(&bad), &Secrets::default()).unwrap_err();
+        assert_eq!(e.field, "response_processors[0].options.add_headers.x a");
     }
 }

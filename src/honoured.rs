@@ -27,6 +27,8 @@ const HONOURED: &[&str] = &[
     "slug",
     "active",
     "enable_batch_request_support",
+    // The `header_injector` processor is applied; any other is reported by `headers`.
+    "response_processors",
     "use_keyless",
     "use_standard_auth",
     "auth.auth_header_name",

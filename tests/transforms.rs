@@ -813,3 +813,64 @@ async fn xff_depth_picks_which_forwarded_address_the_ip_lists_check() {
     assert_eq!(call(&last, "10.0.0.1, 10.0.0.2").await, 403);
     assert_eq!(call(&last, "10.0.0.2, 10.0.0.1").await, 200);
 }
+
+#[tokio::test]
+async fn the_header_injector_processor_edits_responses_after_the_versions_headers() {
+    let up = upstream().await;
+    let mut api = api_with(
+        &up.url(""),
+        json!({"global_response_headers": {"x-layer": "version", "x-version-only": "1"}}),
+    );
+    api["response_processors"] = json!([
+        {"name": "header_injector", "options": {
+            "add_headers": {"x-layer": "injector", "x-user": "$tyk_meta.user_id"},
+            "remove_headers": ["x-upstream-secret", "x-version-only"]}},
+        {"name": "header_transform", "options": {"rev_proxy_header_cleanup": {"headers": ["Location"]}}}
+    ]);
+    let mut off = api.clone();
+    off["api_id"] = json!("off");
+    off["proxy"]["listen_path"] = json!("/off/");
+    off["use_keyless"] = json!(true);
+    off["version_data"]["versions"]["Default"]["global_response_headers_disabled"] = json!(true);
+    let gw = gateway().api(api).api(off).start().await;
+    gw.add_key("metakey", key_with_meta()).await;
+    let call = |prefix: &'static str| {
+        let gw = &gw;
+        async move {
+            gw.client
+                .request(
+                    "GET",
+                    &gw.url(&format!(
+                        "{prefix}/response-headers?x-upstream-secret=s&x-kept=1"
+                    )),
+                    &[("authorization", "metakey")],
+                    None,
+                )
+                .await
+        }
+    };
+    let r = call("/tyk-api-test").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(
+        r.header("x-layer"),
+        Some("injector"),
+        "the processor comes last"
+    );
+    assert_eq!(r.header("x-user"), Some("42"));
+    assert_eq!(r.header("x-version-only"), None, "removed by the processor");
+    assert_eq!(r.header("x-upstream-secret"), None);
+    assert_eq!(r.header("x-kept"), Some("1"));
+    // As in Tyk, a version that turns its response headers off turns the processor off too.
+    let r = call("/off").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.header("x-layer"), None);
+    assert_eq!(r.header("x-version-only"), None);
+    assert_eq!(r.header("x-upstream-secret"), Some("s"));
+    // The processor tollgate does not run is reported, not ignored.
+    let hello = gw.hello().await;
+    let unhonoured = hello["details"]["apis"]["unhonoured_fields"]["1"].to_string();
+    assert!(
+        unhonoured.contains("response_processors[1]: header_transform"),
+        "{hello}"
+    );
+}
