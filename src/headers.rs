@@ -75,6 +75,14 @@ impl HeaderEdit {
         self.remove.is_empty() && self.set.is_empty()
     }
 
+    /// Whether a value has a `request_data_` variable, which may read a form body.
+    pub fn reads_request_data(&self) -> bool {
+        self.set.iter().any(|(_, text)| match text {
+            HeaderText::Fixed(_) => false,
+            HeaderText::Template(template) => template.reads_request_data(),
+        })
+    }
+
     /// This edit followed by `next`, as one edit: a header `next` removes or sets is no
     /// longer set by this one.
     pub fn then(&self, next: &HeaderEdit) -> HeaderEdit {
@@ -247,6 +255,7 @@ mod tests {
             meta: Some(&meta),
             context_vars: true,
             captures: &[],
+            body: None,
         };
         let mut headers = request.headers.clone();
         e.render(&scope).apply(&mut headers);
@@ -302,6 +311,7 @@ mod tests {
             meta: None,
             context_vars: false,
             captures: &[],
+            body: None,
         };
         both.render(&scope).apply(&mut headers);
         let seen = |name: &str| headers.get(name).map(|v| v.to_str().unwrap().to_owned());

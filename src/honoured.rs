@@ -127,6 +127,8 @@ const HONOURED: &[&str] = &[
     "version_data.versions.*.extended_paths.url_rewrites[].triggers[].options.session_meta_matches.*.reverse",
     "version_data.versions.*.extended_paths.url_rewrites[].triggers[].options.request_context_matches.*.match_rx",
     "version_data.versions.*.extended_paths.url_rewrites[].triggers[].options.request_context_matches.*.reverse",
+    "version_data.versions.*.extended_paths.url_rewrites[].triggers[].options.payload_matches.match_rx",
+    "version_data.versions.*.extended_paths.url_rewrites[].triggers[].options.payload_matches.reverse",
     "version_data.versions.*.extended_paths.hard_timeouts[].path",
     "version_data.versions.*.extended_paths.hard_timeouts[].method",
     "version_data.versions.*.extended_paths.hard_timeouts[].disabled",
@@ -369,7 +371,6 @@ mod tests {
                 "proxy.transport.proxy_url",
                 "version_data.versions.Default.extended_paths.black_list[1].method_actions.GET.delay",
                 "version_data.versions.Default.extended_paths.cache",
-                "version_data.versions.Default.extended_paths.url_rewrites[0].triggers[0].options.payload_matches",
             ]
         );
     }

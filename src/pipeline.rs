@@ -9,6 +9,7 @@
 use std::cell::OnceCell;
 use std::time::Duration;
 
+use bytes::Bytes;
 use http::request::Parts;
 use http::{HeaderMap, HeaderValue, Method, Response, Uri};
 
@@ -23,10 +24,11 @@ use crate::ip_access::IpAccess;
 use crate::json_validation::JsonValidation;
 use crate::limits::{self, Limiter};
 use crate::path;
+use crate::proxy::ClientBody;
 use crate::rejection::{BodySizeError, Rejection};
 use crate::session::unix_now;
 use crate::target::Target;
-use crate::variables::Scope;
+use crate::variables::{Scope, is_form};
 use crate::version::{Selected, Versioning};
 
 /// What a definition asks of its requests, resolved; [`Pipeline::compile`] puts it in order.
@@ -147,6 +149,9 @@ pub struct Exchange<'p> {
     pub response_edits: [Option<RenderedEdit<'p>>; 2],
     /// `$tyk_context.request_id`.
     pub request_id: OnceCell<Box<str>>,
+    /// The request's body, when a stage had to read it whole (a form's `request_data_`
+    /// variables, a trigger's `payload_matches`); it then goes upstream as read.
+    pub body: Option<Bytes>,
     /// The API's CORS settings once the request passed them, and the
     /// `Access-Control-Allow-Origin` it earned: written on whatever answers it.
     pub cors: Option<(&'p Cors, Option<HeaderValue>)>,
@@ -194,6 +199,7 @@ impl Exchange<'_> {
             meta: self.caller.as_ref().map(|c| &*c.access.meta),
             context_vars,
             captures: &[],
+            body: self.body.as_deref(),
         }
     }
 }
@@ -204,6 +210,8 @@ pub struct Services<'a> {
     pub auth: AuthContext<'a>,
     /// `http_server_options.xff_depth`, for the client's address (see `client_ip`).
     pub xff_depth: usize,
+    /// Bytes of a body a stage may read whole (more is a 413).
+    pub body_limit: usize,
 }
 
 impl Pipeline {
@@ -267,10 +275,12 @@ impl Pipeline {
         }
     }
 
-    /// Runs the request stages on `parts`, recording what they learn in `exchange`.
+    /// Runs the request stages on `parts`, recording what they learn in `exchange`; `body`
+    /// is read whole only by a stage that must see it.
     pub async fn on_request<'p>(
         &'p self,
         parts: &mut Parts,
+        body: &mut ClientBody,
         exchange: &mut Exchange<'p>,
         services: &Services<'_>,
     ) -> Result<Flow<'p>, Rejection> {
@@ -364,6 +374,9 @@ impl Pipeline {
                 }
                 RequestStage::StripAuth(source, cookie) => source.strip(parts, cookie),
                 RequestStage::Headers { context_vars } => {
+                    if *context_vars && is_form(parts) && reads_form(exchange) {
+                        Box::pin(read_body(body, exchange, services.body_limit)).await?;
+                    }
                     transform_headers(parts, exchange, services, *context_vars);
                 }
                 RequestStage::UrlRewrite { context_vars } => {
@@ -373,6 +386,9 @@ impl Pipeline {
                     let Some(rewrite) = matched.rewrite() else {
                         continue;
                     };
+                    if rewrite.reads_body(*context_vars, is_form(parts)) {
+                        Box::pin(read_body(body, exchange, services.body_limit)).await?;
+                    }
                     let scope = exchange.scope(parts, services, *context_vars);
                     let Some(rewritten) = rewrite.apply(&scope) else {
                         continue;
@@ -457,6 +473,40 @@ fn check_body_size(parts: &Parts, matched: &Matched<'_>) -> Result<(), Rejection
             return Err(Rejection::BodySize(BodySizeError::TooLarge));
         }
     }
+    Ok(())
+}
+
+/// Whether the header edits the request is to get have a `request_data_` variable.
+fn reads_form(exchange: &Exchange<'_>) -> bool {
+    let Some(matched) = &exchange.endpoints else {
+        return false;
+    };
+    let paths = matched.paths();
+    [
+        Some(&paths.request_headers),
+        matched.request_headers(),
+        matched.response_headers(),
+        Some(&paths.response_headers),
+    ]
+    .into_iter()
+    .flatten()
+    .any(HeaderEdit::reads_request_data)
+}
+
+/// Reads the request's body whole, once, for the stages that must see it; it then goes
+/// upstream as read.
+async fn read_body(
+    body: &mut ClientBody,
+    exchange: &mut Exchange<'_>,
+    limit: usize,
+) -> Result<(), Rejection> {
+    if exchange.body.is_some() {
+        return Ok(());
+    }
+    let streaming = std::mem::replace(body, ClientBody::Read(None));
+    let read = streaming.read(limit).await.map_err(Rejection::Upstream)?;
+    *body = ClientBody::Read(Some(read.clone()));
+    exchange.body = Some(read);
     Ok(())
 }
 

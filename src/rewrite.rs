@@ -1,8 +1,8 @@
 //! Tyk's `url_rewrites`: an endpoint's `match_pattern` (a regex tried on the request's path
 //! and query, the listen path included) and `rewrite_to`, with `$N` for the pattern's groups
 //! and Tyk's variables, or a trigger's `rewrite_to` when its conditions on headers, query
-//! values, path segments, the key's metadata or context variables hold (`on: "any"` or
-//! `"all"`). The result is the upstream path and query (the listen path is then stripped if
+//! values, path segments, the key's metadata, context variables or the request's body hold
+//! (`on: "any"` or `"all"`). The result is the upstream path and query (the listen path is then stripped if
 //! it starts with it); one naming a scheme and host sends the request to that host instead.
 
 use std::sync::Arc;
@@ -44,6 +44,8 @@ struct Trigger {
     path_parts: Vec<(String, Matcher)>,
     session_meta: Vec<(String, Matcher)>,
     context: Vec<(String, Matcher)>,
+    /// `payload_matches`: a regex on the request's body (read whole for it).
+    payload: Option<Matcher>,
     rewrite_to: Destination,
 }
 
@@ -88,6 +90,7 @@ struct TriggerOptions {
     path_part_matches: serde_json::Map<String, Value>,
     session_meta_matches: serde_json::Map<String, Value>,
     request_context_matches: serde_json::Map<String, Value>,
+    payload_matches: Value,
 }
 
 #[derive(Deserialize, Default)]
@@ -167,6 +170,22 @@ impl UrlRewrite {
                 path_parts: matchers(&options.path_part_matches, "path_part_matches")?,
                 session_meta: matchers(&options.session_meta_matches, "session_meta_matches")?,
                 context: matchers(&options.request_context_matches, "request_context_matches")?,
+                // Tyk's empty `match_rx` turns the condition off.
+                payload: match &options.payload_matches {
+                    Value::Object(fields)
+                        if fields.get("match_rx").and_then(Value::as_str) != Some("") =>
+                    {
+                        let field = format!("{at}.options.payload_matches");
+                        Some(matcher(&options.payload_matches, &field)?)
+                    }
+                    Value::Null | Value::Object(_) => None,
+                    _ => {
+                        return Err(invalid(
+                            &format!("{at}.options.payload_matches"),
+                            "must be an object",
+                        ));
+                    }
+                },
                 rewrite_to: rewrite_to.0,
             });
         }
@@ -184,6 +203,23 @@ impl UrlRewrite {
             triggers: triggers.into(),
         };
         Ok((rewrite, unfilled))
+    }
+
+    /// Whether applying the rewrite reads the request's body: a trigger's `payload_matches`,
+    /// or (with `enable_context_vars`, for a `form` body) a `request_data_` variable in a
+    /// `rewrite_to` or a `request_context_matches` condition.
+    pub fn reads_body(&self, context_vars: bool, form: bool) -> bool {
+        let reads_form = || {
+            std::iter::once(&self.rewrite_to)
+                .chain(self.triggers.iter().map(|t| &t.rewrite_to))
+                .any(|d| d.template.reads_request_data())
+                || self.triggers.iter().any(|t| {
+                    t.context
+                        .iter()
+                        .any(|(name, _)| name.starts_with("request_data_"))
+                })
+        };
+        self.triggers.iter().any(|t| t.payload.is_some()) || (context_vars && form && reads_form())
     }
 
     /// The request rewritten, or `None` when `match_pattern` does not match it (the request
@@ -321,6 +357,13 @@ impl Trigger {
         if tally.decides(self.context.len(), matched) {
             return true;
         }
+        if let Some(matcher) = &self.payload {
+            let body = String::from_utf8_lossy(scope.body.unwrap_or_default());
+            let held = matcher.capture_all(&body, &format!("trigger-{n}-payload"), captures);
+            if tally.decides(1, usize::from(held)) {
+                return true;
+            }
+        }
         !self.any && tally.kinds > 0 && tally.held == tally.kinds
     }
 }
@@ -348,6 +391,28 @@ impl Tally {
 }
 
 impl Matcher {
+    /// Whether `value` matches (or, with `reverse`, does not), capturing every match as Tyk's
+    /// `payload_matches` does: the first under `key`, each under `key-<i>`, its groups
+    /// under `key-<i>-<g>`.
+    fn capture_all(&self, value: &str, key: &str, captures: &mut Vec<(String, String)>) -> bool {
+        let mut found = false;
+        for (i, groups) in self.regex.captures_iter(value).enumerate() {
+            let whole = groups.get(0).map_or("", |m| m.as_str());
+            if !found {
+                captures.push((key.to_owned(), whole.to_owned()));
+                found = true;
+            }
+            for (g, group) in groups.iter().enumerate() {
+                let name = match g {
+                    0 => format!("{key}-{i}"),
+                    g => format!("{key}-{i}-{}", g - 1),
+                };
+                captures.push((name, group.map_or("", |m| m.as_str()).to_owned()));
+            }
+        }
+        found != self.reverse
+    }
+
     /// Whether `value` matches (or, reversed, does not); a match's text and groups are
     /// captured under `key`.
     fn capture(&self, value: &str, key: &str, captures: &mut Vec<(String, String)>) -> bool {
@@ -479,7 +544,17 @@ mod tests {
         headers: &[(&str, &str)],
         meta: Option<&[(Box<str>, Box<str>)]>,
     ) -> Option<String> {
-        let mut builder = Request::builder().uri(uri);
+        apply_with_body(rewrite, uri, headers, meta, None)
+    }
+
+    fn apply_with_body(
+        rewrite: &UrlRewrite,
+        uri: &str,
+        headers: &[(&str, &str)],
+        meta: Option<&[(Box<str>, Box<str>)]>,
+        body: Option<&[u8]>,
+    ) -> Option<String> {
+        let mut builder = Request::builder().method("POST").uri(uri);
         for (k, v) in headers {
             builder = builder.header(*k, *v);
         }
@@ -493,6 +568,7 @@ mod tests {
             meta,
             context_vars: true,
             captures: &[],
+            body,
         };
         rewrite.apply(&scope).map(|r| r.path_and_query)
     }
@@ -585,6 +661,53 @@ mod tests {
     }
 
     #[test]
+    fn a_payload_trigger_matches_the_body_and_captures_each_match() {
+        let r = rewrite(
+            json!({"match_pattern": "/api/(.*)", "rewrite_to": "/default/$1",
+            "triggers": [
+                {"on": "all", "options": {"payload_matches": {"match_rx": "sku=(\\w+)"}},
+                 "rewrite_to": "/sku/$tyk_context.trigger-0-payload-0-0/$tyk_context.trigger-0-payload-1-0/$1"},
+                {"on": "any", "options": {"payload_matches": {"match_rx": "draft", "reverse": true}},
+                 "rewrite_to": "/published/$1"},
+            ]}),
+        );
+        assert!(
+            r.reads_body(false, false),
+            "a payload is read whatever its type"
+        );
+        let body = |text: &'static str| Some(text.as_bytes());
+        assert_eq!(
+            apply_with_body(&r, "/api/o", &[], None, body("sku=a1&sku=b2")).as_deref(),
+            Some("/sku/a1/b2/o")
+        );
+        assert_eq!(
+            apply_with_body(&r, "/api/o", &[], None, body("final")).as_deref(),
+            Some("/published/o"),
+            "reverse: the body does not match"
+        );
+        assert_eq!(
+            apply_with_body(&r, "/api/o", &[], None, body("a draft")).as_deref(),
+            Some("/default/o")
+        );
+        let off = rewrite(json!({"match_pattern": "/api/(.*)", "rewrite_to": "/x/$1",
+            "triggers": [{"on": "any", "options": {"payload_matches": {"match_rx": ""}},
+                "rewrite_to": "/never"}]}));
+        assert!(
+            !off.reads_body(true, true),
+            "an empty match_rx is no condition"
+        );
+        let form = rewrite(json!({"match_pattern": "/api/(.*)",
+            "rewrite_to": "/x/$tyk_context.request_data_user"}));
+        assert!(form.reads_body(true, true) && !form.reads_body(true, false));
+        let headers = [("content-type", "application/x-www-form-urlencoded")];
+        assert_eq!(
+            apply_with_body(&form, "/api/o?user=q", &headers, None, body("user=f")).as_deref(),
+            Some("/x/f"),
+            "a form body's value comes before the query's"
+        );
+    }
+
+    #[test]
     fn variables_in_a_rewrite_are_query_escaped() {
         let r = rewrite(json!({"match_pattern": "/api/(.*)",
             "rewrite_to": "/x?user=$tyk_meta.name&h=$tyk_context.headers_X_Who"}));
@@ -646,6 +769,7 @@ mod tests {
             meta: None,
             context_vars: false,
             captures: &[],
+            body: None,
         };
         let rewritten = r.apply(&scope).unwrap();
         assert_eq!(rewritten.path_and_query, "/v1/a");

@@ -120,7 +120,7 @@ impl Gateway {
         if spec.batch.as_deref() == Some(req.uri().path()) {
             return self.batch(spec, req, peer, upstream, caller).await;
         }
-        let (mut parts, body) = req.into_parts();
+        let (mut parts, mut body) = req.into_parts();
         let services = Services {
             limiter: &self.limiter,
             auth: AuthContext {
@@ -132,11 +132,15 @@ impl Gateway {
                 path_matching: self.config.path_matching(),
             },
             xff_depth: self.config.http_server_options.xff_depth,
+            body_limit: self
+                .config
+                .http_server_options
+                .read_limit(MAX_VALIDATED_BODY),
         };
         let mut exchange = Exchange::default();
         let flow = spec
             .pipeline
-            .on_request(&mut parts, &mut exchange, &services)
+            .on_request(&mut parts, &mut body, &mut exchange, &services)
             .await;
         match flow {
             Ok(Flow::Proxy) => {}
@@ -154,11 +158,7 @@ impl Gateway {
         let body = match exchange.validate_json {
             None => body,
             Some(schema) => {
-                let limit = self
-                    .config
-                    .http_server_options
-                    .read_limit(MAX_VALIDATED_BODY);
-                let read = match body.read(limit).await {
+                let read = match body.read(services.body_limit).await {
                     Ok(read) => read,
                     Err(e) => return Ok(refused(Rejection::Upstream(e), &exchange)),
                 };

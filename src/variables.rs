@@ -105,8 +105,8 @@ enum ContextVar {
     Header(HeaderName),
     /// `cookies_<name>`, a `-` in the cookie's name written `_`.
     Cookie(Box<str>),
-    /// `request_data_<name>`: a query parameter's first value (Tyk also reads a form body;
-    /// tollgate streams bodies and does not).
+    /// `request_data_<name>`: the first value of a form body's field or, after those, a
+    /// query parameter's (Go's `r.Form`), a `-` in the name written `_`.
     Query(Box<str>),
     /// `trigger-<n>-<name>…`: what a URL rewrite's trigger captured (filled whether or not
     /// `enable_context_vars` is on, as in Tyk).
@@ -131,6 +131,26 @@ pub struct Scope<'a> {
     pub context_vars: bool,
     /// A URL rewrite's trigger captures, by their `$tyk_context.` names.
     pub captures: &'a [(String, String)],
+    /// The request's body, when a stage read it (see [`is_form`]; a trigger's
+    /// `payload_matches`).
+    pub body: Option<&'a [u8]>,
+}
+
+/// Whether `request`'s body holds form values for `request_data_` variables: a POST, PUT or
+/// PATCH declared `application/x-www-form-urlencoded`, as Go's `ParseForm` reads them.
+pub fn is_form(request: &Parts) -> bool {
+    use http::Method;
+    [Method::POST, Method::PUT, Method::PATCH].contains(&request.method)
+        && request
+            .headers
+            .get(http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(';').next())
+            .is_some_and(|media| {
+                media
+                    .trim()
+                    .eq_ignore_ascii_case("application/x-www-form-urlencoded")
+            })
 }
 
 impl Template {
@@ -185,6 +205,13 @@ impl Template {
             },
             unfilled,
         )
+    }
+
+    /// Whether the template has a `request_data_` variable, which may read a form body.
+    pub fn reads_request_data(&self) -> bool {
+        self.parts
+            .iter()
+            .any(|part| matches!(part, Part::Context(ContextVar::Query(_))))
     }
 
     /// The text, if it has no variables.
@@ -323,8 +350,10 @@ impl ContextVar {
                 }
             }
             Self::Query(name) => {
+                let form = scope.body.filter(|_| is_form(request)).unwrap_or_default();
                 let query = request.uri.query().unwrap_or("");
-                let value = form_urlencoded::parse(query.as_bytes())
+                let value = form_urlencoded::parse(form)
+                    .chain(form_urlencoded::parse(query.as_bytes()))
                     .find(|(k, _)| k.replace('-', "_") == **name);
                 if let Some((_, value)) = value {
                     out.push_str(&value);
@@ -424,6 +453,7 @@ mod tests {
             meta: Some(&meta),
             context_vars: true,
             captures: &[],
+            body: None,
         };
         let text = "p=$tyk_context.path;parts=$tyk_context.path_parts;ip=$tyk_context.remote_addr;\
                     h=$tyk_context.headers_X_Api_Version;lower=$tyk_context.headers_x_api_version;\

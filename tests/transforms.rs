@@ -874,3 +874,96 @@ async fn the_header_injector_processor_edits_responses_after_the_versions_header
         "{hello}"
     );
 }
+
+#[tokio::test]
+async fn payload_triggers_and_form_request_data_read_the_body_which_still_arrives_whole() {
+    let up = upstream().await;
+    let mut api = api_with(
+        &up.url(""),
+        json!({"extended_paths": {
+            "url_rewrites": [{"path": "/orders", "method": "POST",
+                "match_pattern": "/orders(.*)", "rewrite_to": "/anything/orders$1",
+                "triggers": [{"on": "any",
+                    "options": {"payload_matches": {"match_rx": "\"priority\":\\s*\"(\\w+)\""}},
+                    "rewrite_to": "/anything/fast/$tyk_context.trigger-0-payload-0-0"}]}],
+            "transform_headers": [{"path": "/anything/signup", "method": "POST",
+                "add_headers": {"x-user": "$tyk_context.request_data_user_name",
+                    "x-plan": "$tyk_context.request_data_plan"}}]}}),
+    );
+    api["enable_context_vars"] = json!(true);
+    let gw = gateway()
+        .api(api)
+        .config(json!({"http_server_options": {"max_request_body_size": 4096}}))
+        .start()
+        .await;
+    gw.add_key("bodykey", seed_key()).await;
+    let post = |path: &'static str, content_type: &'static str, body: Vec<u8>| {
+        let gw = &gw;
+        async move {
+            gw.client
+                .request(
+                    "POST",
+                    &gw.url(path),
+                    &[("authorization", "bodykey"), ("content-type", content_type)],
+                    Some(body),
+                )
+                .await
+        }
+    };
+    let order = br#"{"priority": "high", "items": [1, 2]}"#.to_vec();
+    let r = post("/tyk-api-test/orders", "application/json", order).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let seen = r.json();
+    assert!(
+        seen["url"]
+            .as_str()
+            .unwrap()
+            .ends_with("/anything/fast/high"),
+        "{seen}"
+    );
+    assert_eq!(
+        seen["json"]["items"],
+        json!([1, 2]),
+        "the body arrives whole"
+    );
+    let plain = br#"{"items": []}"#.to_vec();
+    let r = post("/tyk-api-test/orders", "application/json", plain).await;
+    assert!(
+        r.json()["url"]
+            .as_str()
+            .unwrap()
+            .ends_with("/anything/orders")
+    );
+
+    // A form's fields, before the query's (Go's r.Form), with `-` read as `_`.
+    let form = b"user-name=ann+lee&plan=gold".to_vec();
+    let r = post(
+        "/tyk-api-test/anything/signup?plan=query",
+        "application/x-www-form-urlencoded",
+        form,
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let seen = r.json();
+    assert_eq!(seen["headers"]["X-User"], "ann lee", "{seen}");
+    assert_eq!(seen["headers"]["X-Plan"], "gold");
+    assert_eq!(
+        seen["form"]["plan"], "gold",
+        "the form arrives whole: {seen}"
+    );
+    // Not a form: only the query is read, and the body is not.
+    let r = post(
+        "/tyk-api-test/anything/signup?plan=query",
+        "text/plain",
+        b"plan=body".to_vec(),
+    )
+    .await;
+    assert_eq!(r.json()["headers"]["X-Plan"], "query");
+
+    // A body read whole is bounded: past max_request_body_size, 413.
+    let mut big = br#"{"priority": "high", "pad": ""#.to_vec();
+    big.extend(std::iter::repeat_n(b'x', 8192));
+    big.extend(br#""}"#);
+    let r = post("/tyk-api-test/orders", "application/json", big).await;
+    assert_eq!(r.status, 413, "{}", r.text());
+}
