@@ -22,7 +22,7 @@ use crate::counting::api_counter;
 use crate::files;
 use crate::gateway::{BodyBudget, Gateway};
 use crate::policy;
-use crate::response::{Body, json_response, status_error};
+use crate::response::{Body, buffered_response, json_response, status_error};
 use crate::session::{KeyVerifier, SessionState, unix_now};
 use crate::store::StoreError;
 
@@ -34,10 +34,14 @@ pub const ADMIN_BODY_TIMEOUT: Duration = Duration::from_secs(10);
 pub fn owns(config: &crate::config::GatewayConfig, path: &str) -> bool {
     path.starts_with("/tyk/")
         || path == "/tyk"
+        || path == METRICS_PATH
         || path.strip_prefix('/').is_some_and(|p| {
             p == config.health_check_endpoint_name || p == config.readiness_check_endpoint_name
         })
 }
+
+/// Where Prometheus scrapes the node (see `metrics`).
+pub const METRICS_PATH: &str = "/metrics";
 
 fn modified(key: &str, action: &str) -> Response<Body> {
     json_response(
@@ -106,6 +110,12 @@ pub async fn handle(gw: &Arc<Gateway>, req: Request<Incoming>) -> Response<Body>
     }
     if name == gw.config.readiness_check_endpoint_name {
         return ready(gw).await;
+    }
+    if path == METRICS_PATH {
+        return match *req.method() {
+            Method::GET | Method::HEAD => metrics(gw).await,
+            _ => method_not_allowed(),
+        };
     }
     if !authorised(&gw.config.secret, &req) {
         return status_error(
@@ -865,6 +875,18 @@ async fn delete_policy(gw: &Gateway, id: &str) -> Response<Body> {
 }
 
 // ---- probes ----
+
+/// `/metrics`: unauthenticated like the probes (it names API ids and the store's master,
+/// never a key or a path).
+async fn metrics(gw: &Gateway) -> Response<Body> {
+    let text = gw.render_metrics().await;
+    let mut response = buffered_response(StatusCode::OK, text);
+    response.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static(prometheus_client::encoding::prometheus_text::CONTENT_TYPE),
+    );
+    response
+}
 
 async fn hello(gw: &Gateway) -> Response<Body> {
     let health = gw.sessions.health().await;

@@ -22,6 +22,7 @@ use crate::files;
 use crate::headers;
 use crate::honoured;
 use crate::ip_access::IpAccess;
+use crate::metrics::{ApiMetrics, Metrics};
 use crate::path_pattern::PathMatching;
 use crate::pipeline::{EndpointStage, Features, Pipeline, VersionStage};
 use crate::target::{self, Forwarding, Target};
@@ -157,6 +158,8 @@ pub struct ApiSpec {
     pub domain: Option<HostPattern>,
     /// The batch endpoint's path, with `enable_batch_request_support`.
     pub batch: Option<String>,
+    /// The API's counters (see `metrics`), kept across reloads.
+    pub metrics: Arc<ApiMetrics>,
 }
 
 impl ApiSpec {
@@ -342,6 +345,7 @@ impl ApiSpec {
             Some(_) => return Err(invalid("domain", "must be a string")),
         };
         let batch = flag("enable_batch_request_support").then(|| batch::endpoint(listen_path));
+        let metrics = gateway.metrics.for_api(&definition.api_id);
         Ok(Self {
             definition,
             target,
@@ -350,6 +354,7 @@ impl ApiSpec {
             pipeline,
             domain,
             batch,
+            metrics,
         })
     }
 
@@ -482,6 +487,8 @@ pub struct GatewayDefaults {
     pub endpoint_matching: PathMatching,
     /// `secrets` and the environment's `TYK_SECRET_*`, for `$secret_conf.` and `$secret_env.`.
     pub secrets: Secrets,
+    /// The node's counters, where each API's are kept.
+    pub metrics: Arc<Metrics>,
 }
 
 /// The routing table: served APIs by listen path, longest first (with

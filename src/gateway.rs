@@ -14,6 +14,7 @@ use crate::auth::KeyHasher;
 use crate::config::{ConfigError, GatewayConfig};
 use crate::guard::KeyGuard;
 use crate::limits::Limiter;
+use crate::metrics::{Metrics, NodeFigures};
 use crate::policy::{PolicyLoadError, PolicyTable};
 use crate::store::SessionStore;
 use crate::variables::Secrets;
@@ -46,6 +47,7 @@ pub struct Gateway {
     /// The TLS listener's config (`http_server_options.use_ssl`), its certificates re-read
     /// at each reload; `None` for plain HTTP.
     pub listener_tls: Option<ArcSwap<rustls::ServerConfig>>,
+    pub metrics: Arc<Metrics>,
     reload_lock: tokio::sync::Mutex<()>,
 }
 
@@ -69,6 +71,7 @@ impl Gateway {
             policies: ArcSwap::from_pointee(PolicyTable::default()),
             load_errors: ArcSwap::from_pointee(Vec::new()),
             listener_tls,
+            metrics: Arc::new(Metrics::default()),
             reload_lock: tokio::sync::Mutex::new(()),
             config,
         });
@@ -98,11 +101,24 @@ impl Gateway {
             custom_domains: self.config.enable_custom_domains,
             endpoint_matching: self.config.path_matching(),
             secrets: Secrets::with_process_env(self.config.secrets.clone()),
+            metrics: self.metrics.clone(),
         }
     }
 
     pub fn app_path(&self) -> PathBuf {
         PathBuf::from(&self.config.app_path)
+    }
+
+    /// The node's metrics in Prometheus's text format, the store checked for them now.
+    pub async fn render_metrics(&self) -> String {
+        let store = (self.sessions.health().await, self.sessions.stats());
+        let (limiter_leases, limiter_pending) = self.limiter.figures();
+        self.metrics.render(NodeFigures {
+            store: Some(store),
+            limiter_leases,
+            limiter_pending,
+            apis_loaded: self.apis().len() as u64,
+        })
     }
 
     /// The routing table in force.

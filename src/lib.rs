@@ -26,6 +26,7 @@ pub mod honoured;
 pub mod ip_access;
 pub mod json_validation;
 pub mod limits;
+pub mod metrics;
 pub mod path;
 pub mod path_pattern;
 pub mod pipeline;

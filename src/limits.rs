@@ -91,6 +91,20 @@ impl Limiter {
         }
     }
 
+    /// Counters with a live lease, and the quota use waiting to be written to the store (for
+    /// `/metrics`).
+    pub fn figures(&self) -> (u64, u64) {
+        let leases = self.leases.lock().unwrap_or_else(|p| p.into_inner()).len();
+        let pending: i64 = self
+            .pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .map(|(count, _)| (*count).max(0))
+            .sum();
+        (leases as u64, pending.max(0) as u64)
+    }
+
     fn add_pending(&self, counter: &str, count: i64, renewal: i64) {
         let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
         match pending.get_mut(counter) {

@@ -54,7 +54,49 @@ pub enum ProxyError {
     TooLarge,
 }
 
+/// What went wrong with the upstream, as `/metrics` labels it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamFault {
+    Unreachable,
+    Tls,
+    Timeout,
+    Failed,
+    BadUri,
+}
+
+impl UpstreamFault {
+    pub const ALL: [UpstreamFault; 5] = [
+        Self::Unreachable,
+        Self::Tls,
+        Self::Timeout,
+        Self::Failed,
+        Self::BadUri,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Unreachable => "unreachable",
+            Self::Tls => "tls",
+            Self::Timeout => "timeout",
+            Self::Failed => "failed",
+            Self::BadUri => "bad_uri",
+        }
+    }
+}
+
 impl ProxyError {
+    /// The upstream's part in the error; `None` where the client is at fault.
+    pub fn fault(&self) -> Option<UpstreamFault> {
+        match self {
+            Self::Unreachable(_) => Some(UpstreamFault::Unreachable),
+            Self::Tls(_) => Some(UpstreamFault::Tls),
+            Self::Timeout => Some(UpstreamFault::Timeout),
+            Self::Failed(_) => Some(UpstreamFault::Failed),
+            Self::BadUri(_) => Some(UpstreamFault::BadUri),
+            Self::ClientBody(_) | Self::TooLarge => None,
+        }
+    }
+
     pub fn status(&self) -> StatusCode {
         match self {
             Self::Timeout => StatusCode::GATEWAY_TIMEOUT,

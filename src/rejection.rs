@@ -62,7 +62,112 @@ impl BodySizeError {
     }
 }
 
+/// Why a request was refused, as `/metrics` labels it: a fixed set, so that a label never
+/// carries what a client chose.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reason {
+    Path,
+    NoApi,
+    Version,
+    Endpoint,
+    /// The key: missing, malformed, unknown, expired, inactive, or without the right.
+    Auth,
+    /// The key store could not answer for the key.
+    KeyStore,
+    /// `auth_failure_limit`.
+    AuthFailures,
+    RateLimit,
+    Quota,
+    ApiRateLimit,
+    Ip,
+    BodySize,
+    Json,
+    CircuitOpen,
+    Rewrite,
+    Batch,
+    /// Past `max_request_body_size`, or a body a stage reads whole past its bound.
+    TooLarge,
+    /// The client's body was malformed or cut off.
+    ClientBody,
+    /// The upstream gave no response (see [`ProxyError::fault`]).
+    Upstream,
+}
+
+impl Reason {
+    pub const ALL: [Reason; 19] = [
+        Self::Path,
+        Self::NoApi,
+        Self::Version,
+        Self::Endpoint,
+        Self::Auth,
+        Self::KeyStore,
+        Self::AuthFailures,
+        Self::RateLimit,
+        Self::Quota,
+        Self::ApiRateLimit,
+        Self::Ip,
+        Self::BodySize,
+        Self::Json,
+        Self::CircuitOpen,
+        Self::Rewrite,
+        Self::Batch,
+        Self::TooLarge,
+        Self::ClientBody,
+        Self::Upstream,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Path => "path",
+            Self::NoApi => "no_api",
+            Self::Version => "version",
+            Self::Endpoint => "endpoint",
+            Self::Auth => "auth",
+            Self::KeyStore => "key_store",
+            Self::AuthFailures => "auth_failures",
+            Self::RateLimit => "rate_limit",
+            Self::Quota => "quota",
+            Self::ApiRateLimit => "api_rate_limit",
+            Self::Ip => "ip",
+            Self::BodySize => "body_size",
+            Self::Json => "json",
+            Self::CircuitOpen => "circuit_open",
+            Self::Rewrite => "rewrite",
+            Self::Batch => "batch",
+            Self::TooLarge => "too_large",
+            Self::ClientBody => "client_body",
+            Self::Upstream => "upstream",
+        }
+    }
+}
+
 impl Rejection {
+    pub fn reason(&self) -> Reason {
+        match self {
+            Self::Path(_) => Reason::Path,
+            Self::NoApi => Reason::NoApi,
+            Self::Version(_) => Reason::Version,
+            Self::EndpointForbidden => Reason::Endpoint,
+            Self::Auth(AuthError::StoreUnavailable) => Reason::KeyStore,
+            Self::Auth(AuthError::TooManyFailures) => Reason::AuthFailures,
+            Self::Auth(_) => Reason::Auth,
+            Self::Limit { error, .. } => match error {
+                LimitError::RateExceeded => Reason::RateLimit,
+                LimitError::QuotaExceeded => Reason::Quota,
+                LimitError::ApiRateExceeded => Reason::ApiRateLimit,
+            },
+            Self::IpDisallowed => Reason::Ip,
+            Self::BodySize(_) => Reason::BodySize,
+            Self::Json(_) => Reason::Json,
+            Self::CircuitOpen => Reason::CircuitOpen,
+            Self::RewriteInvalid => Reason::Rewrite,
+            Self::Batch(_) => Reason::Batch,
+            Self::Upstream(ProxyError::TooLarge) => Reason::TooLarge,
+            Self::Upstream(ProxyError::ClientBody(_)) => Reason::ClientBody,
+            Self::Upstream(_) => Reason::Upstream,
+        }
+    }
+
     pub fn into_response(self) -> Response<Body> {
         match self {
             Self::Path(reason) => error_response(StatusCode::BAD_REQUEST, reason),

@@ -9,7 +9,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
@@ -32,6 +32,7 @@ use crate::connection::{self, Deadlines, Http1Server, Peer};
 use crate::endpoints::MockReply;
 use crate::gateway::Gateway;
 use crate::json_validation::MAX_VALIDATED_BODY;
+use crate::metrics::Metrics;
 use crate::path;
 use crate::pipeline::{Exchange, Flow, Services};
 use crate::proxy::{ClientBody, ProxyError, UpstreamClient};
@@ -61,7 +62,13 @@ impl Gateway {
     ) -> Response<Body> {
         match self.pass(req, &peer, &upstream, serves).await {
             Ok(response) => response,
-            Err(rejection) => rejection.into_response(),
+            Err(rejection) => {
+                let unrouted = self.metrics.unrouted();
+                unrouted.refused(&rejection);
+                let response = rejection.into_response();
+                unrouted.counted(response.status().as_u16());
+                response
+            }
         }
     }
 
@@ -117,78 +124,96 @@ impl Gateway {
             .route(host, req.uri().path())
             .cloned()
             .ok_or(Rejection::NoApi)?;
-        if spec.batch.as_deref() == Some(req.uri().path()) {
-            return self.batch(spec, req, peer, upstream, caller).await;
-        }
-        let (mut parts, mut body) = req.into_parts();
-        let services = Services {
-            limiter: &self.limiter,
-            auth: AuthContext {
-                hasher: &self.hasher,
-                sessions: &*self.sessions,
-                guard: &self.guard,
-                client: peer.addr.ip(),
-                policies: &self.policies,
-                path_matching: self.config.path_matching(),
-            },
-            xff_depth: self.config.http_server_options.xff_depth,
-            body_limit: self
-                .config
-                .http_server_options
-                .read_limit(MAX_VALIDATED_BODY),
-        };
-        let mut exchange = Exchange::default();
-        let flow = spec
-            .pipeline
-            .on_request(&mut parts, &mut body, &mut exchange, &services)
-            .await;
-        match flow {
-            Ok(Flow::Proxy) => {}
-            Ok(Flow::Reply(reply)) => return Ok(mock_response(reply)),
-            Ok(Flow::Preflight(headers)) => {
-                let mut response = buffered_response(StatusCode::NO_CONTENT, Bytes::new());
-                *response.headers_mut() = headers;
-                return Ok(response);
-            }
-            Err(rejection) => return Ok(refused(rejection, &exchange)),
-        }
-        if exchange.breaker.is_some_and(|b| !b.ready()) {
-            return Ok(refused(Rejection::CircuitOpen, &exchange));
-        }
-        let body = match exchange.validate_json {
-            None => body,
-            Some(schema) => {
-                let read = match body.read(services.body_limit).await {
-                    Ok(read) => read,
-                    Err(e) => return Ok(refused(Rejection::Upstream(e), &exchange)),
-                };
-                if let Err(refusal) = schema.check(&read) {
-                    return Ok(refused(Rejection::Json(refusal), &exchange));
+        let started = Instant::now();
+        let metrics = &*spec.metrics.clone();
+        let response = 'answer: {
+            if spec.batch.as_deref() == Some(req.uri().path()) {
+                match self.batch(spec, req, peer, upstream, caller).await {
+                    Ok(response) => break 'answer response,
+                    Err(rejection) => {
+                        metrics.refused(&rejection);
+                        break 'answer rejection.into_response();
+                    }
                 }
-                ClientBody::Read(Some(read))
             }
-        };
-        let req = Request::from_parts(parts, body);
-        let target = exchange.target(&spec.target);
-        let timeout = exchange.upstream_timeout;
-        let response = upstream
-            .forward(&spec.forwarding, target, req, peer, timeout)
-            .await;
-        if let Some(breaker) = exchange.breaker {
-            let failed = response
-                .as_ref()
-                .map_or(true, |r| r.status().is_server_error());
-            breaker.record(failed);
-        }
-        let response = match response {
-            Ok(response) => response,
-            Err(e) => {
-                tracing::debug!(api = spec.api_id(), "upstream error: {e:?}");
-                return Ok(refused(Rejection::Upstream(e), &exchange));
+            let (mut parts, mut body) = req.into_parts();
+            let services = Services {
+                limiter: &self.limiter,
+                auth: AuthContext {
+                    hasher: &self.hasher,
+                    sessions: &*self.sessions,
+                    guard: &self.guard,
+                    client: peer.addr.ip(),
+                    policies: &self.policies,
+                    path_matching: self.config.path_matching(),
+                },
+                xff_depth: self.config.http_server_options.xff_depth,
+                body_limit: self
+                    .config
+                    .http_server_options
+                    .read_limit(MAX_VALIDATED_BODY),
+            };
+            let mut exchange = Exchange::default();
+            let flow = spec
+                .pipeline
+                .on_request(&mut parts, &mut body, &mut exchange, &services)
+                .await;
+            let refused = |rejection: Rejection, exchange: &Exchange<'_>| {
+                metrics.refused(&rejection);
+                refused(rejection, exchange)
+            };
+            match flow {
+                Ok(Flow::Proxy) => {}
+                Ok(Flow::Reply(reply)) => break 'answer mock_response(reply),
+                Ok(Flow::Preflight(headers)) => {
+                    let mut response = buffered_response(StatusCode::NO_CONTENT, Bytes::new());
+                    *response.headers_mut() = headers;
+                    break 'answer response;
+                }
+                Err(rejection) => break 'answer refused(rejection, &exchange),
             }
+            if exchange.breaker.is_some_and(|b| !b.ready()) {
+                break 'answer refused(Rejection::CircuitOpen, &exchange);
+            }
+            let body = match exchange.validate_json {
+                None => body,
+                Some(schema) => {
+                    let read = match body.read(services.body_limit).await {
+                        Ok(read) => read,
+                        Err(e) => break 'answer refused(Rejection::Upstream(e), &exchange),
+                    };
+                    if let Err(refusal) = schema.check(&read) {
+                        break 'answer refused(Rejection::Json(refusal), &exchange);
+                    }
+                    ClientBody::Read(Some(read))
+                }
+            };
+            let req = Request::from_parts(parts, body);
+            let target = exchange.target(&spec.target);
+            let timeout = exchange.upstream_timeout;
+            let sent = Instant::now();
+            let response = upstream
+                .forward(&spec.forwarding, target, req, peer, timeout)
+                .await;
+            metrics.upstream_took(sent.elapsed());
+            if let Some(breaker) = exchange.breaker {
+                let failed = response
+                    .as_ref()
+                    .map_or(true, |r| r.status().is_server_error());
+                breaker.record(failed);
+            }
+            let response = match response {
+                Ok(response) => response,
+                Err(e) => {
+                    tracing::debug!(api = spec.api_id(), "upstream error: {e:?}");
+                    break 'answer refused(Rejection::Upstream(e), &exchange);
+                }
+            };
+            let mut response = response.map(Either::Left);
+            spec.pipeline.on_response(&mut response, &exchange);
+            response
         };
-        let mut response = response.map(Either::Left);
-        spec.pipeline.on_response(&mut response, &exchange);
+        metrics.answered(response.status().as_u16(), started.elapsed());
         Ok(response)
     }
 
@@ -302,6 +327,8 @@ pub struct Accepting<'a> {
     pub http2: bool,
     /// HTTP/1.1 requests' deadlines (`read_timeout`, `write_timeout`).
     pub deadlines: Deadlines,
+    /// Where open connections are counted.
+    pub metrics: Option<&'a Arc<Metrics>>,
 }
 
 /// Accepts HTTP/1.1 (and HTTP/2, if `accepting` says so) connections until `shutdown` resolves, answers each request with
@@ -339,6 +366,8 @@ pub async fn serve<H, F>(
                             peer: SocketAddr,
                             permit: tokio::sync::OwnedSemaphorePermit| {
         let _ = stream.set_nodelay(true);
+        let open = accepting.metrics.map(|m| m.connection_opened());
+        let permit = (permit, open);
         let handler = handler.clone();
         let client = Peer::new(peer, accepting.tls.is_some());
         let service = service_fn(move |req| {
@@ -456,6 +485,7 @@ pub async fn serve_gateway(
         max_connections,
         http2: gateway.config.http_server_options.enable_http2,
         deadlines: gateway.config.http_server_options.deadlines(),
+        metrics: Some(&gateway.metrics),
     };
     serve(listener, accepting, handler, shutdown).await
 }

@@ -82,6 +82,7 @@ pub async fn serve(listener: TcpListener, shutdown: impl std::future::Future<Out
         // h2c with prior knowledge as well, so that HTTP/2 to upstreams can be tried on it.
         http2: true,
         deadlines: crate::connection::Deadlines::DEFAULT,
+        metrics: None,
     };
     crate::server::serve(listener, accepting, handle, shutdown).await
 }

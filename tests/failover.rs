@@ -109,6 +109,22 @@ async fn check_new_master(layout: &SeedLayout, old_port: u16, gw: &TestGateway) 
         new_master.get(&format!("apikey-{id}")).await.is_some(),
         "the write is on the new master"
     );
+    // The node's metrics saw the master change (through HAProxy too: another server's
+    // run_id behind the same address).
+    let m = support::scrape(&gw.url("/metrics")).await;
+    assert!(
+        m.value("tollgate_store_master_changes_total", &[]) >= Some(1.0),
+        "{}",
+        m.text
+    );
+    assert!(
+        m.value("tollgate_store_last_master_change_timestamp_seconds", &[])
+            .is_some()
+    );
+    let master = m.labels("tollgate_store_info").expect("store info")["master"].clone();
+    if master != format!("127.0.0.1:{}", layout.haproxy.port) {
+        assert_eq!(master, format!("127.0.0.1:{new_port}"), "{}", m.text);
+    }
 }
 
 async fn scenario(modes: &[Mode], disruption: Disruption) {

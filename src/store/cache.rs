@@ -18,7 +18,7 @@ use async_trait::async_trait;
 use compact_str::CompactString;
 use tokio::sync::mpsc;
 
-use super::{Lookup, RecordDigest, SessionStore, StoreError, StoreHealth};
+use super::{CacheStats, Lookup, RecordDigest, SessionStore, StoreError, StoreHealth, StoreStats};
 use crate::config::LocalSessionCache;
 use crate::counting::{Policy, Usage};
 use crate::session::{Credential, KeyAccess, SessionState};
@@ -73,6 +73,9 @@ pub struct SessionCache {
     /// have missed an invalidation of its own record, so it is not held as followed.
     changes: AtomicU64,
     started: Instant,
+    hits: AtomicU64,
+    misses: AtomicU64,
+    stale_serves: AtomicU64,
 }
 
 /// How many distinct accesses [`SessionCache::share`] remembers.
@@ -129,6 +132,19 @@ impl SessionCache {
             followed_until: AtomicU64::new(0),
             changes: AtomicU64::new(0),
             started: Instant::now(),
+            hits: AtomicU64::new(0),
+            misses: AtomicU64::new(0),
+            stale_serves: AtomicU64::new(0),
+        }
+    }
+
+    /// What the cache counted, and the entries it holds.
+    pub fn stats(&self) -> CacheStats {
+        CacheStats {
+            hits: self.hits.load(Ordering::Relaxed),
+            misses: self.misses.load(Ordering::Relaxed),
+            stale_serves: self.stale_serves.load(Ordering::Relaxed),
+            entries: self.entries.len() as u64,
         }
     }
 
@@ -407,6 +423,7 @@ async fn revalidate(
         }
         Err(StoreError::Unavailable(reason)) => match cached {
             Some(c) if cache.age(&c) < cache.stale_for => {
+                cache.stale_serves.fetch_add(1, Ordering::Relaxed);
                 tracing::debug!("key store unavailable ({reason}); serving a cached session");
                 Ok(Some(c.credential))
             }
@@ -427,10 +444,17 @@ impl SessionStore for CachedStore {
         let cache = &self.cache;
         let cached = cache.entries.get(key_id);
         match &cached {
-            Some(c) if cache.is_fresh(c) => return Ok(cached.map(|c| c.credential)),
-            None if cache.known_missing(key_id) => return Ok(None),
+            Some(c) if cache.is_fresh(c) => {
+                cache.hits.fetch_add(1, Ordering::Relaxed);
+                return Ok(cached.map(|c| c.credential));
+            }
+            None if cache.known_missing(key_id) => {
+                cache.hits.fetch_add(1, Ordering::Relaxed);
+                return Ok(None);
+            }
             _ => {}
         }
+        cache.misses.fetch_add(1, Ordering::Relaxed);
         revalidate(&*self.inner, cache, key_id, cached).await
     }
 
@@ -462,6 +486,13 @@ impl SessionStore for CachedStore {
 
     async fn health(&self) -> StoreHealth {
         self.inner.health().await
+    }
+
+    fn stats(&self) -> StoreStats {
+        StoreStats {
+            cache: Some(self.cache.stats()),
+            ..self.inner.stats()
+        }
     }
 
     async fn consume(&self, policy: &Policy, want: u32) -> Result<Usage, StoreError> {

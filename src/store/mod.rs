@@ -45,6 +45,35 @@ pub struct StoreHealth {
     pub details: serde_json::Map<String, serde_json::Value>,
 }
 
+/// What the store counted since it started, for `/metrics` (zero where a store has no such
+/// thing, as the memory store has no replicas).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct StoreStats {
+    /// Commands sent to Redis on behalf of requests and the Gateway API.
+    pub round_trips: u64,
+    /// Records read from a replica while the master was away.
+    pub replica_reads: u64,
+    /// Writes refused because `WAIT` confirmed them on too few replicas.
+    pub unconfirmed_writes: u64,
+    /// Masters installed at another address than the one before (a failover seen).
+    pub failovers: u64,
+    /// Unix seconds of the last of them.
+    pub last_failover: Option<f64>,
+    pub cache: Option<CacheStats>,
+}
+
+/// The session cache's figures (see `cache`).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct CacheStats {
+    /// Lookups answered from a fresh entry (or a key known to be missing).
+    pub hits: u64,
+    /// Lookups that asked the store.
+    pub misses: u64,
+    /// Lookups answered by a stale entry while the store was unreachable (stale-if-error).
+    pub stale_serves: u64,
+    pub entries: u64,
+}
+
 /// The session store every gateway component talks to.
 #[async_trait]
 pub trait SessionStore: Send + Sync + 'static {
@@ -88,6 +117,10 @@ pub trait SessionStore: Send + Sync + 'static {
     async fn list(&self) -> Result<Vec<String>, StoreError>;
     /// Checks the store now and reports its state.
     async fn health(&self) -> StoreHealth;
+    /// What the store counted (see [`StoreStats`]).
+    fn stats(&self) -> StoreStats {
+        StoreStats::default()
+    }
 
     /// Admits up to `want` requests against `policy`'s rate and quota counters (as many as
     /// both allow, atomically for every node sharing the store) and reports the outcome.

@@ -330,3 +330,93 @@ pub async fn run(program: &str, args: &[&str]) -> (bool, String, String) {
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
 }
+
+/// A `/metrics` scrape as Prometheus's own text parser (Python's `prometheus_client`) reads
+/// it: the test fails if the parser refuses the text.
+pub struct Scrape {
+    pub families: serde_json::Map<String, Value>,
+    samples: Vec<(String, serde_json::Map<String, Value>, f64)>,
+    pub text: String,
+}
+
+impl Scrape {
+    /// The sum of the samples named `name` whose labels include `labels`; `None` if none.
+    pub fn value(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+        let matching: Vec<f64> = self
+            .samples
+            .iter()
+            .filter(|(n, l, _)| {
+                n == name
+                    && labels
+                        .iter()
+                        .all(|(k, v)| l.get(*k).and_then(Value::as_str) == Some(*v))
+            })
+            .map(|(_, _, v)| *v)
+            .collect();
+        (!matching.is_empty()).then(|| matching.iter().sum())
+    }
+
+    /// The labels of the first sample named `name`.
+    pub fn labels(&self, name: &str) -> Option<&serde_json::Map<String, Value>> {
+        self.samples
+            .iter()
+            .find(|(n, _, _)| n == name)
+            .map(|(_, l, _)| l)
+    }
+}
+
+/// Scrapes `url` (a node's `/metrics`) and parses it with `tests/fixtures/parse_metrics.py`.
+pub async fn scrape(url: &str) -> Scrape {
+    let r = Client::new().request("GET", url, &[], None).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(
+        r.headers.get("content-type").and_then(|v| v.to_str().ok()),
+        Some("text/plain; version=0.0.4; charset=utf-8")
+    );
+    let text = r.text();
+    let script = format!(
+        "{}/tests/fixtures/parse_metrics.py",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let mut child = tokio::process::Command::new("python3")
+        .arg(script)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("python3 runs");
+    {
+        use tokio::io::AsyncWriteExt;
+        let mut stdin = child.stdin.take().expect("stdin");
+        stdin.write_all(text.as_bytes()).await.expect("write");
+    }
+    let out = child.wait_with_output().await.expect("parser ran");
+    assert!(
+        out.status.success(),
+        "Prometheus's parser refused the scrape: {}\n{text}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let parsed: Value = serde_json::from_slice(&out.stdout).expect("parser's JSON");
+    let samples = parsed["samples"]
+        .as_array()
+        .expect("samples")
+        .iter()
+        .map(|s| {
+            let value = match &s[2] {
+                Value::String(inf) if inf == "+Inf" => f64::INFINITY,
+                v => v.as_f64().expect("a number"),
+            };
+            (
+                s[0].as_str().expect("name").to_owned(),
+                s[1].as_object().expect("labels").clone(),
+                value,
+            )
+        })
+        .collect();
+    Scrape {
+        families: parsed["families"].as_object().expect("families").clone(),
+        samples,
+        text,
+    }
+}

@@ -131,6 +131,7 @@ impl Shared {
     }
 
     pub(super) async fn read(&self, link: &Link, key: &str) -> Result<Option<String>, Fault> {
+        self.counts.round_trips.fetch_add(1, Ordering::Relaxed);
         let mut conn = link.request_path();
         let mut get = redis::cmd("GET");
         let answer = get.arg(key).query_async(&mut conn);
@@ -167,7 +168,10 @@ impl Shared {
         for i in 0..replicas.len() {
             let link = &replicas[(start + i) % replicas.len()];
             match self.read(link, key).await {
-                Ok(Some(found)) => return Some(Ok(Some(found))),
+                Ok(Some(found)) => {
+                    self.counts.replica_reads.fetch_add(1, Ordering::Relaxed);
+                    return Some(Ok(Some(found)));
+                }
                 Ok(None) => last = Some(Ok(None)),
                 Err(e) if last.is_none() => last = Some(Err(e)),
                 Err(_) => {}
@@ -201,6 +205,9 @@ impl Shared {
                 _ => 0,
             };
             if confirmed < acks {
+                self.counts
+                    .unconfirmed_writes
+                    .fetch_add(1, Ordering::Relaxed);
                 // A master that cannot reach its replicas may be about to be demoted.
                 self.lose_master(&Fault::Unconfirmed {
                     addr: link.addr(),
@@ -275,6 +282,7 @@ impl Shared {
         F: FnOnce(MultiplexedConnection) -> Fut,
         Fut: std::future::Future<Output = redis::RedisResult<T>>,
     {
+        self.counts.round_trips.fetch_add(1, Ordering::Relaxed);
         within(|| link.addr(), what, deadline, command(conn))
             .await
             .map_err(|fault| {

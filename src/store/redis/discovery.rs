@@ -240,7 +240,14 @@ impl Shared {
             .into_iter()
             .zip(view.replicas)
             .filter_map(|(conn, (host, port))| {
-                Some(Arc::new(Link::new(host, port, conn.ok()?, Vec::new(), 0)))
+                Some(Arc::new(Link::new(
+                    host,
+                    port,
+                    conn.ok()?,
+                    Vec::new(),
+                    0,
+                    None,
+                )))
             })
             .collect();
         self.replicas.store(Arc::new(links));
@@ -316,22 +323,32 @@ impl Shared {
     ) {
         let deadline = self.discovery_timeout();
         let mut others = Vec::with_capacity(self.pool_size - 1);
+        let server = run_id(&mut first, deadline).await;
         if self.pool_size > 1
-            && let Some(id) = run_id(&mut first, deadline).await
+            && let Some(id) = &server
         {
             let opened = futures_util::future::join_all(
                 (1..self.pool_size).map(|_| self.open(&host, port, &self.settings)),
             )
             .await;
             for mut conn in opened.into_iter().flatten() {
-                if run_id(&mut conn, deadline).await.as_ref() == Some(&id) {
+                if run_id(&mut conn, deadline).await.as_ref() == Some(id) {
                     others.push(conn);
                 }
             }
         }
-        let link = Link::new(host, port, first, others, replicas);
+        let link = Arc::new(Link::new(host, port, first, others, replicas, server));
         tracing::info!(master = %link.addr(), replicas = link.replicas, connections = 1 + link.others.len(), "redis master in use");
-        self.master.store(Some(Arc::new(link)));
+        let previous = self.master.swap(Some(link.clone()));
+        if let Some(previous) = previous
+            && !previous.same_server(&link)
+        {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64);
+            self.counts.failovers.fetch_add(1, Ordering::Relaxed);
+            self.counts.last_failover_ms.store(now, Ordering::Relaxed);
+        }
         self.healthy.store(true, Ordering::Release);
         self.master_changed
             .send_modify(|generation| *generation += 1);

@@ -19,6 +19,9 @@ pub(super) struct Link {
     pub(super) next: AtomicUsize,
     /// Connected replicas the server reported (masters only).
     pub(super) replicas: usize,
+    /// The server's `run_id`, which tells another server behind the same address (HAProxy
+    /// after a failover) from this one.
+    pub(super) run_id: Option<String>,
 }
 
 /// Most multiplexed connections kept to one master; each already pipelines many requests.
@@ -31,6 +34,7 @@ impl Link {
         request_path: MultiplexedConnection,
         others: Vec<MultiplexedConnection>,
         replicas: usize,
+        run_id: Option<String>,
     ) -> Self {
         Self {
             host,
@@ -39,7 +43,15 @@ impl Link {
             others,
             next: AtomicUsize::new(0),
             replicas,
+            run_id,
         }
+    }
+
+    /// Whether `other` is a link to the same server (by address, and by `run_id` where
+    /// both are known).
+    pub(super) fn same_server(&self, other: &Link) -> bool {
+        (self.host.as_str(), self.port) == (other.host.as_str(), other.port)
+            && (self.run_id.is_none() || other.run_id.is_none() || self.run_id == other.run_id)
     }
 
     pub(super) fn addr(&self) -> String {

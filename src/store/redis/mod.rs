@@ -27,7 +27,7 @@ use link::{Link, MAX_POOL, run_id};
 use tls::RedisTls;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -45,7 +45,9 @@ use tokio::sync::{Notify, mpsc, watch};
 use tokio::task::JoinHandle;
 
 use super::cache::SessionCache;
-use super::{Lookup, RecordDigest, SessionStore, StoreError, StoreHealth, record_digest};
+use super::{
+    Lookup, RecordDigest, SessionStore, StoreError, StoreHealth, StoreStats, record_digest,
+};
 use crate::config::{ConfigError, StorageConfig};
 use crate::counting::{Policy, Usage};
 use crate::session::{Credential, SessionState};
@@ -165,6 +167,19 @@ struct Shared {
     reloads: watch::Sender<u64>,
     consume_script: redis::Script,
     add_quota_script: redis::Script,
+    counts: Counts,
+}
+
+/// What the store counts for `/metrics` (see [`StoreStats`]).
+#[derive(Default)]
+struct Counts {
+    round_trips: AtomicU64,
+    replica_reads: AtomicU64,
+    unconfirmed_writes: AtomicU64,
+    /// Masters installed at another address than the one before.
+    failovers: AtomicU64,
+    /// Unix milliseconds of the last of them (0: none yet).
+    last_failover_ms: AtomicU64,
 }
 
 /// The Redis-backed [`SessionStore`]. Background tasks stop when it is dropped.
@@ -249,6 +264,7 @@ impl RedisStore {
             reloads: watch::Sender::new(0),
             consume_script: redis::Script::new(CONSUME_SCRIPT),
             add_quota_script: redis::Script::new(ADD_QUOTA_SCRIPT),
+            counts: Counts::default(),
         });
         let mut first = shared.master_changed.subscribe();
         let mut tasks = vec![
@@ -440,6 +456,19 @@ impl SessionStore for RedisStore {
             details,
         }
     }
+    fn stats(&self) -> StoreStats {
+        let counts = &self.shared.counts;
+        let last_failover_ms = counts.last_failover_ms.load(Ordering::Relaxed);
+        StoreStats {
+            round_trips: counts.round_trips.load(Ordering::Relaxed),
+            replica_reads: counts.replica_reads.load(Ordering::Relaxed),
+            unconfirmed_writes: counts.unconfirmed_writes.load(Ordering::Relaxed),
+            failovers: counts.failovers.load(Ordering::Relaxed),
+            last_failover: (last_failover_ms > 0).then(|| last_failover_ms as f64 / 1000.0),
+            cache: None,
+        }
+    }
+
     async fn consume(&self, policy: &Policy, want: u32) -> Result<Usage, StoreError> {
         let (interval, per) = policy
             .rate
