@@ -12,6 +12,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+use crate::access_log;
 use crate::path_pattern::PathMatching;
 use crate::tls::TlsError;
 use crate::tls::client::UpstreamTls;
@@ -66,6 +67,9 @@ pub struct GatewayConfig {
     pub ignore_endpoint_case: bool,
     /// Values API definitions name as `$secret_conf.<name>`.
     pub secrets: std::collections::BTreeMap<String, String>,
+    pub access_logs: AccessLogsConfig,
+    /// `debug`, `info` (the default), `warn` or `error`; `RUST_LOG` overrides it.
+    pub log_level: String,
     pub security: SecurityConfig,
     pub http_server_options: HttpServerOptions,
 }
@@ -232,10 +236,23 @@ impl Default for GatewayConfig {
             enable_custom_domains: false,
             ignore_endpoint_case: false,
             secrets: Default::default(),
+            access_logs: AccessLogsConfig::default(),
+            log_level: String::new(),
             security: SecurityConfig::default(),
             http_server_options: HttpServerOptions::default(),
         }
     }
+}
+
+/// Tyk 5's `access_logs`: a JSON line per request (see `access_log`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct AccessLogsConfig {
+    pub enabled: bool,
+    /// The fields written, by Tyk's names; empty: all of them.
+    pub template: Vec<String>,
+    /// tollgate's: the file lines are appended to; empty: standard output.
+    pub path: String,
 }
 
 /// `storage`: where keys live.
@@ -417,10 +434,18 @@ impl GatewayConfig {
             "",
             &env,
         )?;
-        let config = serde_path_to_error::deserialize(value).map_err(|e| {
+        let config: Self = serde_path_to_error::deserialize(value).map_err(|e| {
             let field = e.path().to_string();
             invalid(&field, e.into_inner().to_string())
         })?;
+        unsupported.extend(
+            config
+                .access_logs
+                .template
+                .iter()
+                .filter(|f| access_log::UNFILLED.contains(&f.as_str()))
+                .map(|f| format!("access_logs.template: {f}")),
+        );
         Ok(Loaded {
             config,
             unsupported,
@@ -439,6 +464,7 @@ impl GatewayConfig {
             &mut self.app_path,
             &mut self.policies.policy_path,
             &mut self.policies.policy_record_name,
+            &mut self.access_logs.path,
         ]
         .into_iter()
         .chain(certificates)
@@ -555,6 +581,28 @@ impl GatewayConfig {
                 "local_session_cache.max_entries",
                 "must be at least 1",
             ));
+        }
+        if !matches!(
+            self.log_level.as_str(),
+            "" | "debug" | "info" | "warn" | "error"
+        ) {
+            return Err(invalid(
+                "log_level",
+                format!(
+                    "{:?} is not one of debug, info, warn, error",
+                    self.log_level
+                ),
+            ));
+        }
+        for (i, field) in self.access_logs.template.iter().enumerate() {
+            let known = access_log::FIELDS.contains(&field.as_str())
+                || access_log::UNFILLED.contains(&field.as_str());
+            if !known {
+                return Err(invalid(
+                    &format!("access_logs.template[{i}]"),
+                    format!("{field:?} is not a field of Tyk's access logs"),
+                ));
+            }
         }
         if self.http_server_options.max_connections == 0 {
             return Err(invalid(

@@ -9,6 +9,7 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use tokio::sync::Semaphore;
 
+use crate::access_log::AccessLog;
 use crate::api::{ApiTable, GatewayDefaults, LoadError};
 use crate::auth::KeyHasher;
 use crate::config::{ConfigError, GatewayConfig};
@@ -48,6 +49,8 @@ pub struct Gateway {
     /// at each reload; `None` for plain HTTP.
     pub listener_tls: Option<ArcSwap<rustls::ServerConfig>>,
     pub metrics: Arc<Metrics>,
+    /// `access_logs`, when enabled.
+    pub access_log: Option<AccessLog>,
     reload_lock: tokio::sync::Mutex<()>,
 }
 
@@ -59,6 +62,18 @@ impl Gateway {
         sessions: Arc<dyn SessionStore>,
     ) -> Result<Arc<Self>, ConfigError> {
         let listener_tls = config.listener_tls()?.map(ArcSwap::new);
+        let access_log = if config.access_logs.enabled {
+            let logs = &config.access_logs;
+            let log = AccessLog::start(&logs.template, &logs.path).map_err(|e| {
+                ConfigError::InvalidField {
+                    field: "access_logs.path".into(),
+                    reason: format!("{:?} cannot be opened: {e}", logs.path),
+                }
+            })?;
+            Some(log)
+        } else {
+            None
+        };
         let limiter = Arc::new(Limiter::new(sessions.clone()));
         limiter.spawn_flusher(Duration::from_millis(500));
         let gateway = Arc::new(Self {
@@ -72,6 +87,7 @@ impl Gateway {
             load_errors: ArcSwap::from_pointee(Vec::new()),
             listener_tls,
             metrics: Arc::new(Metrics::default()),
+            access_log,
             reload_lock: tokio::sync::Mutex::new(()),
             config,
         });
@@ -118,6 +134,7 @@ impl Gateway {
             limiter_leases,
             limiter_pending,
             apis_loaded: self.apis().len() as u64,
+            access_log_dropped: self.access_log.as_ref().map(AccessLog::dropped),
         })
     }
 

@@ -5,6 +5,7 @@
 //! README for the architecture.
 #![forbid(unsafe_code)]
 
+pub mod access_log;
 pub mod admin;
 pub mod api;
 pub mod auth;

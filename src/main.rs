@@ -126,10 +126,22 @@ const EXIT_CONFIG: u8 = 2;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Read before logging starts: tyk.conf's `log_level` sets the level.
+    let mut preloaded = match &cli.command {
+        Command::Serve { conf, .. } => Some(GatewayConfig::load(conf)),
+        _ => None,
+    };
+    let level = match &preloaded {
+        Some(Ok(loaded)) if !loaded.config.log_level.is_empty() => loaded.config.log_level.clone(),
+        _ => "info".to_owned(),
+    };
+    use std::io::IsTerminal;
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| level.into()),
         )
+        // Colour codes only for a terminal: a file or a pipe gets plain lines.
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
         .init();
     let runtime = match tokio::runtime::Builder::new_current_thread()
@@ -145,7 +157,11 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Serve { conf, workers } => {
-                let loaded = GatewayConfig::load(&conf).map_err(Failure::Config)?;
+                let loaded = match preloaded.take() {
+                    Some(loaded) => loaded,
+                    None => GatewayConfig::load(&conf),
+                }
+                .map_err(Failure::Config)?;
                 run_gateway(loaded, workers.count()).await
             }
             Command::Demo {

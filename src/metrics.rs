@@ -200,6 +200,8 @@ pub struct NodeFigures {
     /// Requests of an API's counter admitted while the store was away, waiting to be counted.
     pub limiter_pending: u64,
     pub apis_loaded: u64,
+    /// Access log lines dropped because the writer was behind (`None`: no access log).
+    pub access_log_dropped: Option<u64>,
 }
 
 /// One scrape: the counters and the node's figures of the moment.
@@ -383,6 +385,15 @@ impl Collector for Scrape {
                 gauge(1),
             )],
         )?;
+        if let Some(dropped) = node.access_log_dropped {
+            family(
+                &mut encoder,
+                "access_log_dropped",
+                "Access log lines dropped because the writer was behind",
+                MetricType::Counter,
+                [(Labels::new(), counter(dropped))],
+            )?;
+        }
         if let Some((health, stats)) = &node.store {
             self.encode_store(&mut encoder, health, stats)?;
         }

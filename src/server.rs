@@ -24,6 +24,7 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 
+use crate::access_log;
 use crate::admin;
 use crate::api::ApiSpec;
 use crate::auth::AuthContext;
@@ -126,6 +127,7 @@ impl Gateway {
             .ok_or(Rejection::NoApi)?;
         let started = Instant::now();
         let metrics = &*spec.metrics.clone();
+        let mut logged: Option<Box<access_log::Entry>> = None;
         let response = 'answer: {
             if spec.batch.as_deref() == Some(req.uri().path()) {
                 match self.batch(spec, req, peer, upstream, caller).await {
@@ -137,6 +139,14 @@ impl Gateway {
                 }
             }
             let (mut parts, mut body) = req.into_parts();
+            let mut exchange = Exchange::default();
+            if self.access_log.is_some() {
+                let entry = self.log_entry(&spec, &mut parts, peer);
+                exchange
+                    .request_id
+                    .get_or_init(|| entry.request_id.as_str().into());
+                logged = Some(entry);
+            }
             let services = Services {
                 limiter: &self.limiter,
                 auth: AuthContext {
@@ -153,11 +163,19 @@ impl Gateway {
                     .http_server_options
                     .read_limit(MAX_VALIDATED_BODY),
             };
-            let mut exchange = Exchange::default();
             let flow = spec
                 .pipeline
                 .on_request(&mut parts, &mut body, &mut exchange, &services)
                 .await;
+            if let Some(entry) = &mut logged {
+                if let Some(caller) = &exchange.caller {
+                    entry.api_key = access_log::logged_key(&caller.key_id, self.config.hash_keys);
+                }
+                if parts.uri.path() != entry.path {
+                    entry.original_path = Some(std::mem::take(&mut entry.path));
+                    entry.path = parts.uri.path().to_owned();
+                }
+            }
             let refused = |rejection: Rejection, exchange: &Exchange<'_>| {
                 metrics.refused(&rejection);
                 refused(rejection, exchange)
@@ -191,11 +209,20 @@ impl Gateway {
             let req = Request::from_parts(parts, body);
             let target = exchange.target(&spec.target);
             let timeout = exchange.upstream_timeout;
+            if let Some(entry) = &mut logged {
+                let path = spec.forwarding.upstream_path(target, req.uri().path());
+                let scheme = target.wire.scheme();
+                entry.upstream_addr = format!("{scheme}://{}{path}", target.address);
+            }
             let sent = Instant::now();
             let response = upstream
                 .forward(&spec.forwarding, target, req, peer, timeout)
                 .await;
-            metrics.upstream_took(sent.elapsed());
+            let upstream_took = sent.elapsed();
+            metrics.upstream_took(upstream_took);
+            if let Some(entry) = &mut logged {
+                entry.upstream_latency = upstream_took.as_millis() as u64;
+            }
             if let Some(breaker) = exchange.breaker {
                 let failed = response
                     .as_ref()
@@ -213,8 +240,63 @@ impl Gateway {
             spec.pipeline.on_response(&mut response, &exchange);
             response
         };
-        metrics.answered(response.status().as_u16(), started.elapsed());
+        let took = started.elapsed();
+        metrics.answered(response.status().as_u16(), took);
+        let mut response = response;
+        if let (Some(mut entry), Some(log)) = (logged, &self.access_log) {
+            entry.status = response.status().as_u16();
+            entry.latency_total = took.as_millis() as u64;
+            if let Ok(id) = http::HeaderValue::from_str(&entry.request_id) {
+                response.headers_mut().insert(access_log::REQUEST_ID, id);
+            }
+            log.log(&entry);
+        }
         Ok(response)
+    }
+
+    /// What a request's access log line says before it passes the pipeline; the request
+    /// gets its id (see [`access_log::request_id`]) to pass upstream.
+    fn log_entry(
+        &self,
+        spec: &ApiSpec,
+        parts: &mut http::request::Parts,
+        peer: &Peer,
+    ) -> Box<access_log::Entry> {
+        let id = access_log::request_id(&parts.headers);
+        let header = |name| {
+            parts
+                .headers
+                .get(name)
+                .and_then(|v: &http::HeaderValue| v.to_str().ok())
+                .unwrap_or("")
+                .to_owned()
+        };
+        let client_ip = crate::client_ip::real_ip(
+            &parts.headers,
+            peer.addr.ip(),
+            self.config.http_server_options.xff_depth,
+        );
+        let definition = &spec.definition;
+        let entry = access_log::Entry {
+            api_id: definition.api_id.clone(),
+            api_name: definition.name.clone(),
+            org_id: definition.org_id.clone(),
+            client_ip: client_ip.map(|ip| ip.to_string()).unwrap_or_default(),
+            host: header(http::header::HOST),
+            method: parts.method.to_string(),
+            path: parts.uri.path().to_owned(),
+            protocol: match parts.version {
+                http::Version::HTTP_2 => "HTTP/2.0",
+                http::Version::HTTP_10 => "HTTP/1.0",
+                _ => "HTTP/1.1",
+            },
+            remote_addr: peer.addr.to_string(),
+            request_id: id.to_str().unwrap_or("-").to_owned(),
+            user_agent: header(http::header::USER_AGENT),
+            ..access_log::Entry::default()
+        };
+        parts.headers.insert(access_log::REQUEST_ID, id);
+        Box::new(entry)
     }
 
     /// A batch request (see `batch`): each of its requests answered as [`Self::serve_api`]

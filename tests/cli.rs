@@ -213,6 +213,28 @@ fn bad_configuration_exits_2_naming_the_field() {
             vec![],
             "storage.master_name",
         ),
+        (
+            json!({"secret": "s", "listen_port": port, "log_level": "verbose"}).to_string(),
+            "conf",
+            vec![],
+            "log_level",
+        ),
+        (
+            json!({"secret": "s", "listen_port": port,
+                "access_logs": {"enabled": true, "template": ["path", "cookie"]}})
+            .to_string(),
+            "conf",
+            vec![],
+            "access_logs.template[1]",
+        ),
+        (
+            json!({"secret": "s", "listen_port": port, "storage": {"type": "memory"},
+                "access_logs": {"enabled": true, "path": "/nonexistent/dir/access.log"}})
+            .to_string(),
+            "conf",
+            vec![],
+            "access_logs.path",
+        ),
     ];
     for (conf, ext, envs, field) in cases {
         let (code, stderr) = run_with_conf(&conf, ext, &envs);
@@ -318,10 +340,49 @@ async fn secrets_from_the_environment_and_tyk_conf_fill_header_values_and_rewrit
     );
     // The secret without a value is reported at load; no secret's value is logged.
     let logged = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        !logged.contains('\u{1b}'),
+        "no colour codes in a file: {logged:?}"
+    );
     assert!(logged.contains("$secret_env.absent"), "{logged}");
     assert!(
         !logged.contains("t0k3n") && !logged.contains("svc-reader"),
         "{logged}"
+    );
+}
+
+#[tokio::test]
+async fn log_level_from_tyk_conf_sets_what_is_logged() {
+    let dir = tempfile::tempdir().unwrap();
+    let apps = dir.path().join("apps");
+    std::fs::create_dir(&apps).unwrap();
+    let port = free_port();
+    let conf = dir.path().join("tyk.conf");
+    std::fs::write(
+        &conf,
+        json!({"listen_address": "127.0.0.1", "listen_port": port, "secret": "s",
+            "app_path": apps, "storage": {"type": "memory"}, "log_level": "warn"})
+        .to_string(),
+    )
+    .unwrap();
+    let log = dir.path().join("log");
+    let _gw = Process {
+        child: Command::new(BIN)
+            .args(["serve", "--conf"])
+            .arg(&conf)
+            .env_remove("RUST_LOG")
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap(),
+    };
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    assert!(wait_for_port(addr, Duration::from_secs(10)).await);
+    // The start-up lines are written around the bind: give them time to land.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let logged = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        !logged.contains("INFO") && !logged.contains("listening"),
+        "info lines below log_level warn: {logged}"
     );
 }
 

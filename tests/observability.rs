@@ -144,3 +144,125 @@ async fn metrics_show_the_redis_store_and_the_session_cache() {
         Some(0.0)
     );
 }
+
+/// The lines of the access log at `path`, once `count` of them are written.
+async fn access_lines(path: &std::path::Path, count: usize) -> Vec<serde_json::Value> {
+    let start = std::time::Instant::now();
+    loop {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        let lines: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("a JSON line"))
+            .collect();
+        if lines.len() >= count {
+            return lines;
+        }
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(5),
+            "{} of {count} access log lines: {text}",
+            lines.len()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn access_logs_write_a_json_line_per_request_with_its_id_and_never_the_key() {
+    let up = upstream().await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("access.log");
+    let mut api = sample_api(&up.url(""));
+    let version = &mut api["version_data"]["versions"]["Default"];
+    version["use_extended_paths"] = json!(true);
+    version["extended_paths"] = json!({"url_rewrites": [{"path": "/old", "method": "GET",
+        "match_pattern": "/old", "rewrite_to": "/anything/new"}]});
+    let gw = gateway()
+        .api(api)
+        .config(json!({"access_logs": {"enabled": true, "path": path}}))
+        .start()
+        .await;
+    gw.add_key("loggedkey", seed_key()).await;
+    let r = gw
+        .client
+        .request(
+            "GET",
+            &gw.url("/tyk-api-test/get"),
+            &[
+                ("authorization", "loggedkey"),
+                ("x-request-id", "client-chosen-1"),
+                ("user-agent", "probe/2"),
+            ],
+            None,
+        )
+        .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("x-request-id"), Some("client-chosen-1"));
+    assert_eq!(
+        r.json()["headers"]["X-Request-Id"],
+        "client-chosen-1",
+        "passed upstream"
+    );
+    let r = gw
+        .get_with_key("/tyk-api-test/old", Some("loggedkey"))
+        .await;
+    let generated = r.header("x-request-id").expect("an id").to_owned();
+    assert_eq!(generated.len(), 36, "a UUID: {generated}");
+    assert_eq!(r.json()["headers"]["X-Request-Id"], generated.as_str());
+    assert_eq!(gw.get_with_key("/tyk-api-test/get", None).await.status, 401);
+
+    let lines = access_lines(&path, 3).await;
+    let first = &lines[0];
+    assert_eq!(first["prefix"], "access-log");
+    assert_eq!(first["api_id"], "1");
+    assert_eq!(first["api_name"], "Tyk Test API");
+    assert_eq!(first["status"], 200);
+    assert_eq!(first["method"], "GET");
+    assert_eq!(first["path"], "/tyk-api-test/get");
+    assert_eq!(first["request_id"], "client-chosen-1");
+    assert_eq!(first["user_agent"], "probe/2");
+    assert_eq!(first["client_ip"], "127.0.0.1");
+    assert_eq!(first["protocol"], "HTTP/1.1");
+    assert_eq!(first["api_key"], gw.key_id("loggedkey"), "the key's hash");
+    assert!(
+        first["upstream_addr"].as_str().unwrap().ends_with("/get"),
+        "{first}"
+    );
+    assert!(first["latency_total"].as_u64().is_some());
+    let rewritten = &lines[1];
+    assert_eq!(rewritten["original_path"], "/tyk-api-test/old");
+    assert_eq!(rewritten["path"], "/anything/new");
+    assert_eq!(rewritten["request_id"], generated.as_str());
+    assert_eq!(lines[2]["status"], 401);
+    assert!(lines[2].get("api_key").is_none());
+    let text = std::fs::read_to_string(&path).unwrap();
+    assert!(!text.contains("loggedkey"), "{text}");
+}
+
+#[tokio::test]
+async fn an_access_log_template_picks_the_fields_and_unhashed_keys_are_obfuscated() {
+    let up = upstream().await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("access.log");
+    let gw = gateway()
+        .api(sample_api(&up.url("")))
+        .config(
+            json!({"hash_keys": false, "access_logs": {"enabled": true, "path": path,
+            "template": ["api_key", "status", "path"]}}),
+        )
+        .start()
+        .await;
+    gw.add_key("plainkey9876", seed_key()).await;
+    let r = gw
+        .get_with_key("/tyk-api-test/get", Some("plainkey9876"))
+        .await;
+    assert_eq!(r.status, 200);
+    let lines = access_lines(&path, 1).await;
+    let line = lines[0].as_object().unwrap();
+    let mut names: Vec<&str> = line.keys().map(String::as_str).collect();
+    names.sort();
+    assert_eq!(
+        names,
+        ["api_key", "level", "path", "prefix", "status", "time"]
+    );
+    assert_eq!(line["api_key"], "****9876", "Tyk's obfuscation");
+}

@@ -1,0 +1,279 @@
+//! Tyk 5's access logs (`access_logs`): one JSON line per request an API answered, with
+//! Tyk's field names, its `template` choosing the fields, and the key never written raw
+//! (obfuscated, or its hash with `hash_keys`). Lines are written by a task of their own from
+//! a bounded queue, so a slow disk or pipe never holds a request up: a line that finds the
+//! queue full is dropped and counted.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+use serde_json::{Map, Value};
+use tokio::io::AsyncWriteExt;
+use tokio::sync::mpsc;
+
+/// The request id passed upstream and returned: a client's own is kept when it is one.
+pub const REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-request-id");
+
+/// Lines waiting to be written at most; more are dropped.
+const QUEUE: usize = 8192;
+
+/// A client's `X-Request-Id` is kept up to this length (visible ASCII only).
+const MAX_REQUEST_ID: usize = 200;
+
+/// Tyk's field names, in the order written (that of its `Template` documentation).
+pub const FIELDS: [&str; 19] = [
+    "api_id",
+    "api_key",
+    "api_name",
+    "client_ip",
+    "host",
+    "latency_gateway",
+    "latency_total",
+    "method",
+    "org_id",
+    "original_path",
+    "path",
+    "protocol",
+    "remote_addr",
+    "request_id",
+    "status",
+    "upstream_addr",
+    "upstream_latency",
+    "user_agent",
+    "api_type",
+];
+
+/// Fields of Tyk's `template` that tollgate has no value for (error classification, TLS
+/// details of an upstream error, traces, MCP): reported at start, left out of the lines.
+pub const UNFILLED: [&str; 13] = [
+    "circuit_breaker_state",
+    "error_source",
+    "error_target",
+    "response_code_details",
+    "response_flag",
+    "tls_cert_expiry",
+    "tls_cert_subject",
+    "trace_id",
+    "upstream_status",
+    "mcp_method",
+    "mcp_primitive_type",
+    "mcp_primitive_name",
+    "mcp_error_code",
+];
+
+/// What one request's line says.
+#[derive(Debug, Default)]
+pub struct Entry {
+    pub api_id: String,
+    pub api_name: String,
+    pub org_id: String,
+    /// The key as logged (see [`logged_key`]); empty for a keyless request.
+    pub api_key: String,
+    pub client_ip: String,
+    pub host: String,
+    pub method: String,
+    /// The path the client sent, when a rewrite changed it.
+    pub original_path: Option<String>,
+    pub path: String,
+    pub protocol: &'static str,
+    pub remote_addr: String,
+    pub request_id: String,
+    pub status: u16,
+    pub upstream_addr: String,
+    /// Milliseconds, as Tyk's `analytics.Latency`.
+    pub latency_total: u64,
+    pub upstream_latency: u64,
+    pub user_agent: String,
+}
+
+/// The access log: its fields and the queue to its writer.
+pub struct AccessLog {
+    /// Which of [`FIELDS`] are written.
+    fields: [bool; FIELDS.len()],
+    queue: mpsc::Sender<String>,
+    dropped: Arc<AtomicU64>,
+}
+
+impl AccessLog {
+    /// Starts the writer, appending to `path`, or standard output when it is empty; `template`
+    /// is Tyk's (empty: every field). Must run inside the runtime.
+    pub fn start(template: &[String], path: &str) -> std::io::Result<Self> {
+        let mut fields = [template.is_empty(); FIELDS.len()];
+        for name in template {
+            if let Some(i) = FIELDS.iter().position(|f| f == name) {
+                fields[i] = true;
+            }
+        }
+        let (queue, lines) = mpsc::channel(QUEUE);
+        let out: Box<dyn tokio::io::AsyncWrite + Send + Unpin> = if path.is_empty() {
+            Box::new(tokio::io::stdout())
+        } else {
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)?;
+            Box::new(tokio::fs::File::from_std(file))
+        };
+        tokio::spawn(write_lines(lines, out));
+        Ok(Self {
+            fields,
+            queue,
+            dropped: Arc::new(AtomicU64::new(0)),
+        })
+    }
+
+    /// Queues `entry`'s line; dropped (and counted) when the writer is behind.
+    pub fn log(&self, entry: &Entry) {
+        let line = self.line(entry);
+        if self.queue.try_send(line).is_err() {
+            self.dropped.fetch_add(1, Relaxed);
+        }
+    }
+
+    /// Lines dropped because the writer was behind.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Relaxed)
+    }
+
+    fn line(&self, e: &Entry) -> String {
+        let mut record = Map::new();
+        record.insert("time".into(), Value::String(now_rfc3339()));
+        record.insert("level".into(), "info".into());
+        record.insert("prefix".into(), "access-log".into());
+        let text = |s: &str| Value::String(s.to_owned());
+        for (i, name) in FIELDS.iter().enumerate() {
+            if !self.fields[i] {
+                continue;
+            }
+            let value = match *name {
+                "api_id" => text(&e.api_id),
+                "api_key" if e.api_key.is_empty() => continue,
+                "api_key" => text(&e.api_key),
+                "api_name" => text(&e.api_name),
+                "client_ip" => text(&e.client_ip),
+                "host" => text(&e.host),
+                "latency_gateway" => e.latency_total.saturating_sub(e.upstream_latency).into(),
+                "latency_total" => e.latency_total.into(),
+                "method" => text(&e.method),
+                "org_id" => text(&e.org_id),
+                "original_path" => match &e.original_path {
+                    Some(path) => text(path),
+                    None => continue,
+                },
+                "path" => text(&e.path),
+                "protocol" => e.protocol.into(),
+                "remote_addr" => text(&e.remote_addr),
+                "request_id" => text(&e.request_id),
+                "status" => e.status.into(),
+                "upstream_addr" => text(&e.upstream_addr),
+                "upstream_latency" => e.upstream_latency.into(),
+                "user_agent" => text(&e.user_agent),
+                "api_type" => "classic".into(),
+                _ => continue,
+            };
+            record.insert((*name).into(), value);
+        }
+        let mut line = Value::Object(record).to_string();
+        line.push('\n');
+        line
+    }
+}
+
+/// Writes queued lines as they come, several to a write when they queue up.
+async fn write_lines(
+    mut lines: mpsc::Receiver<String>,
+    mut out: Box<dyn tokio::io::AsyncWrite + Send + Unpin>,
+) {
+    let mut batch = Vec::new();
+    while lines.recv_many(&mut batch, 256).await > 0 {
+        let mut buffer = String::new();
+        for line in batch.drain(..) {
+            buffer.push_str(&line);
+        }
+        if let Err(e) = out.write_all(buffer.as_bytes()).await {
+            tracing::warn!("access log: cannot write: {e}");
+        }
+        let _ = out.flush().await;
+    }
+}
+
+/// The key as Tyk's access log shows it: with `hash_keys`, the key's storage id (its hash);
+/// otherwise `****` and its last four characters (`--` for a shorter one), Tyk's
+/// `obfuscateKey`.
+pub fn logged_key(key_id: &str, hash_keys: bool) -> String {
+    if hash_keys {
+        return key_id.to_owned();
+    }
+    let chars: Vec<char> = key_id.chars().collect();
+    if chars.len() > 4 {
+        let last: String = chars[chars.len() - 4..].iter().collect();
+        format!("****{last}")
+    } else {
+        "--".into()
+    }
+}
+
+/// The request's id: the client's `X-Request-Id` when it is a plausible one (visible ASCII,
+/// at most 200 bytes), else a new UUID.
+pub fn request_id(headers: &http::HeaderMap) -> http::HeaderValue {
+    headers
+        .get(&REQUEST_ID)
+        .filter(|v| {
+            let bytes = v.as_bytes();
+            !bytes.is_empty()
+                && bytes.len() <= MAX_REQUEST_ID
+                && bytes.iter().all(|b| b.is_ascii_graphic())
+        })
+        .cloned()
+        .unwrap_or_else(|| {
+            let id = uuid::Uuid::new_v4().hyphenated().to_string();
+            http::HeaderValue::from_str(&id).unwrap_or(http::HeaderValue::from_static("-"))
+        })
+}
+
+/// Now in RFC 3339 with seconds (UTC), as logrus writes `time`.
+fn now_rfc3339() -> String {
+    humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_are_never_logged_raw() {
+        assert_eq!(logged_key("secretkey1234", false), "****1234");
+        assert_eq!(logged_key("abcd", false), "--");
+        assert_eq!(logged_key("c0ffee", true), "c0ffee");
+    }
+
+    #[test]
+    fn a_clients_request_id_is_kept_only_when_plausible() {
+        let mut headers = http::HeaderMap::new();
+        headers.insert(&REQUEST_ID, "abc-123".parse().unwrap());
+        assert_eq!(request_id(&headers), "abc-123");
+        headers.insert(&REQUEST_ID, "has space".parse().unwrap());
+        assert_eq!(request_id(&headers).len(), 36);
+        headers.insert(&REQUEST_ID, "x".repeat(201).parse().unwrap());
+        assert_eq!(request_id(&headers).len(), 36);
+    }
+
+    #[tokio::test]
+    async fn the_template_picks_the_fields() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("access.log");
+        let template = vec!["api_id".to_owned(), "status".to_owned()];
+        let log = AccessLog::start(&template, path.to_str().unwrap()).unwrap();
+        let entry = Entry {
+            api_id: "a1".into(),
+            api_key: "****1234".into(),
+            status: 201,
+            ..Entry::default()
+        };
+        let line: Value = serde_json::from_str(log.line(&entry).trim()).unwrap();
+        assert_eq!(line["api_id"], "a1");
+        assert_eq!(line["status"], 201);
+        assert_eq!(line["prefix"], "access-log");
+        assert!(line.get("api_key").is_none() && line.get("path").is_none());
+    }
+}
