@@ -11,6 +11,8 @@ use serde_json::{Map, Value};
 use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
 
+use crate::request_record::RequestRecord;
+
 /// The request id passed upstream and returned: a client's own is kept when it is one.
 pub const REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-request-id");
 
@@ -61,43 +63,20 @@ pub const UNFILLED: [&str; 13] = [
     "mcp_error_code",
 ];
 
-/// What one request's line says.
-#[derive(Debug, Default)]
-pub struct Entry {
-    pub api_id: String,
-    pub api_name: String,
-    pub org_id: String,
-    /// The key as logged (see [`logged_key`]); empty for a keyless request.
-    pub api_key: String,
-    pub client_ip: String,
-    pub host: String,
-    pub method: String,
-    /// The path the client sent, when a rewrite changed it.
-    pub original_path: Option<String>,
-    pub path: String,
-    pub protocol: &'static str,
-    pub remote_addr: String,
-    pub request_id: String,
-    pub status: u16,
-    pub upstream_addr: String,
-    /// Milliseconds, as Tyk's `analytics.Latency`.
-    pub latency_total: u64,
-    pub upstream_latency: u64,
-    pub user_agent: String,
-}
-
 /// The access log: its fields and the queue to its writer.
 pub struct AccessLog {
     /// Which of [`FIELDS`] are written.
     fields: [bool; FIELDS.len()],
     queue: mpsc::Sender<String>,
     dropped: Arc<AtomicU64>,
+    /// `hash_keys`: the key is logged by its hash, else obfuscated.
+    hash_keys: bool,
 }
 
 impl AccessLog {
     /// Starts the writer, appending to `path`, or standard output when it is empty; `template`
     /// is Tyk's (empty: every field). Must run inside the runtime.
-    pub fn start(template: &[String], path: &str) -> std::io::Result<Self> {
+    pub fn start(template: &[String], path: &str, hash_keys: bool) -> std::io::Result<Self> {
         let mut fields = [template.is_empty(); FIELDS.len()];
         for name in template {
             if let Some(i) = FIELDS.iter().position(|f| f == name) {
@@ -119,11 +98,12 @@ impl AccessLog {
             fields,
             queue,
             dropped: Arc::new(AtomicU64::new(0)),
+            hash_keys,
         })
     }
 
     /// Queues `entry`'s line; dropped (and counted) when the writer is behind.
-    pub fn log(&self, entry: &Entry) {
+    pub fn log(&self, entry: &RequestRecord) {
         let line = self.line(entry);
         if self.queue.try_send(line).is_err() {
             self.dropped.fetch_add(1, Relaxed);
@@ -135,7 +115,7 @@ impl AccessLog {
         self.dropped.load(Relaxed)
     }
 
-    fn line(&self, e: &Entry) -> String {
+    fn line(&self, e: &RequestRecord) -> String {
         let mut record = Map::new();
         record.insert("time".into(), Value::String(now_rfc3339()));
         record.insert("level".into(), "info".into());
@@ -147,12 +127,12 @@ impl AccessLog {
             }
             let value = match *name {
                 "api_id" => text(&e.api_id),
-                "api_key" if e.api_key.is_empty() => continue,
-                "api_key" => text(&e.api_key),
+                "api_key" if e.key_id.is_empty() => continue,
+                "api_key" => Value::String(logged_key(&e.key_id, self.hash_keys)),
                 "api_name" => text(&e.api_name),
                 "client_ip" => text(&e.client_ip),
                 "host" => text(&e.host),
-                "latency_gateway" => e.latency_total.saturating_sub(e.upstream_latency).into(),
+                "latency_gateway" => e.latency_gateway().into(),
                 "latency_total" => e.latency_total.into(),
                 "method" => text(&e.method),
                 "org_id" => text(&e.org_id),
@@ -263,12 +243,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("access.log");
         let template = vec!["api_id".to_owned(), "status".to_owned()];
-        let log = AccessLog::start(&template, path.to_str().unwrap()).unwrap();
-        let entry = Entry {
+        let log = AccessLog::start(&template, path.to_str().unwrap(), false).unwrap();
+        let entry = RequestRecord {
             api_id: "a1".into(),
-            api_key: "****1234".into(),
+            key_id: "secretkey1234".into(),
             status: 201,
-            ..Entry::default()
+            ..RequestRecord::default()
         };
         let line: Value = serde_json::from_str(log.line(&entry).trim()).unwrap();
         assert_eq!(line["api_id"], "a1");

@@ -12,6 +12,7 @@ use http::header::HeaderName;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+use crate::analytics::ApiAnalytics;
 use crate::auth::{AuthChain, AuthMethod, ForApi, KeySource};
 use crate::batch;
 use crate::cors::Cors;
@@ -160,6 +161,8 @@ pub struct ApiSpec {
     pub batch: Option<String>,
     /// The API's counters (see `metrics`), kept across reloads.
     pub metrics: Arc<ApiMetrics>,
+    /// What its analytics records carry; `None` with `do_not_track`.
+    pub analytics: Option<Arc<ApiAnalytics>>,
 }
 
 impl ApiSpec {
@@ -346,6 +349,25 @@ impl ApiSpec {
         };
         let batch = flag("enable_batch_request_support").then(|| batch::endpoint(listen_path));
         let metrics = gateway.metrics.for_api(&definition.api_id);
+        let analytics = (!flag("do_not_track")).then(|| {
+            let extra = &definition.extra;
+            Arc::new(ApiAnalytics {
+                tags: extra
+                    .get("tags")
+                    .and_then(Value::as_array)
+                    .map(|tags| {
+                        tags.iter()
+                            .filter_map(|t| t.as_str().map(str::to_owned))
+                            .collect()
+                    })
+                    .unwrap_or_default(),
+                expire_after: extra
+                    .get("expire_analytics_after")
+                    .and_then(Value::as_i64)
+                    .unwrap_or(0),
+                detailed: flag("enable_detailed_recording"),
+            })
+        });
         Ok(Self {
             definition,
             target,
@@ -355,6 +377,7 @@ impl ApiSpec {
             domain,
             batch,
             metrics,
+            analytics,
         })
     }
 

@@ -68,6 +68,7 @@ pub struct GatewayConfig {
     /// Values API definitions name as `$secret_conf.<name>`.
     pub secrets: std::collections::BTreeMap<String, String>,
     pub access_logs: AccessLogsConfig,
+    pub analytics_config: AnalyticsConfig,
     /// `debug`, `info` (the default), `warn` or `error`; `RUST_LOG` overrides it.
     pub log_level: String,
     pub security: SecurityConfig,
@@ -237,9 +238,41 @@ impl Default for GatewayConfig {
             ignore_endpoint_case: false,
             secrets: Default::default(),
             access_logs: AccessLogsConfig::default(),
+            analytics_config: AnalyticsConfig::default(),
             log_level: String::new(),
             security: SecurityConfig::default(),
             http_server_options: HttpServerOptions::default(),
+        }
+    }
+}
+
+/// `analytics_config`: how `enable_analytics` records requests (see `analytics`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct AnalyticsConfig {
+    /// Clients whose requests are not recorded (single addresses, as Tyk takes them).
+    pub ignored_ips: Vec<String>,
+    /// Records carry the request's and response's heads (`RawRequest`, `RawResponse`).
+    pub enable_detailed_recording: bool,
+    /// Seconds the analytics list is kept when nothing drains it (0: 60; -1: forever).
+    pub storage_expiration_time: i64,
+    /// Records spread over ten lists (`..._0` to `..._9`).
+    pub enable_multiple_analytics_keys: bool,
+    /// Records waiting to be written at most; more are dropped.
+    pub records_buffer_size: u64,
+    /// `msgpack` (Tyk's default) only.
+    pub serializer_type: String,
+}
+
+impl Default for AnalyticsConfig {
+    fn default() -> Self {
+        Self {
+            ignored_ips: Vec::new(),
+            enable_detailed_recording: false,
+            storage_expiration_time: 60,
+            enable_multiple_analytics_keys: false,
+            records_buffer_size: 1000,
+            serializer_type: String::new(),
         }
     }
 }
@@ -583,6 +616,26 @@ impl GatewayConfig {
             ));
         }
         if !matches!(
+            self.analytics_config.serializer_type.as_str(),
+            "" | "msgpack"
+        ) {
+            return Err(invalid(
+                "analytics_config.serializer_type",
+                format!(
+                    "{:?} is not supported: tollgate writes Tyk's msgpack records",
+                    self.analytics_config.serializer_type
+                ),
+            ));
+        }
+        for (i, ip) in self.analytics_config.ignored_ips.iter().enumerate() {
+            if ip.parse::<std::net::IpAddr>().is_err() {
+                return Err(invalid(
+                    &format!("analytics_config.ignored_ips[{i}]"),
+                    format!("{ip:?} is not an IP address"),
+                ));
+            }
+        }
+        if !matches!(
             self.log_level.as_str(),
             "" | "debug" | "info" | "warn" | "error"
         ) {
@@ -752,9 +805,6 @@ fn collect_unsupported(
             Some(_) => {}
         }
     }
-    if prefix.is_empty() && map.get("enable_analytics") == Some(&Value::Bool(true)) {
-        out.push("enable_analytics".into());
-    }
 }
 
 /// Tyk's environment names: `TYK_GW_` + the Go field name in capitals, which is the JSON name
@@ -829,7 +879,7 @@ mod tests {
     fn tyk_names_and_unsupported_fields() {
         let loaded = GatewayConfig::from_value(
             json!({"listen_port": 9000, "secret": "s", "storage": {"type": "redis", "host": "r", "port": 6380, "enable_cluster": false, "optimisation_max_idle": 2000},
-                   "analytics_config": {}, "enable_analytics": true,
+                   "analytics_config": {"pool_size": 4}, "enable_analytics": true,
                    "security": {"certificates": {"upstream": {"*.example.com": "client.pem"}}}}),
             no_env,
         )
@@ -839,10 +889,9 @@ mod tests {
         assert_eq!(
             loaded.unsupported,
             vec![
-                "analytics_config",
+                "analytics_config.pool_size",
                 "storage.enable_cluster",
                 "storage.optimisation_max_idle",
-                "enable_analytics"
             ]
         );
     }

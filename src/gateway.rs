@@ -10,6 +10,7 @@ use arc_swap::ArcSwap;
 use tokio::sync::Semaphore;
 
 use crate::access_log::AccessLog;
+use crate::analytics::Analytics;
 use crate::api::{ApiTable, GatewayDefaults, LoadError};
 use crate::auth::KeyHasher;
 use crate::config::{ConfigError, GatewayConfig};
@@ -51,6 +52,8 @@ pub struct Gateway {
     pub metrics: Arc<Metrics>,
     /// `access_logs`, when enabled.
     pub access_log: Option<AccessLog>,
+    /// `enable_analytics`: records for Tyk Pump.
+    pub analytics: Option<Analytics>,
     reload_lock: tokio::sync::Mutex<()>,
 }
 
@@ -64,16 +67,25 @@ impl Gateway {
         let listener_tls = config.listener_tls()?.map(ArcSwap::new);
         let access_log = if config.access_logs.enabled {
             let logs = &config.access_logs;
-            let log = AccessLog::start(&logs.template, &logs.path).map_err(|e| {
-                ConfigError::InvalidField {
-                    field: "access_logs.path".into(),
-                    reason: format!("{:?} cannot be opened: {e}", logs.path),
-                }
-            })?;
+            let log =
+                AccessLog::start(&logs.template, &logs.path, config.hash_keys).map_err(|e| {
+                    ConfigError::InvalidField {
+                        field: "access_logs.path".into(),
+                        reason: format!("{:?} cannot be opened: {e}", logs.path),
+                    }
+                })?;
             Some(log)
         } else {
             None
         };
+        let analytics = config.enable_analytics.then(|| {
+            if config.storage.kind == "memory" {
+                tracing::warn!(
+                    "enable_analytics: the memory store keeps no analytics; records are dropped (Tyk Pump reads them from Redis)"
+                );
+            }
+            Analytics::start(&config.analytics_config, sessions.clone())
+        });
         let limiter = Arc::new(Limiter::new(sessions.clone()));
         limiter.spawn_flusher(Duration::from_millis(500));
         let gateway = Arc::new(Self {
@@ -88,6 +100,7 @@ impl Gateway {
             listener_tls,
             metrics: Arc::new(Metrics::default()),
             access_log,
+            analytics,
             reload_lock: tokio::sync::Mutex::new(()),
             config,
         });
@@ -135,6 +148,7 @@ impl Gateway {
             limiter_pending,
             apis_loaded: self.apis().len() as u64,
             access_log_dropped: self.access_log.as_ref().map(AccessLog::dropped),
+            analytics: self.analytics.as_ref().map(Analytics::figures),
         })
     }
 

@@ -27,6 +27,11 @@ const HONOURED: &[&str] = &[
     "slug",
     "active",
     "enable_batch_request_support",
+    // Analytics (read when `enable_analytics` is on).
+    "do_not_track",
+    "tags",
+    "expire_analytics_after",
+    "enable_detailed_recording",
     // The `header_injector` processor is applied; any other is reported by `headers`.
     "response_processors",
     "use_keyless",

@@ -7,6 +7,7 @@
 
 pub mod access_log;
 pub mod admin;
+pub mod analytics;
 pub mod api;
 pub mod auth;
 pub mod batch;
@@ -34,6 +35,7 @@ pub mod pipeline;
 pub mod policy;
 pub mod proxy;
 pub mod rejection;
+pub mod request_record;
 pub mod response;
 pub mod rewrite;
 pub mod rights;

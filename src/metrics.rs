@@ -202,6 +202,8 @@ pub struct NodeFigures {
     pub apis_loaded: u64,
     /// Access log lines dropped because the writer was behind (`None`: no access log).
     pub access_log_dropped: Option<u64>,
+    /// Analytics records written and dropped (`None`: analytics off).
+    pub analytics: Option<(u64, u64)>,
 }
 
 /// One scrape: the counters and the node's figures of the moment.
@@ -390,6 +392,22 @@ impl Collector for Scrape {
                 &mut encoder,
                 "access_log_dropped",
                 "Access log lines dropped because the writer was behind",
+                MetricType::Counter,
+                [(Labels::new(), counter(dropped))],
+            )?;
+        }
+        if let Some((written, dropped)) = node.analytics {
+            family(
+                &mut encoder,
+                "analytics_records_written",
+                "Analytics records pushed to Redis for Tyk Pump",
+                MetricType::Counter,
+                [(Labels::new(), counter(written))],
+            )?;
+            family(
+                &mut encoder,
+                "analytics_records_dropped",
+                "Analytics records dropped: the queue was full or the store could not take them",
                 MetricType::Counter,
                 [(Labels::new(), counter(dropped))],
             )?;

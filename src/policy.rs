@@ -48,9 +48,8 @@ const APPLIED_ACCESS_FIELDS: [&str; 5] =
 
 impl PolicyDefinition {
     /// The fields this policy uses that tollgate does not apply, named for the load's warning:
-    /// its fields tollgate does not model (`throttle_*` and the rest), `tags` (which only
-    /// analytics records would carry), and the fields of its access rights other than those
-    /// policies apply.
+    /// its fields tollgate does not model (`throttle_*` and the rest), and the fields of its
+    /// access rights other than those policies apply.
     pub fn unhonoured(&self) -> Vec<String> {
         let mut found: Vec<String> = self
             .extra
@@ -58,9 +57,6 @@ impl PolicyDefinition {
             .filter(|(_, value)| honoured::in_use(value))
             .map(|(name, _)| name.clone())
             .collect();
-        if !self.tags.is_empty() {
-            found.push("tags".into());
-        }
         for (api_id, access) in &self.access_rights {
             if let Ok(Value::Object(fields)) = serde_json::to_value(access) {
                 found.extend(
@@ -256,7 +252,7 @@ impl PolicyTable {
     /// only it; rate, quota and access rights come from the policies that set them (the
     /// highest rate, the largest quota, the union of access rights with their versions and
     /// URL rights merged); `is_inactive` from any; each policy's `meta_data` set over the
-    /// key's, in the key's order of policies.
+    /// key's, in the key's order of policies; their `tags` added to the key's.
     fn combine(&self, key: &KeyAccess) -> Result<Applied, PolicyRefused> {
         let mut found = Vec::with_capacity(key.policies.len());
         for id in &key.policies {
@@ -328,6 +324,7 @@ impl PolicyTable {
         applied.is_inactive = inactive;
         for policy in &found {
             applied.merge_meta(&policy.meta_data);
+            applied.add_tags(&policy.tags);
         }
         let mut orgs: Vec<Box<str>> = Vec::new();
         for policy in &found {
@@ -506,7 +503,6 @@ mod tests {
             [
                 "access_rights.a.restricted_types",
                 "max_query_depth",
-                "tags",
                 "throttle_interval"
             ]
         );

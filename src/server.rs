@@ -26,6 +26,7 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::access_log;
 use crate::admin;
+use crate::analytics::{self, Analytics, Queued};
 use crate::api::ApiSpec;
 use crate::auth::AuthContext;
 use crate::batch::{Batch, BatchError, MAX_BATCH_BODY};
@@ -38,6 +39,7 @@ use crate::path;
 use crate::pipeline::{Exchange, Flow, Services};
 use crate::proxy::{ClientBody, ProxyError, UpstreamClient};
 use crate::rejection::Rejection;
+use crate::request_record::RequestRecord;
 use crate::response::{Body, buffered_response, error_response};
 
 /// Largest request head (request line + headers) accepted; larger gets 431.
@@ -127,10 +129,11 @@ impl Gateway {
             .ok_or(Rejection::NoApi)?;
         let started = Instant::now();
         let metrics = &*spec.metrics.clone();
-        let mut logged: Option<Box<access_log::Entry>> = None;
+        // Gathered only for the access log and analytics.
+        let mut record: Option<Box<RequestRecord>> = None;
         let response = 'answer: {
             if spec.batch.as_deref() == Some(req.uri().path()) {
-                match self.batch(spec, req, peer, upstream, caller).await {
+                match self.batch(spec.clone(), req, peer, upstream, caller).await {
                     Ok(response) => break 'answer response,
                     Err(rejection) => {
                         metrics.refused(&rejection);
@@ -140,12 +143,12 @@ impl Gateway {
             }
             let (mut parts, mut body) = req.into_parts();
             let mut exchange = Exchange::default();
-            if self.access_log.is_some() {
-                let entry = self.log_entry(&spec, &mut parts, peer);
-                exchange
-                    .request_id
-                    .get_or_init(|| entry.request_id.as_str().into());
-                logged = Some(entry);
+            let analysed = self.analytics.is_some() && spec.analytics.is_some();
+            if self.access_log.is_some() || analysed {
+                let begun = self.request_record(&spec, &mut parts, peer);
+                let id = begun.request_id.as_str();
+                exchange.request_id.get_or_init(|| id.into());
+                record = Some(begun);
             }
             let services = Services {
                 limiter: &self.limiter,
@@ -167,14 +170,8 @@ impl Gateway {
                 .pipeline
                 .on_request(&mut parts, &mut body, &mut exchange, &services)
                 .await;
-            if let Some(entry) = &mut logged {
-                if let Some(caller) = &exchange.caller {
-                    entry.api_key = access_log::logged_key(&caller.key_id, self.config.hash_keys);
-                }
-                if parts.uri.path() != entry.path {
-                    entry.original_path = Some(std::mem::take(&mut entry.path));
-                    entry.path = parts.uri.path().to_owned();
-                }
+            if let Some(record) = &mut record {
+                record.passed_pipeline(&parts, &exchange);
             }
             let refused = |rejection: Rejection, exchange: &Exchange<'_>| {
                 metrics.refused(&rejection);
@@ -206,22 +203,22 @@ impl Gateway {
                     ClientBody::Read(Some(read))
                 }
             };
-            let req = Request::from_parts(parts, body);
             let target = exchange.target(&spec.target);
-            let timeout = exchange.upstream_timeout;
-            if let Some(entry) = &mut logged {
-                let path = spec.forwarding.upstream_path(target, req.uri().path());
-                let scheme = target.wire.scheme();
-                entry.upstream_addr = format!("{scheme}://{}{path}", target.address);
+            if let Some(record) = &mut record {
+                let detailed = spec.analytics.as_ref().is_some_and(|a| a.detailed)
+                    || self.analytics.as_ref().is_some_and(Analytics::detailed);
+                record.sent_upstream(&spec.forwarding, target, &parts, detailed);
             }
+            let req = Request::from_parts(parts, body);
+            let timeout = exchange.upstream_timeout;
             let sent = Instant::now();
             let response = upstream
                 .forward(&spec.forwarding, target, req, peer, timeout)
                 .await;
             let upstream_took = sent.elapsed();
             metrics.upstream_took(upstream_took);
-            if let Some(entry) = &mut logged {
-                entry.upstream_latency = upstream_took.as_millis() as u64;
+            if let Some(record) = &mut record {
+                record.upstream_latency = upstream_took.as_millis() as u64;
             }
             if let Some(breaker) = exchange.breaker {
                 let failed = response
@@ -243,60 +240,63 @@ impl Gateway {
         let took = started.elapsed();
         metrics.answered(response.status().as_u16(), took);
         let mut response = response;
-        if let (Some(mut entry), Some(log)) = (logged, &self.access_log) {
-            entry.status = response.status().as_u16();
-            entry.latency_total = took.as_millis() as u64;
-            if let Ok(id) = http::HeaderValue::from_str(&entry.request_id) {
-                response.headers_mut().insert(access_log::REQUEST_ID, id);
-            }
-            log.log(&entry);
+        if let Some(record) = record {
+            self.log_answered(record, &spec, took, &mut response);
         }
         Ok(response)
     }
 
-    /// What a request's access log line says before it passes the pipeline; the request
-    /// gets its id (see [`access_log::request_id`]) to pass upstream.
-    fn log_entry(
+    /// What is known of a request before it passes the pipeline (for the access log and
+    /// analytics); with the access log on, the request gets its id (see
+    /// [`access_log::request_id`]) to pass upstream.
+    fn request_record(
         &self,
         spec: &ApiSpec,
         parts: &mut http::request::Parts,
         peer: &Peer,
-    ) -> Box<access_log::Entry> {
-        let id = access_log::request_id(&parts.headers);
-        let header = |name| {
-            parts
-                .headers
-                .get(name)
-                .and_then(|v: &http::HeaderValue| v.to_str().ok())
-                .unwrap_or("")
-                .to_owned()
-        };
+    ) -> Box<RequestRecord> {
         let client_ip = crate::client_ip::real_ip(
             &parts.headers,
             peer.addr.ip(),
             self.config.http_server_options.xff_depth,
         );
-        let definition = &spec.definition;
-        let entry = access_log::Entry {
-            api_id: definition.api_id.clone(),
-            api_name: definition.name.clone(),
-            org_id: definition.org_id.clone(),
-            client_ip: client_ip.map(|ip| ip.to_string()).unwrap_or_default(),
-            host: header(http::header::HOST),
-            method: parts.method.to_string(),
-            path: parts.uri.path().to_owned(),
-            protocol: match parts.version {
-                http::Version::HTTP_2 => "HTTP/2.0",
-                http::Version::HTTP_10 => "HTTP/1.0",
-                _ => "HTTP/1.1",
-            },
-            remote_addr: peer.addr.to_string(),
-            request_id: id.to_str().unwrap_or("-").to_owned(),
-            user_agent: header(http::header::USER_AGENT),
-            ..access_log::Entry::default()
-        };
-        parts.headers.insert(access_log::REQUEST_ID, id);
-        Box::new(entry)
+        let id = access_log::request_id(&parts.headers);
+        let record = RequestRecord::begun(&spec.definition, parts, peer.addr, client_ip, &id);
+        if self.access_log.is_some() {
+            parts.headers.insert(access_log::REQUEST_ID, id);
+        }
+        Box::new(record)
+    }
+
+    /// The answered request's access log line and analytics record; the response carries the
+    /// request's id when the access log is on.
+    fn log_answered(
+        &self,
+        mut record: Box<RequestRecord>,
+        spec: &ApiSpec,
+        took: Duration,
+        response: &mut Response<Body>,
+    ) {
+        record.status = response.status().as_u16();
+        record.latency_total = took.as_millis() as u64;
+        if let Some(log) = &self.access_log {
+            if let Ok(id) = http::HeaderValue::from_str(&record.request_id) {
+                response.headers_mut().insert(access_log::REQUEST_ID, id);
+            }
+            log.log(&record);
+        }
+        if let (Some(analytics), Some(api)) = (&self.analytics, &spec.analytics)
+            && analytics.records(record.client_ip.parse().ok())
+        {
+            if record.raw_request.is_some() {
+                let answer = analytics::raw_response_head(response.status(), response.headers());
+                record.raw_response = Some(answer);
+            }
+            analytics.record(Queued {
+                request: record,
+                api: api.clone(),
+            });
+        }
     }
 
     /// A batch request (see `batch`): each of its requests answered as [`Self::serve_api`]

@@ -148,6 +148,9 @@ pub struct KeyAccess {
     pub policies: Box<[Box<str>]>,
     /// `meta_data`'s members that Tyk's `$tyk_meta.` variables can render, as rendered.
     pub meta: Box<[(Box<str>, Box<str>)]>,
+    /// `tags` and `alias`, which analytics records carry.
+    pub tags: Box<[Box<str>]>,
+    pub alias: Box<str>,
 }
 
 /// Rate and quota settings: a session's own, or an API's in `access_rights[api].limit`.
@@ -186,6 +189,8 @@ impl Hash for KeyAccess {
         }
         self.policies.hash(state);
         self.meta.hash(state);
+        self.tags.hash(state);
+        self.alias.hash(state);
     }
 }
 
@@ -238,6 +243,20 @@ impl KeyAccess {
             }
         }
         self.meta = meta.into_boxed_slice();
+    }
+
+    /// Adds `tags` the key does not have yet (a policy's, as Tyk's apply unites them).
+    pub fn add_tags(&mut self, tags: &[String]) {
+        let new: Vec<&String> = tags
+            .iter()
+            .filter(|t| !self.tags.iter().any(|known| **known == ***t))
+            .collect();
+        if new.is_empty() {
+            return;
+        }
+        let mut all = std::mem::take(&mut self.tags).into_vec();
+        all.extend(new.into_iter().map(|t| t.as_str().into()));
+        self.tags = all.into_boxed_slice();
     }
 
     /// The key's access to `api_id`, if it has any. A linear scan: keys name a few APIs, and
@@ -314,6 +333,8 @@ impl From<&SessionState> for KeyAccess {
                 .collect(),
             policies: policy_ids(&session.apply_policies, &session.apply_policy_id),
             meta: rendered_meta(&session.meta_data),
+            tags: session.tags.iter().map(|t| t.as_str().into()).collect(),
+            alias: session.alias.as_str().into(),
         }
     }
 }
@@ -495,6 +516,8 @@ struct AccessRecord {
     apply_policies: Vec<String>,
     apply_policy_id: String,
     meta_data: Value,
+    tags: Vec<String>,
+    alias: String,
     tollgate_key_verifier: String,
 }
 
@@ -520,6 +543,8 @@ deserialize_record!(skip AccessRecord {
     apply_policies,
     apply_policy_id,
     meta_data,
+    tags,
+    alias,
     tollgate_key_verifier,
 });
 deserialize_record!(skip AccessEntry {
@@ -590,6 +615,8 @@ impl<'de> Deserialize<'de> for Credential {
             apis: record.access_rights.0.into_boxed_slice(),
             policies: policy_ids(&record.apply_policies, &record.apply_policy_id),
             meta: rendered_meta(&record.meta_data),
+            tags: record.tags.iter().map(|t| t.as_str().into()).collect(),
+            alias: record.alias.into_boxed_str(),
         };
         Ok(Self {
             access: Arc::new(access),

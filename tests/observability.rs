@@ -266,3 +266,201 @@ async fn an_access_log_template_picks_the_fields_and_unhashed_keys_are_obfuscate
     );
     assert_eq!(line["api_key"], "****9876", "Tyk's obfuscation");
 }
+
+/// The records on a Redis list, decoded as Tyk Pump decodes them (with Python's msgpack,
+/// checked field by field against Pump's struct by `decode_analytics.py`).
+async fn pump_records(port: u16, list: &str) -> Vec<serde_json::Value> {
+    let raw = support::redis::cmd(port, &["LRANGE", list, "0", "-1"])
+        .await
+        .expect("LRANGE");
+    let redis::Value::Array(items) = raw else {
+        panic!("not a list: {raw:?}")
+    };
+    let hex: Vec<String> = items
+        .iter()
+        .map(|item| match item {
+            redis::Value::BulkString(bytes) => hex::encode(bytes),
+            other => panic!("not a record: {other:?}"),
+        })
+        .collect();
+    let script = format!(
+        "{}/tests/fixtures/decode_analytics.py",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let mut child = tokio::process::Command::new("python3")
+        .arg(script)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("python3 runs");
+    {
+        use tokio::io::AsyncWriteExt;
+        let mut stdin = child.stdin.take().unwrap();
+        stdin.write_all(hex.join("\n").as_bytes()).await.unwrap();
+    }
+    let out = child.wait_with_output().await.unwrap();
+    assert!(
+        out.status.success(),
+        "Pump could not decode a record: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice::<Vec<serde_json::Value>>(&out.stdout).unwrap()
+}
+
+#[tokio::test]
+async fn analytics_records_reach_redis_as_tyk_pump_decodes_them() {
+    let redis = RedisServer::start().await;
+    let up = upstream().await;
+    let mut api = sample_api(&up.url(""));
+    // The seed's definition turns analytics off for itself.
+    api["do_not_track"] = json!(false);
+    api["tags"] = json!(["edge"]);
+    let mut quiet = sample_api(&up.url(""));
+    quiet["api_id"] = json!("quiet");
+    quiet["proxy"]["listen_path"] = json!("/quiet/");
+    quiet["use_keyless"] = json!(true);
+    quiet["do_not_track"] = json!(true);
+    let gw = gateway()
+        .api(api)
+        .api(quiet)
+        .config(json!({"enable_analytics": true,
+            "storage": {"type": "redis", "host": "127.0.0.1", "port": redis.port},
+            "analytics_config": {"enable_detailed_recording": true, "storage_expiration_time": 120}}))
+        .start()
+        .await;
+    let mut key = seed_key();
+    key["tags"] = json!(["gold"]);
+    key["alias"] = json!("ann");
+    gw.add_key("pumpkey", key).await;
+    let r = gw
+        .client
+        .request(
+            "GET",
+            &gw.url("/tyk-api-test/get?x=1"),
+            &[("authorization", "pumpkey"), ("user-agent", "probe/3")],
+            None,
+        )
+        .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(gw.get_with_key("/tyk-api-test/get", None).await.status, 401);
+    assert_eq!(gw.get_with_key("/quiet/get", None).await.status, 200);
+
+    let list = tollgate::analytics::ANALYTICS_KEY;
+    let start = std::time::Instant::now();
+    let records = loop {
+        let records = pump_records(redis.port, list).await;
+        if records.len() >= 2 {
+            break records;
+        }
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(5),
+            "{records:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    assert_eq!(
+        records.len(),
+        2,
+        "do_not_track leaves the quiet API out: {records:?}"
+    );
+    let ok = &records[0];
+    assert_eq!(ok["ResponseCode"], 200);
+    assert_eq!(ok["Method"], "GET");
+    assert_eq!(ok["Path"], "/tyk-api-test/get");
+    assert_eq!(ok["APIID"], "1");
+    assert_eq!(ok["APIName"], "Tyk Test API");
+    assert_eq!(ok["OrgID"], "default");
+    assert_eq!(ok["APIVersion"], "Non Versioned");
+    assert_eq!(ok["APIKey"], gw.key_id("pumpkey"), "hashed as Tyk does");
+    assert_eq!(ok["UserAgent"], "probe/3");
+    assert_eq!(ok["IPAddress"], "127.0.0.1");
+    assert_eq!(ok["ListenPath"], "/tyk-api-test/");
+    assert_eq!(ok["Alias"], "ann");
+    assert_eq!(ok["Host"], up.addr.to_string());
+    let tags: Vec<&str> = ok["Tags"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|t| t.as_str())
+        .collect();
+    let key_tag = format!("key-{}", gw.key_id("pumpkey"));
+    assert_eq!(tags, ["gold", "edge", &key_tag, "org-default", "api-1"]);
+    let raw = ok["RawRequest"].as_str().unwrap();
+    use base64::Engine;
+    let raw = base64::engine::general_purpose::STANDARD
+        .decode(raw)
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&raw).starts_with("GET /tyk-api-test/get?x=1 HTTP/1.1\r\n"),
+        "{}",
+        String::from_utf8_lossy(&raw)
+    );
+    assert!(!ok["RawResponse"].as_str().unwrap().is_empty());
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    assert!((now - 60..=now).contains(&ok["TimeStamp"][0].as_i64().unwrap()));
+    assert_eq!(records[1]["ResponseCode"], 401);
+    assert_eq!(records[1]["APIKey"], "");
+    // The list expires if Pump never drains it (storage_expiration_time).
+    let ttl = support::redis::cmd(redis.port, &["TTL", list])
+        .await
+        .unwrap();
+    assert!(
+        matches!(ttl, redis::Value::Int(t) if t > 0 && t <= 120),
+        "{ttl:?}"
+    );
+    let m = scrape(&gw.url("/metrics")).await;
+    assert_eq!(
+        m.value("tollgate_analytics_records_written_total", &[]),
+        Some(2.0)
+    );
+}
+
+#[tokio::test]
+async fn analytics_never_hold_a_request_while_redis_is_away_and_count_what_is_dropped() {
+    let mut redis = RedisServer::start().await;
+    let up = upstream().await;
+    let mut api = sample_api(&up.url(""));
+    api["use_keyless"] = json!(true);
+    api["do_not_track"] = json!(false);
+    let gw = gateway()
+        .api(api)
+        .config(json!({"enable_analytics": true,
+            "storage": {"type": "redis", "host": "127.0.0.1", "port": redis.port, "timeout": 1}}))
+        .start()
+        .await;
+    redis.kill();
+    let started = std::time::Instant::now();
+    for _ in 0..20 {
+        assert_eq!(gw.get_with_key("/tyk-api-test/get", None).await.status, 200);
+    }
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(2),
+        "requests waited for analytics: {:?}",
+        started.elapsed()
+    );
+    let start = std::time::Instant::now();
+    loop {
+        let m = scrape(&gw.url("/metrics")).await;
+        let dropped = m
+            .value("tollgate_analytics_records_dropped_total", &[])
+            .unwrap_or(0.0);
+        if dropped >= 20.0 {
+            assert_eq!(
+                m.value("tollgate_analytics_records_written_total", &[]),
+                Some(0.0)
+            );
+            break;
+        }
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(10),
+            "{}",
+            m.text
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}

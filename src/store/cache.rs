@@ -488,6 +488,15 @@ impl SessionStore for CachedStore {
         self.inner.health().await
     }
 
+    async fn append_analytics(
+        &self,
+        key: &str,
+        records: Vec<Vec<u8>>,
+        ttl: Option<u64>,
+    ) -> Result<(), StoreError> {
+        self.inner.append_analytics(key, records, ttl).await
+    }
+
     fn stats(&self) -> StoreStats {
         StoreStats {
             cache: Some(self.cache.stats()),

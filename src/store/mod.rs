@@ -117,6 +117,18 @@ pub trait SessionStore: Send + Sync + 'static {
     async fn list(&self) -> Result<Vec<String>, StoreError>;
     /// Checks the store now and reports its state.
     async fn health(&self) -> StoreHealth;
+    /// Appends analytics records to the list `key` (Tyk Pump drains it), setting the list's
+    /// expiry to `ttl` seconds when it has none. Only Redis holds them.
+    async fn append_analytics(
+        &self,
+        _key: &str,
+        _records: Vec<Vec<u8>>,
+        _ttl: Option<u64>,
+    ) -> Result<(), StoreError> {
+        Err(StoreError::Unavailable(
+            "analytics records need a Redis store for Tyk Pump to read".into(),
+        ))
+    }
     /// What the store counted (see [`StoreStats`]).
     fn stats(&self) -> StoreStats {
         StoreStats::default()

@@ -456,6 +456,35 @@ impl SessionStore for RedisStore {
             details,
         }
     }
+    async fn append_analytics(
+        &self,
+        key: &str,
+        records: Vec<Vec<u8>>,
+        ttl: Option<u64>,
+    ) -> Result<(), StoreError> {
+        if records.is_empty() {
+            return Ok(());
+        }
+        let shared = &self.shared;
+        let link = shared
+            .healthy_master()
+            .ok_or_else(|| StoreError::Unavailable(shared.unavailable_reason()))?;
+        let mut pipe = redis::pipe();
+        pipe.cmd("RPUSH").arg(key).arg(records).ignore();
+        if let Some(ttl) = ttl {
+            pipe.cmd("EXPIRE").arg(key).arg(ttl).arg("NX").ignore();
+        }
+        shared
+            .call(
+                &link,
+                link.conn(),
+                "analytics",
+                shared.timeout,
+                |mut conn| async move { pipe.query_async::<()>(&mut conn).await },
+            )
+            .await
+    }
+
     fn stats(&self) -> StoreStats {
         let counts = &self.shared.counts;
         let last_failover_ms = counts.last_failover_ms.load(Ordering::Relaxed);
