@@ -1,15 +1,14 @@
 //! Tyk 5's access logs (`access_logs`): one JSON line per request an API answered, with
 //! Tyk's field names, its `template` choosing the fields, and the key never written raw
-//! (obfuscated, or its hash with `hash_keys`). Lines are written by a task of their own from
+//! (obfuscated, or its hash with `hash_keys`). Lines are written by a thread of their own from
 //! a bounded queue, so a slow disk or pipe never holds a request up: a line that finds the
 //! queue full is dropped and counted.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
-use serde_json::{Map, Value};
-use tokio::io::AsyncWriteExt;
-use tokio::sync::mpsc;
+use std::io::Write;
+use std::sync::mpsc;
 
 use crate::request_record::RequestRecord;
 
@@ -67,15 +66,15 @@ pub const UNFILLED: [&str; 13] = [
 pub struct AccessLog {
     /// Which of [`FIELDS`] are written.
     fields: [bool; FIELDS.len()],
-    queue: mpsc::Sender<String>,
+    queue: mpsc::SyncSender<Vec<u8>>,
     dropped: Arc<AtomicU64>,
     /// `hash_keys`: the key is logged by its hash, else obfuscated.
     hash_keys: bool,
 }
 
 impl AccessLog {
-    /// Starts the writer, appending to `path`, or standard output when it is empty; `template`
-    /// is Tyk's (empty: every field). Must run inside the runtime.
+    /// Starts the writer thread, appending to `path`, or standard output when it is empty;
+    /// `template` is Tyk's (empty: every field).
     pub fn start(template: &[String], path: &str, hash_keys: bool) -> std::io::Result<Self> {
         let mut fields = [template.is_empty(); FIELDS.len()];
         for name in template {
@@ -83,17 +82,21 @@ impl AccessLog {
                 fields[i] = true;
             }
         }
-        let (queue, lines) = mpsc::channel(QUEUE);
-        let out: Box<dyn tokio::io::AsyncWrite + Send + Unpin> = if path.is_empty() {
-            Box::new(tokio::io::stdout())
+        let out: Box<dyn Write + Send> = if path.is_empty() {
+            Box::new(std::io::stdout())
         } else {
-            let file = std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(path)?;
-            Box::new(tokio::fs::File::from_std(file))
+            Box::new(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(path)?,
+            )
         };
-        tokio::spawn(write_lines(lines, out));
+        let (queue, lines) = mpsc::sync_channel(QUEUE);
+        // A thread of its own: a write to a file or a pipe blocks, and no worker may.
+        std::thread::Builder::new()
+            .name("access-log".into())
+            .spawn(move || write_lines(&lines, out))?;
         Ok(Self {
             fields,
             queue,
@@ -115,65 +118,86 @@ impl AccessLog {
         self.dropped.load(Relaxed)
     }
 
-    fn line(&self, e: &RequestRecord) -> String {
-        let mut record = Map::new();
-        record.insert("time".into(), Value::String(now_rfc3339()));
-        record.insert("level".into(), "info".into());
-        record.insert("prefix".into(), "access-log".into());
-        let text = |s: &str| Value::String(s.to_owned());
+    /// The JSON line, written field by field (strings escaped by serde_json).
+    fn line(&self, e: &RequestRecord) -> Vec<u8> {
+        let mut line = Vec::with_capacity(512);
+        line.extend_from_slice(b"{\"time\":\"");
+        let _ = write!(
+            line,
+            "{}",
+            humantime::format_rfc3339_seconds(std::time::SystemTime::now())
+        );
+        line.extend_from_slice(b"\",\"level\":\"info\",\"prefix\":\"access-log\"");
+        let key = (!e.key_id.is_empty()).then(|| logged_key(&e.key_id, self.hash_keys));
         for (i, name) in FIELDS.iter().enumerate() {
             if !self.fields[i] {
                 continue;
             }
             let value = match *name {
-                "api_id" => text(&e.api_id),
-                "api_key" if e.key_id.is_empty() => continue,
-                "api_key" => Value::String(logged_key(&e.key_id, self.hash_keys)),
-                "api_name" => text(&e.api_name),
-                "client_ip" => text(&e.client_ip),
-                "host" => text(&e.host),
-                "latency_gateway" => e.latency_gateway().into(),
-                "latency_total" => e.latency_total.into(),
-                "method" => text(&e.method),
-                "org_id" => text(&e.org_id),
-                "original_path" => match &e.original_path {
-                    Some(path) => text(path),
+                "api_id" => Field::Text(&e.api_id),
+                "api_key" => match &key {
+                    Some(key) => Field::Text(key),
                     None => continue,
                 },
-                "path" => text(&e.path),
-                "protocol" => e.protocol.into(),
-                "remote_addr" => text(&e.remote_addr),
-                "request_id" => text(&e.request_id),
-                "status" => e.status.into(),
-                "upstream_addr" => text(&e.upstream_addr),
-                "upstream_latency" => e.upstream_latency.into(),
-                "user_agent" => text(&e.user_agent),
-                "api_type" => "classic".into(),
+                "api_name" => Field::Text(&e.api_name),
+                "client_ip" => Field::Text(&e.client_ip),
+                "host" => Field::Text(&e.host),
+                "latency_gateway" => Field::Number(e.latency_gateway()),
+                "latency_total" => Field::Number(e.latency_total),
+                "method" => Field::Text(&e.method),
+                "org_id" => Field::Text(&e.org_id),
+                "original_path" => match &e.original_path {
+                    Some(path) => Field::Text(path),
+                    None => continue,
+                },
+                "path" => Field::Text(&e.path),
+                "protocol" => Field::Text(e.protocol),
+                "remote_addr" => Field::Text(&e.remote_addr),
+                "request_id" => Field::Text(&e.request_id),
+                "status" => Field::Number(u64::from(e.status)),
+                "upstream_addr" => Field::Text(&e.upstream_addr),
+                "upstream_latency" => Field::Number(e.upstream_latency),
+                "user_agent" => Field::Text(&e.user_agent),
+                "api_type" => Field::Text("classic"),
                 _ => continue,
             };
-            record.insert((*name).into(), value);
+            let _ = write!(line, ",\"{name}\":");
+            match value {
+                Field::Text(text) => {
+                    let _ = serde_json::to_writer(&mut line, text);
+                }
+                Field::Number(n) => {
+                    let _ = write!(line, "{n}");
+                }
+            }
         }
-        let mut line = Value::Object(record).to_string();
-        line.push('\n');
+        line.extend_from_slice(b"}\n");
         line
     }
 }
 
-/// Writes queued lines as they come, several to a write when they queue up.
-async fn write_lines(
-    mut lines: mpsc::Receiver<String>,
-    mut out: Box<dyn tokio::io::AsyncWrite + Send + Unpin>,
-) {
-    let mut batch = Vec::new();
-    while lines.recv_many(&mut batch, 256).await > 0 {
-        let mut buffer = String::new();
-        for line in batch.drain(..) {
-            buffer.push_str(&line);
+/// A field's value in a line.
+enum Field<'a> {
+    Text(&'a str),
+    Number(u64),
+}
+
+/// Writes queued lines as they come, buffered while more are waiting.
+fn write_lines(lines: &mpsc::Receiver<Vec<u8>>, out: Box<dyn Write + Send>) {
+    let mut out = std::io::BufWriter::with_capacity(64 * 1024, out);
+    while let Ok(line) = lines.recv() {
+        let mut failed = out.write_all(&line).err();
+        while let Ok(more) = lines.try_recv() {
+            if let Err(e) = out.write_all(&more) {
+                failed = Some(e);
+            }
         }
-        if let Err(e) = out.write_all(buffer.as_bytes()).await {
+        if let Err(e) = out.flush() {
+            failed = Some(e);
+        }
+        if let Some(e) = failed {
             tracing::warn!("access log: cannot write: {e}");
         }
-        let _ = out.flush().await;
     }
 }
 
@@ -211,11 +235,6 @@ pub fn request_id(headers: &http::HeaderMap) -> http::HeaderValue {
         })
 }
 
-/// Now in RFC 3339 with seconds (UTC), as logrus writes `time`.
-fn now_rfc3339() -> String {
-    humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -238,8 +257,8 @@ mod tests {
         assert_eq!(request_id(&headers).len(), 36);
     }
 
-    #[tokio::test]
-    async fn the_template_picks_the_fields() {
+    #[test]
+    fn the_template_picks_the_fields() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("access.log");
         let template = vec!["api_id".to_owned(), "status".to_owned()];
@@ -250,7 +269,7 @@ mod tests {
             status: 201,
             ..RequestRecord::default()
         };
-        let line: Value = serde_json::from_str(log.line(&entry).trim()).unwrap();
+        let line: serde_json::Value = serde_json::from_slice(&log.line(&entry)).unwrap();
         assert_eq!(line["api_id"], "a1");
         assert_eq!(line["status"], 201);
         assert_eq!(line["prefix"], "access-log");

@@ -373,7 +373,7 @@ fn encode(queued: &Queued) -> Option<Vec<u8>> {
     let record = PumpRecord {
         method: &r.method,
         host: &r.upstream_host,
-        path: &r.path,
+        path: r.tracked_path.as_deref().unwrap_or(&r.path),
         raw_path: &r.path,
         content_length: r.content_length,
         user_agent: &r.user_agent,
@@ -402,7 +402,7 @@ fn encode(queued: &Queued) -> Option<Vec<u8>> {
         },
         tags,
         alias: &r.alias,
-        track_path: false,
+        track_path: r.tracked_path.is_some(),
         expire_at: go_time(expire_at),
         api_schema: "",
         original_path: r.original_path.as_deref().unwrap_or(""),

@@ -95,6 +95,10 @@ enum Action {
     CircuitBreaker(Breaker),
     /// `validate_json`.
     ValidateJson(Box<JsonValidation>),
+    /// `track_endpoints`: analytics record the entry's path (and `TrackPath`).
+    Track(Box<str>),
+    /// `do_not_track_endpoints`: no analytics record.
+    DoNotTrack,
 }
 
 #[derive(Debug)]
@@ -233,9 +237,11 @@ enum Kind {
     MethodTransform,
     CircuitBreaker,
     ValidateJson,
+    Track,
+    DoNotTrack,
 }
 
-const KINDS: usize = 9;
+const KINDS: usize = 11;
 const NO_ENTRY: u32 = u32::MAX;
 
 impl Action {
@@ -251,6 +257,8 @@ impl Action {
             Self::MethodTransform(_) => Kind::MethodTransform,
             Self::CircuitBreaker(_) => Kind::CircuitBreaker,
             Self::ValidateJson(_) => Kind::ValidateJson,
+            Self::Track(_) => Kind::Track,
+            Self::DoNotTrack => Kind::DoNotTrack,
         })
     }
 }
@@ -348,6 +356,8 @@ struct ExtendedPaths {
     internal: Vec<InternalFields>,
     circuit_breakers: Vec<BreakerFields>,
     validate_json: Vec<ValidateFields>,
+    track_endpoints: Vec<InternalFields>,
+    do_not_track_endpoints: Vec<InternalFields>,
 }
 
 #[derive(Deserialize, Default)]
@@ -665,6 +675,19 @@ impl<'p> Matched<'p> {
             _ => None,
         }
     }
+
+    /// `track_endpoints`: the path analytics record the request under.
+    pub fn tracked_path(&self) -> Option<&'p str> {
+        match self.first(Kind::Track)? {
+            Action::Track(path) => Some(path),
+            _ => None,
+        }
+    }
+
+    /// `do_not_track_endpoints`: no analytics record.
+    pub fn not_tracked(&self) -> bool {
+        self.first(Kind::DoNotTrack).is_some()
+    }
 }
 
 /// One version's table, if it asks for anything.
@@ -782,6 +805,16 @@ fn compile_version(
             let at = format!("{field}.internal[{i}]");
             let entry_fields = (&*entry.path, &*entry.method, entry.disabled);
             table.add(&at, entry_fields, Action::Internal)?;
+        }
+        for (i, entry) in paths.track_endpoints.into_iter().enumerate() {
+            let at = format!("{field}.track_endpoints[{i}]");
+            let entry_fields = (&*entry.path, &*entry.method, entry.disabled);
+            table.add(&at, entry_fields, Action::Track(entry.path.as_str().into()))?;
+        }
+        for (i, entry) in paths.do_not_track_endpoints.into_iter().enumerate() {
+            let at = format!("{field}.do_not_track_endpoints[{i}]");
+            let entry_fields = (&*entry.path, &*entry.method, entry.disabled);
+            table.add(&at, entry_fields, Action::DoNotTrack)?;
         }
         for (i, entry) in paths.circuit_breakers.into_iter().enumerate() {
             let at = format!("{field}.circuit_breakers[{i}]");

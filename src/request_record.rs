@@ -47,6 +47,10 @@ pub struct RequestRecord {
     pub latency_total: u64,
     pub upstream_latency: u64,
     pub user_agent: String,
+    /// `track_endpoints`: the entry's path, which analytics record instead of the request's.
+    pub tracked_path: Option<String>,
+    /// `do_not_track_endpoints`: no analytics record.
+    pub not_tracked: bool,
     /// The request's and response's heads in HTTP/1.1 wire format, for analytics' detailed
     /// recording (bodies stream through and are not kept).
     pub raw_request: Option<String>,
@@ -80,6 +84,8 @@ impl Default for RequestRecord {
             latency_total: 0,
             upstream_latency: 0,
             user_agent: String::new(),
+            tracked_path: None,
+            not_tracked: false,
             raw_request: None,
             raw_response: None,
         }
@@ -140,6 +146,10 @@ impl RequestRecord {
         }
         if let Some(version) = &exchange.version {
             self.api_version = version.name.to_owned();
+        }
+        if let Some(matched) = &exchange.endpoints {
+            self.tracked_path = matched.tracked_path().map(str::to_owned);
+            self.not_tracked = matched.not_tracked();
         }
         if parts.uri.path() != self.path {
             self.original_path = Some(std::mem::take(&mut self.path));

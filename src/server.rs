@@ -26,7 +26,7 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::access_log;
 use crate::admin;
-use crate::analytics::{self, Analytics, Queued};
+use crate::analytics::{self, Queued};
 use crate::api::ApiSpec;
 use crate::auth::AuthContext;
 use crate::batch::{Batch, BatchError, MAX_BATCH_BODY};
@@ -128,7 +128,7 @@ impl Gateway {
             .cloned()
             .ok_or(Rejection::NoApi)?;
         let started = Instant::now();
-        let metrics = &*spec.metrics.clone();
+        let metrics = &*spec.metrics;
         // Gathered only for the access log and analytics.
         let mut record: Option<Box<RequestRecord>> = None;
         let response = 'answer: {
@@ -205,8 +205,9 @@ impl Gateway {
             };
             let target = exchange.target(&spec.target);
             if let Some(record) = &mut record {
-                let detailed = spec.analytics.as_ref().is_some_and(|a| a.detailed)
-                    || self.analytics.as_ref().is_some_and(Analytics::detailed);
+                let detailed = (self.analytics.as_ref())
+                    .zip(spec.analytics.as_ref())
+                    .is_some_and(|(node, api)| node.detailed() || api.detailed);
                 record.sent_upstream(&spec.forwarding, target, &parts, detailed);
             }
             let req = Request::from_parts(parts, body);
@@ -286,6 +287,7 @@ impl Gateway {
             log.log(&record);
         }
         if let (Some(analytics), Some(api)) = (&self.analytics, &spec.analytics)
+            && !record.not_tracked
             && analytics.records(record.client_ip.parse().ok())
         {
             if record.raw_request.is_some() {

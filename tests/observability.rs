@@ -317,6 +317,11 @@ async fn analytics_records_reach_redis_as_tyk_pump_decodes_them() {
     // The seed's definition turns analytics off for itself.
     api["do_not_track"] = json!(false);
     api["tags"] = json!(["edge"]);
+    let version = &mut api["version_data"]["versions"]["Default"];
+    version["use_extended_paths"] = json!(true);
+    version["extended_paths"] = json!({
+        "track_endpoints": [{"path": "/anything/{id}", "method": "GET"}],
+        "do_not_track_endpoints": [{"path": "/anything/private", "method": "GET"}]});
     let mut quiet = sample_api(&up.url(""));
     quiet["api_id"] = json!("quiet");
     quiet["proxy"]["listen_path"] = json!("/quiet/");
@@ -346,12 +351,20 @@ async fn analytics_records_reach_redis_as_tyk_pump_decodes_them() {
     assert_eq!(r.status, 200);
     assert_eq!(gw.get_with_key("/tyk-api-test/get", None).await.status, 401);
     assert_eq!(gw.get_with_key("/quiet/get", None).await.status, 200);
+    let tracked = gw
+        .get_with_key("/tyk-api-test/anything/42", Some("pumpkey"))
+        .await;
+    assert_eq!(tracked.status, 200);
+    let private = gw
+        .get_with_key("/tyk-api-test/anything/private", Some("pumpkey"))
+        .await;
+    assert_eq!(private.status, 200);
 
     let list = tollgate::analytics::ANALYTICS_KEY;
     let start = std::time::Instant::now();
     let records = loop {
         let records = pump_records(redis.port, list).await;
-        if records.len() >= 2 {
+        if records.len() >= 3 {
             break records;
         }
         assert!(
@@ -362,8 +375,8 @@ async fn analytics_records_reach_redis_as_tyk_pump_decodes_them() {
     };
     assert_eq!(
         records.len(),
-        2,
-        "do_not_track leaves the quiet API out: {records:?}"
+        3,
+        "do_not_track leaves the quiet API out, do_not_track_endpoints the private one: {records:?}"
     );
     let ok = &records[0];
     assert_eq!(ok["ResponseCode"], 200);
@@ -403,8 +416,12 @@ async fn analytics_records_reach_redis_as_tyk_pump_decodes_them() {
         .unwrap()
         .as_secs() as i64;
     assert!((now - 60..=now).contains(&ok["TimeStamp"][0].as_i64().unwrap()));
+    assert_eq!(ok["TrackPath"], false);
     assert_eq!(records[1]["ResponseCode"], 401);
     assert_eq!(records[1]["APIKey"], "");
+    assert_eq!(records[2]["TrackPath"], true, "track_endpoints");
+    assert_eq!(records[2]["Path"], "/anything/{id}");
+    assert_eq!(records[2]["RawPath"], "/tyk-api-test/anything/42");
     // The list expires if Pump never drains it (storage_expiration_time).
     let ttl = support::redis::cmd(redis.port, &["TTL", list])
         .await
@@ -416,7 +433,7 @@ async fn analytics_records_reach_redis_as_tyk_pump_decodes_them() {
     let m = scrape(&gw.url("/metrics")).await;
     assert_eq!(
         m.value("tollgate_analytics_records_written_total", &[]),
-        Some(2.0)
+        Some(3.0)
     );
 }
 
