@@ -182,10 +182,15 @@ enum Field<'a> {
     Number(u64),
 }
 
-/// Writes queued lines as they come, buffered while more are waiting.
+/// How long the writer lets lines gather after the first before it writes them: under load
+/// one wake-up and one write for many lines, instead of one per request.
+const GATHER: std::time::Duration = std::time::Duration::from_millis(10);
+
+/// Writes queued lines: it waits for one, lets others gather for [`GATHER`], then writes all.
 fn write_lines(lines: &mpsc::Receiver<Vec<u8>>, out: Box<dyn Write + Send>) {
     let mut out = std::io::BufWriter::with_capacity(64 * 1024, out);
     while let Ok(line) = lines.recv() {
+        std::thread::sleep(GATHER);
         let mut failed = out.write_all(&line).err();
         while let Ok(more) = lines.try_recv() {
             if let Err(e) = out.write_all(&more) {

@@ -13,8 +13,6 @@ use http::{Method, Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use serde_json::{Value, json};
-use sha2::{Digest, Sha256};
-use subtle::ConstantTimeEq;
 use tokio::sync::SemaphorePermit;
 
 use crate::api::{self, ApiSpec};
@@ -24,6 +22,7 @@ use crate::gateway::{BodyBudget, Gateway};
 use crate::policy;
 use crate::response::{Body, buffered_response, json_response, status_error};
 use crate::session::{KeyVerifier, SessionState, unix_now};
+use crate::status;
 use crate::store::StoreError;
 
 /// Largest admin request body accepted.
@@ -35,6 +34,7 @@ pub fn owns(config: &crate::config::GatewayConfig, path: &str) -> bool {
     path.starts_with("/tyk/")
         || path == "/tyk"
         || path == METRICS_PATH
+        || status::owns(path)
         || path.strip_prefix('/').is_some_and(|p| {
             p == config.health_check_endpoint_name || p == config.readiness_check_endpoint_name
         })
@@ -110,6 +110,9 @@ pub async fn handle(gw: &Arc<Gateway>, req: Request<Incoming>) -> Response<Body>
     }
     if name == gw.config.readiness_check_endpoint_name {
         return ready(gw).await;
+    }
+    if status::owns(&path) {
+        return status::handle(gw, req).await;
     }
     if path == METRICS_PATH {
         return match *req.method() {
@@ -222,9 +225,7 @@ fn authorised(secret: &str, req: &Request<Incoming>) -> bool {
         .get("x-tyk-authorization")
         .map(|v| v.as_bytes())
         .unwrap_or_default();
-    let expected = Sha256::digest(secret.as_bytes());
-    let given = Sha256::digest(given);
-    !secret.is_empty() && bool::from(expected.ct_eq(&given))
+    crate::gateway::secret_matches(secret, given)
 }
 
 fn valid_key_name(key: &str) -> bool {

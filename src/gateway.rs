@@ -34,6 +34,16 @@ impl Default for BodyBudget {
     }
 }
 
+/// Whether `given` is the gateway's `secret`, compared in constant time (an empty secret
+/// matches nothing): the Gateway API's header and the status page's login both ask.
+pub fn secret_matches(secret: &str, given: &[u8]) -> bool {
+    use sha2::{Digest, Sha256};
+    use subtle::ConstantTimeEq;
+    let expected = Sha256::digest(secret.as_bytes());
+    let given = Sha256::digest(given);
+    !secret.is_empty() && bool::from(expected.ct_eq(&given))
+}
+
 /// The state one gateway node shares across connections.
 pub struct Gateway {
     pub config: GatewayConfig,
@@ -54,6 +64,8 @@ pub struct Gateway {
     pub access_log: Option<AccessLog>,
     /// `enable_analytics`: records for Tyk Pump.
     pub analytics: Option<Analytics>,
+    /// The status page's sign-in token (see `status`), new with each process.
+    pub status_token: String,
     reload_lock: tokio::sync::Mutex<()>,
 }
 
@@ -101,6 +113,7 @@ impl Gateway {
             metrics: Arc::new(Metrics::default()),
             access_log,
             analytics,
+            status_token: uuid::Uuid::new_v4().simple().to_string(),
             reload_lock: tokio::sync::Mutex::new(()),
             config,
         });

@@ -41,6 +41,7 @@ pub mod rewrite;
 pub mod rights;
 pub mod server;
 pub mod session;
+pub mod status;
 pub mod store;
 pub mod target;
 pub mod tls;

@@ -77,6 +77,26 @@ impl Metrics {
         &self.unrouted
     }
 
+    /// Each API's responses by status class (`1xx` to `5xx`), requests no API answered
+    /// first (under the id `""`), then by id.
+    pub fn by_class(&self) -> Vec<(String, [u64; 5])> {
+        let mut apis: Vec<Arc<ApiMetrics>> = {
+            let known = self.apis.lock().unwrap_or_else(|p| p.into_inner());
+            known.values().cloned().collect()
+        };
+        apis.sort_by(|a, b| a.api_id.cmp(&b.api_id));
+        std::iter::once(&self.unrouted)
+            .chain(&apis)
+            .map(|m| {
+                let mut classes = [0; 5];
+                for (count, code) in m.responses.iter().zip(CODES) {
+                    classes[usize::from(code / 100 - 1)] += count.load(Relaxed);
+                }
+                (m.api_id.to_string(), classes)
+            })
+            .collect()
+    }
+
     /// The metrics in Prometheus's text format (version 0.0.4), with `node`'s figures.
     pub fn render(self: &Arc<Self>, node: NodeFigures) -> String {
         let mut registry = Registry::with_prefix("tollgate");

@@ -340,14 +340,24 @@ impl Shared {
         let link = Arc::new(Link::new(host, port, first, others, replicas, server));
         tracing::info!(master = %link.addr(), replicas = link.replicas, connections = 1 + link.others.len(), "redis master in use");
         let previous = self.master.swap(Some(link.clone()));
-        if let Some(previous) = previous
-            && !previous.same_server(&link)
-        {
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_millis() as u64);
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        let changed = previous.as_ref().is_none_or(|p| !p.same_server(&link));
+        if previous.is_some() && changed {
             self.counts.failovers.fetch_add(1, Ordering::Relaxed);
             self.counts.last_failover_ms.store(now, Ordering::Relaxed);
+        }
+        if changed {
+            let mut history = self
+                .counts
+                .history
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            if history.len() == HISTORY {
+                history.pop_front();
+            }
+            history.push_back((now as f64 / 1000.0, link.addr()));
         }
         self.healthy.store(true, Ordering::Release);
         self.master_changed

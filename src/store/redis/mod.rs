@@ -180,7 +180,12 @@ struct Counts {
     failovers: AtomicU64,
     /// Unix milliseconds of the last of them (0: none yet).
     last_failover_ms: AtomicU64,
+    /// The last masters installed, with when (for the status page), oldest first.
+    history: Mutex<std::collections::VecDeque<(f64, String)>>,
 }
+
+/// Master changes remembered for the status page.
+const HISTORY: usize = 16;
 
 /// The Redis-backed [`SessionStore`]. Background tasks stop when it is dropped.
 pub struct RedisStore {
@@ -441,6 +446,15 @@ impl SessionStore for RedisStore {
         );
         let replicas: Vec<String> = shared.replicas.load().iter().map(|l| l.addr()).collect();
         details.insert("replicas".into(), json!(replicas));
+        let history: Vec<serde_json::Value> = shared
+            .counts
+            .history
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|(at, master)| json!({"at": at, "master": master}))
+            .collect();
+        details.insert("master_history".into(), json!(history));
         details.insert("min_replicas_ack".into(), json!(shared.required_acks()));
         details.insert(
             "last_error".into(),
