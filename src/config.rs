@@ -69,6 +69,7 @@ pub struct GatewayConfig {
     pub secrets: std::collections::BTreeMap<String, String>,
     pub access_logs: AccessLogsConfig,
     pub analytics_config: AnalyticsConfig,
+    pub opentelemetry: OpenTelemetryConfig,
     /// `debug`, `info` (the default), `warn` or `error`; `RUST_LOG` overrides it.
     pub log_level: String,
     pub security: SecurityConfig,
@@ -239,9 +240,81 @@ impl Default for GatewayConfig {
             secrets: Default::default(),
             access_logs: AccessLogsConfig::default(),
             analytics_config: AnalyticsConfig::default(),
+            opentelemetry: OpenTelemetryConfig::default(),
             log_level: String::new(),
             security: SecurityConfig::default(),
             http_server_options: HttpServerOptions::default(),
+        }
+    }
+}
+
+/// Tyk 5's `opentelemetry`: traces (see `traces`). Its `traces` object, when enabled, is
+/// read instead of the top-level fields, as Tyk reads it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct OpenTelemetryConfig {
+    pub enabled: bool,
+    /// `grpc` (Tyk's default) or `http`.
+    pub exporter: String,
+    /// `host:port` (or a URL) of the OTLP receiver.
+    pub endpoint: String,
+    /// Headers sent with each export (HTTP exporter).
+    pub headers: std::collections::BTreeMap<String, String>,
+    /// Seconds an export may take.
+    pub connection_timeout: u64,
+    /// The traces' `service.name`.
+    pub resource_name: String,
+    /// `tracecontext` (W3C) only.
+    pub context_propagation: String,
+    pub sampling: SamplingConfig,
+    pub traces: Option<Box<OpenTelemetryConfig>>,
+}
+
+impl Default for OpenTelemetryConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            exporter: "grpc".into(),
+            endpoint: "localhost:4317".into(),
+            headers: Default::default(),
+            connection_timeout: 1,
+            resource_name: "tyk-gateway".into(),
+            context_propagation: "tracecontext".into(),
+            sampling: SamplingConfig::default(),
+            traces: None,
+        }
+    }
+}
+
+impl OpenTelemetryConfig {
+    /// The settings in force: `traces`, when it is enabled, else these.
+    pub fn effective(&self) -> &Self {
+        match &self.traces {
+            Some(traces) if traces.enabled => traces,
+            _ => self,
+        }
+    }
+}
+
+/// `opentelemetry.sampling`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct SamplingConfig {
+    /// `AlwaysOn` (the default), `AlwaysOff` or `TraceIDRatioBased`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// The fraction sampled with `TraceIDRatioBased`.
+    pub rate: f64,
+    /// Follow the client's sampling decision when its `traceparent` has one.
+    pub parent_based: bool,
+}
+
+impl Default for SamplingConfig {
+    fn default() -> Self {
+        Self {
+            kind: "AlwaysOn".into(),
+            rate: 0.5,
+            parent_based: false,
         }
     }
 }
@@ -626,6 +699,43 @@ impl GatewayConfig {
                     self.analytics_config.serializer_type
                 ),
             ));
+        }
+        let otel = self.opentelemetry.effective();
+        if otel.enabled {
+            if !matches!(otel.exporter.as_str(), "grpc" | "http") {
+                return Err(invalid(
+                    "opentelemetry.exporter",
+                    format!("{:?} is not one of grpc, http", otel.exporter),
+                ));
+            }
+            if otel.context_propagation != "tracecontext" {
+                return Err(invalid(
+                    "opentelemetry.context_propagation",
+                    format!(
+                        "{:?} is not supported: tollgate propagates W3C tracecontext",
+                        otel.context_propagation
+                    ),
+                ));
+            }
+            let sampling = &otel.sampling;
+            if !matches!(
+                sampling.kind.as_str(),
+                "AlwaysOn" | "AlwaysOff" | "TraceIDRatioBased"
+            ) {
+                return Err(invalid(
+                    "opentelemetry.sampling.type",
+                    format!(
+                        "{:?} is not one of AlwaysOn, AlwaysOff, TraceIDRatioBased",
+                        sampling.kind
+                    ),
+                ));
+            }
+            if !(0.0..=1.0).contains(&sampling.rate) {
+                return Err(invalid(
+                    "opentelemetry.sampling.rate",
+                    "must be between 0 and 1",
+                ));
+            }
         }
         for (i, ip) in self.analytics_config.ignored_ips.iter().enumerate() {
             if ip.parse::<std::net::IpAddr>().is_err() {

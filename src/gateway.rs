@@ -19,6 +19,7 @@ use crate::limits::Limiter;
 use crate::metrics::{Metrics, NodeFigures};
 use crate::policy::{PolicyLoadError, PolicyTable};
 use crate::store::SessionStore;
+use crate::traces::Tracing;
 use crate::variables::Secrets;
 
 /// Bytes of all admin request bodies being received at once, together.
@@ -64,6 +65,8 @@ pub struct Gateway {
     pub access_log: Option<AccessLog>,
     /// `enable_analytics`: records for Tyk Pump.
     pub analytics: Option<Analytics>,
+    /// `opentelemetry`: the tracer, when traces are on.
+    pub tracing: Option<Tracing>,
     /// The status page's sign-in token (see `status`), new with each process.
     pub status_token: String,
     reload_lock: tokio::sync::Mutex<()>,
@@ -98,6 +101,17 @@ impl Gateway {
             }
             Analytics::start(&config.analytics_config, sessions.clone())
         });
+        let otel = config.opentelemetry.effective();
+        let tracing = if otel.enabled {
+            Some(
+                Tracing::start(otel).map_err(|reason| ConfigError::InvalidField {
+                    field: "opentelemetry.endpoint".into(),
+                    reason,
+                })?,
+            )
+        } else {
+            None
+        };
         let limiter = Arc::new(Limiter::new(sessions.clone()));
         limiter.spawn_flusher(Duration::from_millis(500));
         let gateway = Arc::new(Self {
@@ -113,6 +127,7 @@ impl Gateway {
             metrics: Arc::new(Metrics::default()),
             access_log,
             analytics,
+            tracing,
             status_token: uuid::Uuid::new_v4().simple().to_string(),
             reload_lock: tokio::sync::Mutex::new(()),
             config,

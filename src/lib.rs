@@ -45,6 +45,7 @@ pub mod status;
 pub mod store;
 pub mod target;
 pub mod tls;
+pub mod traces;
 pub mod tunnel;
 pub mod upstream;
 pub mod variables;

@@ -7,7 +7,7 @@
 //! uses, and an API that uses none of a stage never runs it.
 
 use std::cell::OnceCell;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use http::request::Parts;
@@ -28,6 +28,7 @@ use crate::proxy::ClientBody;
 use crate::rejection::{BodySizeError, Rejection};
 use crate::session::unix_now;
 use crate::target::Target;
+use crate::traces::Step;
 use crate::variables::{Scope, is_form};
 use crate::version::{Selected, Versioning};
 
@@ -149,6 +150,8 @@ pub struct Exchange<'p> {
     pub response_edits: [Option<RenderedEdit<'p>>; 2],
     /// `$tyk_context.request_id`.
     pub request_id: OnceCell<Box<str>>,
+    /// The steps traced (see `traces`), when the node traces requests.
+    pub steps: Vec<(&'static str, Step)>,
     /// The request's body, when a stage had to read it whole (a form's `request_data_`
     /// variables, a trigger's `payload_matches`); it then goes upstream as read.
     pub body: Option<Bytes>,
@@ -184,6 +187,14 @@ impl Exchange<'_> {
         }
     }
 
+    /// A traced step that began at `began` and ends now (nothing when not traced).
+    fn note(&mut self, step: &'static str, began: Option<SystemTime>) {
+        if let Some(began) = began {
+            let ended = SystemTime::now();
+            self.steps.push((step, Step { began, ended }));
+        }
+    }
+
     /// What Tyk's variables read for the request in `parts`.
     fn scope<'a>(
         &'a self,
@@ -212,6 +223,8 @@ pub struct Services<'a> {
     pub xff_depth: usize,
     /// Bytes of a body a stage may read whole (more is a 413).
     pub body_limit: usize,
+    /// Steps are timed for their spans (`opentelemetry`).
+    pub traced: bool,
 }
 
 impl Pipeline {
@@ -287,8 +300,10 @@ impl Pipeline {
         for stage in &*self.request {
             match stage {
                 RequestStage::ApiLimit(policy) => {
+                    let began = services.traced.then(SystemTime::now);
                     // Boxed: the wait would otherwise widen every request's future.
                     let usage = Box::pin(services.limiter.admit(policy)).await;
+                    exchange.note("api limit", began);
                     if usage.verdict().is_err() {
                         let error = LimitError::ApiRateExceeded;
                         return Err(Rejection::Limit {
@@ -353,8 +368,10 @@ impl Pipeline {
                 RequestStage::Authenticate(_) if exchange.ignored => {}
                 RequestStage::Authenticate(chain) => {
                     let version = exchange.version.as_ref();
-                    let caller = chain.authenticate(version, parts, &services.auth).await?;
-                    exchange.caller = Some(caller);
+                    let began = services.traced.then(SystemTime::now);
+                    let caller = chain.authenticate(version, parts, &services.auth).await;
+                    exchange.note("key lookup", began);
+                    exchange.caller = Some(caller?);
                 }
                 RequestStage::KeyLimits { api_id, disabled } => {
                     let Some(caller) = &exchange.caller else {
@@ -365,7 +382,9 @@ impl Pipeline {
                     else {
                         continue;
                     };
+                    let began = services.traced.then(SystemTime::now);
                     let usage = services.limiter.admit(&policy).await;
+                    exchange.note("rate limit and quota", began);
                     if let Err(error) = usage.verdict() {
                         let counted = Some(Box::new((policy, usage)));
                         return Err(Rejection::Limit { error, counted });

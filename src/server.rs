@@ -131,6 +131,9 @@ impl Gateway {
         let metrics = &*spec.metrics;
         // Gathered only for the access log and analytics.
         let mut record: Option<Box<RequestRecord>> = None;
+        // Only when traces are on.
+        let mut trace = None;
+        let mut steps = Vec::new();
         let response = 'answer: {
             if spec.batch.as_deref() == Some(req.uri().path()) {
                 match self.batch(spec.clone(), req, peer, upstream, caller).await {
@@ -143,6 +146,10 @@ impl Gateway {
             }
             let (mut parts, mut body) = req.into_parts();
             let mut exchange = Exchange::default();
+            if let Some(tracing) = &self.tracing {
+                let name = format!("{} {}", parts.method, spec.definition.name);
+                trace = Some(tracing.begin(&parts.headers, parts.method.as_str(), name));
+            }
             let analysed = self.analytics.is_some() && spec.analytics.is_some();
             if self.access_log.is_some() || analysed {
                 let begun = self.request_record(&spec, &mut parts, peer);
@@ -165,6 +172,7 @@ impl Gateway {
                     .config
                     .http_server_options
                     .read_limit(MAX_VALIDATED_BODY),
+                traced: trace.is_some(),
             };
             let flow = spec
                 .pipeline
@@ -173,6 +181,7 @@ impl Gateway {
             if let Some(record) = &mut record {
                 record.passed_pipeline(&parts, &exchange);
             }
+            steps = std::mem::take(&mut exchange.steps);
             let refused = |rejection: Rejection, exchange: &Exchange<'_>| {
                 metrics.refused(&rejection);
                 refused(rejection, exchange)
@@ -210,6 +219,12 @@ impl Gateway {
                     .is_some_and(|(node, api)| node.detailed() || api.detailed);
                 record.sent_upstream(&spec.forwarding, target, &parts, detailed);
             }
+            let upstream_span =
+                (self.tracing.as_ref())
+                    .zip(trace.as_ref())
+                    .map(|(tracing, trace)| {
+                        tracing.upstream_call(trace, &target.address, &mut parts.headers)
+                    });
             let req = Request::from_parts(parts, body);
             let timeout = exchange.upstream_timeout;
             let sent = Instant::now();
@@ -218,6 +233,17 @@ impl Gateway {
                 .await;
             let upstream_took = sent.elapsed();
             metrics.upstream_took(upstream_took);
+            if let Some(mut span) = upstream_span {
+                use opentelemetry::trace::Span as _;
+                if let Ok(response) = &response {
+                    let status = i64::from(response.status().as_u16());
+                    span.set_attribute(opentelemetry::KeyValue::new(
+                        "http.response.status_code",
+                        status,
+                    ));
+                }
+                span.end();
+            }
             if let Some(record) = &mut record {
                 record.upstream_latency = upstream_took.as_millis() as u64;
             }
@@ -240,6 +266,12 @@ impl Gateway {
         };
         let took = started.elapsed();
         metrics.answered(response.status().as_u16(), took);
+        if let (Some(tracing), Some(trace)) = (&self.tracing, trace) {
+            for (name, step) in steps {
+                tracing.step(&trace, name, step);
+            }
+            tracing.end(trace, spec.api_id(), response.status().as_u16());
+        }
         let mut response = response;
         if let Some(record) = record {
             self.log_answered(record, &spec, took, &mut response);

@@ -481,3 +481,130 @@ async fn analytics_never_hold_a_request_while_redis_is_away_and_count_what_is_dr
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     }
 }
+
+/// A real OTLP receiver (`otlp_receiver.py`, the OpenTelemetry project's own protobuf
+/// package), speaking `mode` on a free port; yields the spans it receives.
+struct OtlpReceiver {
+    port: u16,
+    lines: tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
+    _child: tokio::process::Child,
+}
+
+impl OtlpReceiver {
+    async fn start(mode: &str) -> Self {
+        use tokio::io::AsyncBufReadExt;
+        let port = free_port();
+        let script = format!(
+            "{}/tests/fixtures/otlp_receiver.py",
+            env!("CARGO_MANIFEST_DIR")
+        );
+        let mut child = tokio::process::Command::new("python3")
+            .args([&script, mode, &port.to_string()])
+            .stdout(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("python3 runs");
+        let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+        let first = tokio::time::timeout(std::time::Duration::from_secs(20), lines.next_line())
+            .await
+            .expect("the receiver starts")
+            .unwrap();
+        assert_eq!(first.as_deref(), Some("listening"));
+        Self {
+            port,
+            lines,
+            _child: child,
+        }
+    }
+
+    /// The spans of `trace_id`, once `count` of them arrived.
+    async fn spans(&mut self, trace_id: &str, count: usize) -> Vec<serde_json::Value> {
+        let mut spans = Vec::new();
+        while spans.len() < count {
+            let line =
+                tokio::time::timeout(std::time::Duration::from_secs(15), self.lines.next_line())
+                    .await
+                    .unwrap_or_else(|_| panic!("{} of {count} spans: {spans:?}", spans.len()))
+                    .unwrap()
+                    .expect("the receiver runs");
+            let span: serde_json::Value = serde_json::from_str(&line).unwrap();
+            if span["trace_id"] == trace_id {
+                spans.push(span);
+            }
+        }
+        spans
+    }
+}
+
+async fn traced_request(mode: &str) {
+    let mut receiver = OtlpReceiver::start(mode).await;
+    let up = upstream().await;
+    let gw = gateway()
+        .api(sample_api(&up.url("")))
+        .config(json!({"opentelemetry": {"enabled": true, "exporter": mode,
+            "endpoint": format!("127.0.0.1:{}", receiver.port), "resource_name": "tollgate-test"}}))
+        .start()
+        .await;
+    gw.add_key("tracedkey", seed_key()).await;
+    let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let client_span = "00f067aa0ba902b7";
+    let parent = format!("00-{trace_id}-{client_span}-01");
+    let r = gw
+        .client
+        .request(
+            "GET",
+            &gw.url("/tyk-api-test/get"),
+            &[("authorization", "tracedkey"), ("traceparent", &parent)],
+            None,
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let upstream_saw = r.json()["headers"]["Traceparent"]
+        .as_str()
+        .expect("a traceparent upstream")
+        .to_owned();
+    let parts: Vec<&str> = upstream_saw.split('-').collect();
+    assert_eq!(
+        parts[1], trace_id,
+        "the client's trace goes on: {upstream_saw}"
+    );
+    assert_ne!(parts[2], client_span);
+
+    let spans = receiver.spans(trace_id, 4).await;
+    let named = |name: &str| {
+        spans
+            .iter()
+            .find(|s| s["name"] == name)
+            .unwrap_or_else(|| panic!("no {name} span: {spans:?}"))
+    };
+    let request = named("GET Tyk Test API");
+    assert_eq!(request["service"], "tollgate-test");
+    assert_eq!(
+        request["parent_span_id"], client_span,
+        "a child of the client's span"
+    );
+    assert_eq!(request["kind"], 2, "SERVER");
+    assert_eq!(request["attributes"]["http.response.status_code"], 200);
+    assert_eq!(request["attributes"]["tyk.api.id"], "1");
+    let request_id = request["span_id"].as_str().unwrap();
+    for step in ["key lookup", "rate limit and quota"] {
+        assert_eq!(named(step)["parent_span_id"], request_id, "{step}");
+    }
+    let upstream_span = named("upstream");
+    assert_eq!(upstream_span["kind"], 3, "CLIENT");
+    assert_eq!(upstream_span["parent_span_id"], request_id);
+    assert_eq!(
+        upstream_span["span_id"], parts[2],
+        "the upstream got the call's context"
+    );
+}
+
+#[tokio::test]
+async fn traces_continue_the_clients_traceparent_and_reach_an_otlp_http_receiver() {
+    traced_request("http").await;
+}
+
+#[tokio::test]
+async fn traces_reach_an_otlp_grpc_receiver() {
+    traced_request("grpc").await;
+}

@@ -1,0 +1,174 @@
+//! OpenTelemetry traces (Tyk 5's `opentelemetry`): a server span per request an API answers,
+//! continuing the client's W3C `traceparent`, with spans for the key lookup, the limits and
+//! the upstream call; the upstream call's context goes upstream in `traceparent`. Spans are
+//! exported over OTLP (gRPC or HTTP) by the SDK's batch processor from a bounded queue, off
+//! the request path.
+//!
+//! Spans are made with explicit times once each step is over (the pipeline notes when each
+//! began and ended), so no span is carried through the pipeline's code.
+
+use std::time::{Duration, SystemTime};
+
+use http::HeaderMap;
+use opentelemetry::propagation::TextMapPropagator;
+use opentelemetry::trace::{
+    Span as _, SpanBuilder, SpanKind, Status, TraceContextExt, TracerProvider as _,
+};
+use opentelemetry::{Context, KeyValue};
+use opentelemetry_http::{HeaderExtractor, HeaderInjector};
+use opentelemetry_otlp::{WithExportConfig, WithHttpConfig};
+use opentelemetry_sdk::propagation::TraceContextPropagator;
+use opentelemetry_sdk::trace::span_processor_with_async_runtime::BatchSpanProcessor;
+use opentelemetry_sdk::trace::{BatchConfigBuilder, Sampler, SdkTracer, SdkTracerProvider};
+
+use crate::config::OpenTelemetryConfig;
+
+/// Spans waiting for export at most; more are dropped by the SDK.
+const QUEUE: usize = 8192;
+/// How long a span may wait for its batch.
+const EXPORT_EVERY: Duration = Duration::from_secs(1);
+
+/// The node's tracer.
+pub struct Tracing {
+    /// Kept so that the processor lives as long as the node.
+    _provider: SdkTracerProvider,
+    tracer: SdkTracer,
+    propagator: TraceContextPropagator,
+}
+
+/// When a pipeline step ran, for its span.
+#[derive(Debug, Clone, Copy)]
+pub struct Step {
+    pub began: SystemTime,
+    pub ended: SystemTime,
+}
+
+/// One request's trace: its server span, begun when it was routed.
+pub struct RequestTrace {
+    span: opentelemetry_sdk::trace::Span,
+    context: Context,
+}
+
+impl Tracing {
+    /// Starts the exporter and the batch processor (on the calling runtime).
+    pub fn start(config: &OpenTelemetryConfig) -> Result<Self, String> {
+        let timeout = Duration::from_secs(config.connection_timeout.max(1));
+        let endpoint = config.endpoint.as_str();
+        let exporter = match config.exporter.as_str() {
+            "http" => {
+                let mut url = if endpoint.contains("://") {
+                    endpoint.to_owned()
+                } else {
+                    format!("http://{endpoint}")
+                };
+                // Tyk's (Go's) exporter posts to /v1/traces under a bare host:port.
+                let path = url.split_once("://").map_or("", |(_, rest)| rest);
+                if !path.contains('/') || path.ends_with('/') {
+                    url = format!("{}/v1/traces", url.trim_end_matches('/'));
+                }
+                opentelemetry_otlp::SpanExporter::builder()
+                    .with_http()
+                    .with_endpoint(url)
+                    .with_timeout(timeout)
+                    .with_headers(config.headers.clone().into_iter().collect())
+                    .build()
+            }
+            _ => {
+                let url = if endpoint.contains("://") {
+                    endpoint.to_owned()
+                } else {
+                    format!("http://{endpoint}")
+                };
+                opentelemetry_otlp::SpanExporter::builder()
+                    .with_tonic()
+                    .with_endpoint(url)
+                    .with_timeout(timeout)
+                    .build()
+            }
+        }
+        .map_err(|e| e.to_string())?;
+        let processor = BatchSpanProcessor::builder(exporter, opentelemetry_sdk::runtime::Tokio)
+            .with_batch_config(
+                BatchConfigBuilder::default()
+                    .with_max_queue_size(QUEUE)
+                    .with_scheduled_delay(EXPORT_EVERY)
+                    .build(),
+            )
+            .build();
+        let sampling = &config.sampling;
+        let sampler = match sampling.kind.as_str() {
+            "AlwaysOff" => Sampler::AlwaysOff,
+            "TraceIDRatioBased" => Sampler::TraceIdRatioBased(sampling.rate),
+            _ => Sampler::AlwaysOn,
+        };
+        let sampler = if sampling.parent_based {
+            Sampler::ParentBased(Box::new(sampler))
+        } else {
+            sampler
+        };
+        let resource = opentelemetry_sdk::Resource::builder()
+            .with_service_name(config.resource_name.clone())
+            .build();
+        let provider = SdkTracerProvider::builder()
+            .with_span_processor(processor)
+            .with_sampler(sampler)
+            .with_resource(resource)
+            .build();
+        let tracer = provider.tracer("tollgate");
+        Ok(Self {
+            _provider: provider,
+            tracer,
+            propagator: TraceContextPropagator::new(),
+        })
+    }
+
+    /// The request's server span, the client's `traceparent` (in `headers`) its parent.
+    pub fn begin(&self, headers: &HeaderMap, method: &str, name: String) -> RequestTrace {
+        let parent = self.propagator.extract(&HeaderExtractor(headers));
+        let span = SpanBuilder::from_name(name)
+            .with_kind(SpanKind::Server)
+            .with_start_time(SystemTime::now())
+            .with_attributes([KeyValue::new("http.request.method", method.to_owned())])
+            .start_with_context(&self.tracer, &parent);
+        let context = Context::new().with_remote_span_context(span.span_context().clone());
+        RequestTrace { span, context }
+    }
+
+    /// A finished step of the request, as a child of its span.
+    pub fn step(&self, trace: &RequestTrace, name: &'static str, step: Step) {
+        let mut span = SpanBuilder::from_name(name)
+            .with_kind(SpanKind::Internal)
+            .with_start_time(step.began)
+            .start_with_context(&self.tracer, &trace.context);
+        span.end_with_timestamp(step.ended);
+    }
+
+    /// The upstream call's span, begun now; its context goes upstream in `traceparent`.
+    pub fn upstream_call(
+        &self,
+        trace: &RequestTrace,
+        target: &str,
+        headers: &mut HeaderMap,
+    ) -> opentelemetry_sdk::trace::Span {
+        let span = SpanBuilder::from_name("upstream")
+            .with_kind(SpanKind::Client)
+            .with_attributes([KeyValue::new("server.address", target.to_owned())])
+            .start_with_context(&self.tracer, &trace.context);
+        let context = Context::new().with_remote_span_context(span.span_context().clone());
+        self.propagator
+            .inject_context(&context, &mut HeaderInjector(headers));
+        span
+    }
+
+    /// Ends the request's span with what it answered.
+    pub fn end(&self, mut trace: RequestTrace, api_id: &str, status: u16) {
+        trace.span.set_attributes([
+            KeyValue::new("tyk.api.id", api_id.to_owned()),
+            KeyValue::new("http.response.status_code", i64::from(status)),
+        ]);
+        if status >= 500 {
+            trace.span.set_status(Status::error(""));
+        }
+        trace.span.end();
+    }
+}
