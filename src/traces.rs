@@ -1,8 +1,10 @@
 //! OpenTelemetry traces (Tyk 5's `opentelemetry`): a server span per request an API answers,
 //! continuing the client's W3C `traceparent`, with spans for the key lookup, the limits and
 //! the upstream call; the upstream call's context goes upstream in `traceparent`. Spans are
-//! exported over OTLP (gRPC or HTTP) by the SDK's batch processor from a bounded queue, off
-//! the request path.
+//! exported over OTLP (gRPC or HTTP) by the SDK's batch processor from a bounded queue, on a
+//! thread and runtime of their own: off the request path, and free to finish an export when
+//! the node drops its tracer (the SDK's shutdown waits for the processor, which would never
+//! run were it on the runtime doing the waiting).
 //!
 //! Spans are made with explicit times once each step is over (the pipeline notes when each
 //! began and ended), so no span is carried through the pipeline's code.
@@ -28,12 +30,13 @@ const QUEUE: usize = 8192;
 /// How long a span may wait for its batch.
 const EXPORT_EVERY: Duration = Duration::from_secs(1);
 
-/// The node's tracer.
+/// The node's tracer. Dropped, it shuts the SDK down (exporting what is queued), then stops
+/// the exporter's thread: fields drop in this order.
 pub struct Tracing {
-    /// Kept so that the processor lives as long as the node.
     _provider: SdkTracerProvider,
     tracer: SdkTracer,
     propagator: TraceContextPropagator,
+    _exporter_thread: tokio::sync::oneshot::Sender<()>,
 }
 
 /// When a pipeline step ran, for its span.
@@ -50,8 +53,22 @@ pub struct RequestTrace {
 }
 
 impl Tracing {
-    /// Starts the exporter and the batch processor (on the calling runtime).
+    /// Starts the exporter and the batch processor on a thread of their own.
     pub fn start(config: &OpenTelemetryConfig) -> Result<Self, String> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| e.to_string())?;
+        let handle = runtime.handle().clone();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        std::thread::Builder::new()
+            .name("otel-export".into())
+            .spawn(move || {
+                let _ = runtime.block_on(stopped);
+            })
+            .map_err(|e| e.to_string())?;
+        // The exporter's client and the processor's task belong to that runtime.
+        let _in_exporter_runtime = handle.enter();
         let timeout = Duration::from_secs(config.connection_timeout.max(1));
         let endpoint = config.endpoint.as_str();
         let exporter = match config.exporter.as_str() {
@@ -119,6 +136,7 @@ impl Tracing {
             _provider: provider,
             tracer,
             propagator: TraceContextPropagator::new(),
+            _exporter_thread: stop,
         })
     }
 

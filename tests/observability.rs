@@ -608,3 +608,54 @@ async fn traces_continue_the_clients_traceparent_and_reach_an_otlp_http_receiver
 async fn traces_reach_an_otlp_grpc_receiver() {
     traced_request("grpc").await;
 }
+
+#[tokio::test]
+async fn multiple_analytics_keys_spread_records_over_ten_lists() {
+    let redis = RedisServer::start().await;
+    let up = upstream().await;
+    let mut api = sample_api(&up.url(""));
+    api["use_keyless"] = json!(true);
+    api["do_not_track"] = json!(false);
+    let gw = gateway()
+        .api(api)
+        .config(json!({"enable_analytics": true,
+            "storage": {"type": "redis", "host": "127.0.0.1", "port": redis.port},
+            "analytics_config": {"enable_multiple_analytics_keys": true}}))
+        .start()
+        .await;
+    let list = tollgate::analytics::ANALYTICS_KEY;
+    let mut lists = std::collections::BTreeSet::new();
+    let start = std::time::Instant::now();
+    let mut recorded = 0;
+    // Two rounds, each its own batch: each batch goes to the next of the ten lists.
+    for _ in 0..2 {
+        for _ in 0..3 {
+            assert_eq!(gw.get_with_key("/tyk-api-test/get", None).await.status, 200);
+        }
+        recorded += 3;
+        loop {
+            let mut total = 0;
+            for n in 0..10 {
+                let name = format!("{list}_{n}");
+                let found = pump_records(redis.port, &name).await.len();
+                if found > 0 {
+                    lists.insert(name);
+                }
+                total += found;
+            }
+            if total == recorded {
+                break;
+            }
+            assert!(
+                start.elapsed() < std::time::Duration::from_secs(10),
+                "{total} of {recorded}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
+    assert_eq!(lists.len(), 2, "two batches, two lists: {lists:?}");
+    assert!(
+        pump_records(redis.port, list).await.is_empty(),
+        "not the single list"
+    );
+}
