@@ -283,24 +283,7 @@ async fn pump_records(port: u16, list: &str) -> Vec<serde_json::Value> {
             other => panic!("not a record: {other:?}"),
         })
         .collect();
-    let script = format!(
-        "{}/tests/fixtures/decode_analytics.py",
-        env!("CARGO_MANIFEST_DIR")
-    );
-    let mut child = tokio::process::Command::new("python3")
-        .arg(script)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("python3 runs");
-    {
-        use tokio::io::AsyncWriteExt;
-        let mut stdin = child.stdin.take().unwrap();
-        stdin.write_all(hex.join("\n").as_bytes()).await.unwrap();
-    }
-    let out = child.wait_with_output().await.unwrap();
+    let out = support::run_fixture("decode_analytics.py", hex.join("\n").as_bytes()).await;
     assert!(
         out.status.success(),
         "Pump could not decode a record: {}",

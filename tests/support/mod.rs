@@ -374,24 +374,7 @@ pub async fn scrape(url: &str) -> Scrape {
         Some("text/plain; version=0.0.4; charset=utf-8")
     );
     let text = r.text();
-    let script = format!(
-        "{}/tests/fixtures/parse_metrics.py",
-        env!("CARGO_MANIFEST_DIR")
-    );
-    let mut child = tokio::process::Command::new("python3")
-        .arg(script)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("python3 runs");
-    {
-        use tokio::io::AsyncWriteExt;
-        let mut stdin = child.stdin.take().expect("stdin");
-        stdin.write_all(text.as_bytes()).await.expect("write");
-    }
-    let out = child.wait_with_output().await.expect("parser ran");
+    let out = run_fixture("parse_metrics.py", text.as_bytes()).await;
     assert!(
         out.status.success(),
         "Prometheus's parser refused the scrape: {}\n{text}",
@@ -419,4 +402,22 @@ pub async fn scrape(url: &str) -> Scrape {
         samples,
         text,
     }
+}
+
+/// Runs the Python script `tests/fixtures/<script>` with `input` on its standard input.
+pub async fn run_fixture(script: &str, input: &[u8]) -> std::process::Output {
+    use tokio::io::AsyncWriteExt;
+    let path = format!("{}/tests/fixtures/{script}", env!("CARGO_MANIFEST_DIR"));
+    let mut child = tokio::process::Command::new("python3")
+        .arg(path)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("python3 runs");
+    let mut stdin = child.stdin.take().expect("stdin");
+    stdin.write_all(input).await.expect("write to the script");
+    drop(stdin);
+    child.wait_with_output().await.expect("the script ran")
 }
