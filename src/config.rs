@@ -267,11 +267,40 @@ pub struct OpenTelemetryConfig {
     /// `tracecontext` (W3C) only.
     pub context_propagation: String,
     pub sampling: SamplingConfig,
+    /// `batch` (the default): spans wait in a bounded queue and go in batches; `simple`: each
+    /// span is sent as it ends (still off the request path, through the same queue).
+    pub span_processor_type: String,
+    pub span_batch_config: SpanBatchConfig,
     pub traces: Option<Box<OpenTelemetryConfig>>,
 }
 
+/// `opentelemetry.span_batch_config`: 0 (or absent) takes the OpenTelemetry SDK's default, as
+/// in Tyk.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct SpanBatchConfig {
+    /// Spans waiting for export at most (default 2048); more are dropped and counted.
+    pub max_queue_size: usize,
+    /// Spans per export (default 512).
+    pub max_export_batch_size: usize,
+    /// Seconds a span may wait for its batch (default 5).
+    pub batch_timeout: u64,
+}
+
 impl Default for OpenTelemetryConfig {
+    /// Tyk's defaults, with a `traces` object of the same fields (disabled), so that unknown
+    /// fields inside it are reported and its environment names (`TYK_GW_OPENTELEMETRY_TRACES_*`)
+    /// are read.
     fn default() -> Self {
+        Self {
+            traces: Some(Box::new(Self::without_traces())),
+            ..Self::without_traces()
+        }
+    }
+}
+
+impl OpenTelemetryConfig {
+    fn without_traces() -> Self {
         Self {
             enabled: false,
             exporter: "grpc".into(),
@@ -281,12 +310,12 @@ impl Default for OpenTelemetryConfig {
             resource_name: "tyk-gateway".into(),
             context_propagation: "tracecontext".into(),
             sampling: SamplingConfig::default(),
+            span_processor_type: "batch".into(),
+            span_batch_config: SpanBatchConfig::default(),
             traces: None,
         }
     }
-}
 
-impl OpenTelemetryConfig {
     /// The settings in force: `traces`, when it is enabled, else these.
     pub fn effective(&self) -> &Self {
         match &self.traces {
@@ -717,6 +746,22 @@ impl GatewayConfig {
                     ),
                 ));
             }
+            for (name, value) in &otel.headers {
+                if http::HeaderName::try_from(name.as_str()).is_err()
+                    || http::HeaderValue::try_from(value.as_str()).is_err()
+                {
+                    return Err(invalid(
+                        &format!("opentelemetry.headers.{name}"),
+                        "is not a valid header name and value",
+                    ));
+                }
+            }
+            if !matches!(otel.span_processor_type.as_str(), "batch" | "simple") {
+                return Err(invalid(
+                    "opentelemetry.span_processor_type",
+                    format!("{:?} is not one of batch, simple", otel.span_processor_type),
+                ));
+            }
             let sampling = &otel.sampling;
             if !matches!(
                 sampling.kind.as_str(),
@@ -990,6 +1035,7 @@ mod tests {
         let loaded = GatewayConfig::from_value(
             json!({"listen_port": 9000, "secret": "s", "storage": {"type": "redis", "host": "r", "port": 6380, "enable_cluster": false, "optimisation_max_idle": 2000},
                    "analytics_config": {"pool_size": 4}, "enable_analytics": true,
+                   "opentelemetry": {"traces": {"enabled": true, "custom_trace_header": "X-Trace"}},
                    "security": {"certificates": {"upstream": {"*.example.com": "client.pem"}}}}),
             no_env,
         )
@@ -1000,6 +1046,7 @@ mod tests {
             loaded.unsupported,
             vec![
                 "analytics_config.pool_size",
+                "opentelemetry.traces.custom_trace_header",
                 "storage.enable_cluster",
                 "storage.optimisation_max_idle",
             ]

@@ -21,7 +21,7 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::{AcqRel, Relaxed, Release};
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64, AtomicUsize};
 use std::task::{Context, Poll, Wake, Waker, ready};
 use std::time::Duration;
 
@@ -101,6 +101,31 @@ impl Deadlines {
 pub struct Http1Server {
     pub builder: http1::Builder,
     pub deadlines: Deadlines,
+    pub parked: Arc<ParkedConnections>,
+}
+
+/// HTTP/1.1 connections parked at the moment (shown in `/metrics`).
+#[derive(Debug, Default)]
+pub struct ParkedConnections(AtomicI64);
+
+impl ParkedConnections {
+    pub fn count(&self) -> i64 {
+        self.0.load(Relaxed)
+    }
+
+    /// Counts one connection parked until the mark is dropped.
+    fn park(&self) -> Parked<'_> {
+        self.0.fetch_add(1, Relaxed);
+        Parked(self)
+    }
+}
+
+struct Parked<'a>(&'a ParkedConnections);
+
+impl Drop for Parked<'_> {
+    fn drop(&mut self) {
+        (self.0).0.fetch_sub(1, Relaxed);
+    }
 }
 
 /// Ticks a client may go without accepting a byte of its response while one is waiting to be
@@ -404,6 +429,7 @@ async fn run<T, S, B>(
         } else {
             KEEP_ALIVE_TIMEOUT
         };
+        let parked = http.parked.park();
         tokio::select! {
             biased;
             _ = shutdown.changed(), if !draining => continue,
@@ -414,6 +440,7 @@ async fn run<T, S, B>(
                 }
             }
         }
+        drop(parked);
         activity.park.store(false, Relaxed);
         let io = TokioIo::new(WatchedStream {
             stream,
@@ -855,6 +882,7 @@ mod tests {
         Arc::new(Http1Server {
             builder: http1::Builder::new(),
             deadlines: Deadlines::DEFAULT,
+            parked: Default::default(),
         })
     }
 
@@ -883,6 +911,7 @@ mod tests {
     struct Server {
         addr: std::net::SocketAddr,
         connections: Arc<AtomicUsize>,
+        parked: Arc<ParkedConnections>,
         closing: watch::Sender<bool>,
     }
 
@@ -892,6 +921,7 @@ mod tests {
         let connections = Arc::new(AtomicUsize::new(0));
         let (closing, seen) = watch::channel(false);
         let http = http1_server();
+        let parked = http.parked.clone();
         let counter = connections.clone();
         tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
@@ -906,6 +936,7 @@ mod tests {
         Server {
             addr,
             connections,
+            parked,
             closing,
         }
     }
@@ -948,13 +979,20 @@ mod tests {
         // A new connection holds no hyper state until it sends something.
         tokio::time::sleep(Duration::from_millis(200)).await;
         assert_eq!(server.connections.load(Relaxed), 0);
+        assert_eq!(
+            server.parked.count(),
+            1,
+            "a new connection is counted parked"
+        );
         for _ in 0..3 {
             client.write_all(REQUEST).await.unwrap();
             assert!(answer(&mut client).await.starts_with("HTTP/1.1 200"));
             tokio::time::sleep(Duration::from_millis(300)).await;
         }
         assert_eq!(server.connections.load(Relaxed), 1, "busy: not parked");
+        assert_eq!(server.parked.count(), 0);
         tokio::time::sleep(PAST_PARKING).await;
+        assert_eq!(server.parked.count(), 1, "idle: parked");
         client.write_all(REQUEST).await.unwrap();
         assert!(answer(&mut client).await.starts_with("HTTP/1.1 200"));
         assert_eq!(server.connections.load(Relaxed), 2, "parked, then resumed");

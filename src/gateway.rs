@@ -176,6 +176,7 @@ impl Gateway {
             limiter_pending,
             apis_loaded: self.apis().len() as u64,
             access_log_dropped: self.access_log.as_ref().map(AccessLog::dropped),
+            spans_dropped: self.tracing.as_ref().map(Tracing::dropped_spans),
             analytics: self.analytics.as_ref().map(Analytics::figures),
         })
     }

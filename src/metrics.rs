@@ -19,6 +19,7 @@ use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::Registry;
 
+use crate::connection::ParkedConnections;
 use crate::proxy::{ProxyError, UpstreamFault};
 use crate::rejection::{Reason, Rejection};
 use crate::store::{StoreHealth, StoreStats};
@@ -45,6 +46,8 @@ pub struct Metrics {
     unrouted: Arc<ApiMetrics>,
     /// Client connections open on every listener.
     pub connections: AtomicI64,
+    /// HTTP/1.1 connections parked (idle, holding only their socket) on every listener.
+    pub parked: Arc<ParkedConnections>,
 }
 
 impl Default for Metrics {
@@ -53,6 +56,7 @@ impl Default for Metrics {
             apis: Mutex::new(HashMap::new()),
             unrouted: Arc::new(ApiMetrics::new(UNROUTED)),
             connections: AtomicI64::new(0),
+            parked: Default::default(),
         }
     }
 }
@@ -224,6 +228,8 @@ pub struct NodeFigures {
     pub access_log_dropped: Option<u64>,
     /// Analytics records written and dropped (`None`: analytics off).
     pub analytics: Option<(u64, u64)>,
+    /// Trace spans dropped (`None`: traces off).
+    pub spans_dropped: Option<u64>,
 }
 
 /// One scrape: the counters and the node's figures of the moment.
@@ -378,6 +384,13 @@ impl Collector for Scrape {
         )?;
         family(
             &mut encoder,
+            "connections_parked",
+            "Open HTTP/1.1 connections parked while idle: holding their socket, no buffers",
+            MetricType::Gauge,
+            [(Labels::new(), gauge(self.metrics.parked.count()))],
+        )?;
+        family(
+            &mut encoder,
             "apis_loaded",
             "API definitions served",
             MetricType::Gauge,
@@ -428,6 +441,15 @@ impl Collector for Scrape {
                 &mut encoder,
                 "analytics_records_dropped",
                 "Analytics records dropped: the queue was full or the store could not take them",
+                MetricType::Counter,
+                [(Labels::new(), counter(dropped))],
+            )?;
+        }
+        if let Some(dropped) = node.spans_dropped {
+            family(
+                &mut encoder,
+                "trace_spans_dropped",
+                "Trace spans dropped: the export queue was full or the receiver did not take them",
                 MetricType::Counter,
                 [(Labels::new(), counter(dropped))],
             )?;

@@ -471,6 +471,9 @@ pub async fn serve<H, F>(
     let http = Arc::new(Http1Server {
         builder: http,
         deadlines: accepting.deadlines,
+        parked: accepting
+            .metrics
+            .map_or_else(Default::default, |m| m.parked.clone()),
     });
     let http2 = accepting
         .http2

@@ -36,6 +36,8 @@ async fn metrics_count_responses_refusals_latency_and_upstream_errors_by_api() {
     );
     assert_eq!(gw.get_with_key("/nowhere", None).await.status, 404);
     assert_eq!(gw.get_with_key("/dead/get", None).await.status, 502);
+    // A connection that has sent nothing holds only its socket: it is counted parked.
+    let silent = tokio::net::TcpStream::connect(gw.addr()).await.unwrap();
 
     let m = scrape(&gw.url("/metrics")).await;
     let requests = |api: &str, code: &str| {
@@ -101,7 +103,9 @@ async fn metrics_count_responses_refusals_latency_and_upstream_errors_by_api() {
         "only requests sent upstream"
     );
     assert_eq!(m.value("tollgate_apis_loaded", &[]), Some(2.0));
-    assert!(m.value("tollgate_connections_open", &[]).unwrap_or(0.0) >= 1.0);
+    assert!(m.value("tollgate_connections_open", &[]).unwrap_or(0.0) >= 2.0);
+    assert!(m.value("tollgate_connections_parked", &[]).unwrap_or(0.0) >= 1.0);
+    drop(silent);
     assert_eq!(
         m.labels("tollgate_store_info")
             .and_then(|l| l["mode"].as_str()),
@@ -519,13 +523,17 @@ impl OtlpReceiver {
     }
 }
 
-async fn traced_request(mode: &str) {
+/// One traced request through a gateway exporting with `mode`, its `opentelemetry` settings
+/// made by `settings` from the basic ones, checked span by span at the receiver.
+async fn traced_request(mode: &str, settings: impl FnOnce(serde_json::Value) -> serde_json::Value) {
     let mut receiver = OtlpReceiver::start(mode).await;
     let up = upstream().await;
+    let otel = settings(json!({"enabled": true, "exporter": mode,
+        "endpoint": format!("127.0.0.1:{}", receiver.port), "resource_name": "tollgate-test",
+        "headers": {"x-tenant": "t1"}}));
     let gw = gateway()
         .api(sample_api(&up.url("")))
-        .config(json!({"opentelemetry": {"enabled": true, "exporter": mode,
-            "endpoint": format!("127.0.0.1:{}", receiver.port), "resource_name": "tollgate-test"}}))
+        .config(json!({ "opentelemetry": otel }))
         .start()
         .await;
     gw.add_key("tracedkey", seed_key()).await;
@@ -563,6 +571,10 @@ async fn traced_request(mode: &str) {
     let request = named("GET Tyk Test API");
     assert_eq!(request["service"], "tollgate-test");
     assert_eq!(
+        request["export_headers"]["x-tenant"], "t1",
+        "opentelemetry.headers sent with the export"
+    );
+    assert_eq!(
         request["parent_span_id"], client_span,
         "a child of the client's span"
     );
@@ -584,12 +596,133 @@ async fn traced_request(mode: &str) {
 
 #[tokio::test]
 async fn traces_continue_the_clients_traceparent_and_reach_an_otlp_http_receiver() {
-    traced_request("http").await;
+    traced_request("http", |mut otel| {
+        otel["span_batch_config"] = json!({"batch_timeout": 1});
+        otel
+    })
+    .await;
 }
 
 #[tokio::test]
-async fn traces_reach_an_otlp_grpc_receiver() {
-    traced_request("grpc").await;
+async fn traces_reach_an_otlp_grpc_receiver_span_by_span() {
+    // Tyk 5.14's form: the settings inside `traces`.
+    traced_request("grpc", |mut traces| {
+        traces["span_processor_type"] = json!("simple");
+        json!({ "enabled": false, "traces": traces })
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn sampling_follows_the_clients_decision_when_parent_based() {
+    let mut receiver = OtlpReceiver::start("http").await;
+    let up = upstream().await;
+    let gw = gateway()
+        .api(sample_api(&up.url("")))
+        .config(
+            json!({"opentelemetry": {"enabled": true, "exporter": "http",
+            "endpoint": format!("127.0.0.1:{}", receiver.port),
+            "span_batch_config": {"batch_timeout": 1},
+            "sampling": {"type": "AlwaysOff", "parent_based": true}}}),
+        )
+        .start()
+        .await;
+    gw.add_key("sampledkey", seed_key()).await;
+    let upstream_flags = |traceparent: Option<String>| {
+        let gw = &gw;
+        async move {
+            let mut headers = vec![("authorization", "sampledkey".to_owned())];
+            headers.extend(traceparent.map(|t| ("traceparent", t)));
+            let headers: Vec<(&str, &str)> =
+                headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            let r = gw
+                .client
+                .request("GET", &gw.url("/tyk-api-test/get"), &headers, None)
+                .await;
+            assert_eq!(r.status, 200, "{}", r.text());
+            let sent = r.json()["headers"]["Traceparent"]
+                .as_str()
+                .unwrap()
+                .to_owned();
+            sent.rsplit('-').next().unwrap().to_owned()
+        }
+    };
+    let unsampled = "0af7651916cd43dd8448eb211c80319c";
+    assert_eq!(
+        upstream_flags(Some(format!("00-{unsampled}-b7ad6b7169203331-00"))).await,
+        "00",
+        "the client's decision not to sample is kept"
+    );
+    assert_eq!(upstream_flags(None).await, "00", "a new trace: AlwaysOff");
+    let sampled = "4bf92f3577b34da6a3ce929d0e0e4736";
+    assert_eq!(
+        upstream_flags(Some(format!("00-{sampled}-00f067aa0ba902b7-01"))).await,
+        "01",
+        "the client's decision to sample is followed"
+    );
+    // The sampled trace's spans arrive; the receiver's first span is of that trace, so nothing
+    // of the two unsampled requests was exported before it.
+    let spans = receiver.spans(sampled, 4).await;
+    assert!(spans.iter().all(|s| s["trace_id"] == sampled));
+}
+
+#[tokio::test]
+async fn spans_beyond_the_queue_or_not_taken_by_the_receiver_are_dropped_and_counted() {
+    // A receiver that accepts connections and never answers: every export times out.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let endpoint = silent.local_addr().unwrap();
+    let held = tokio::spawn(async move {
+        let mut open = Vec::new();
+        while let Ok((conn, _)) = silent.accept().await {
+            open.push(conn);
+        }
+    });
+    let up = upstream().await;
+    let gw = gateway()
+        .api(sample_api(&up.url("")))
+        .config(
+            json!({"opentelemetry": {"enabled": true, "exporter": "http",
+            "endpoint": endpoint.to_string(), "connection_timeout": 1,
+            "span_batch_config": {"max_queue_size": 4, "max_export_batch_size": 4,
+                                  "batch_timeout": 1}}}),
+        )
+        .start()
+        .await;
+    gw.add_key("droppedkey", seed_key()).await;
+    let started = std::time::Instant::now();
+    for _ in 0..5 {
+        let r = gw
+            .get_with_key("/tyk-api-test/get", Some("droppedkey"))
+            .await;
+        assert_eq!(r.status, 200);
+    }
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(2),
+        "requests waited for the exporter: {:?}",
+        started.elapsed()
+    );
+    // Four spans per request (the request, key lookup, limits, upstream): 16 past the queue's
+    // four places at once, then the four queued once their export times out (1 s).
+    let dropped = |m: &support::Scrape| {
+        m.value("tollgate_trace_spans_dropped_total", &[])
+            .unwrap_or(0.0)
+    };
+    let m = scrape(&gw.url("/metrics")).await;
+    assert!(dropped(&m) >= 16.0, "{}", m.text);
+    let start = std::time::Instant::now();
+    loop {
+        let m = scrape(&gw.url("/metrics")).await;
+        if dropped(&m) == 20.0 {
+            break;
+        }
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(5),
+            "{}",
+            m.text
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    held.abort();
 }
 
 #[tokio::test]
