@@ -775,3 +775,130 @@ async fn multiple_analytics_keys_spread_records_over_ten_lists() {
         "not the single list"
     );
 }
+
+#[tokio::test]
+async fn analytics_settings_of_an_api_and_ignored_client_addresses() {
+    let redis = RedisServer::start().await;
+    let up = upstream().await;
+    let mut detailed = sample_api(&up.url(""));
+    detailed["use_keyless"] = json!(true);
+    detailed["do_not_track"] = json!(false);
+    detailed["enable_detailed_recording"] = json!(true);
+    detailed["expire_analytics_after"] = json!(3600);
+    let mut plain = detailed.clone();
+    plain["api_id"] = json!("plain");
+    plain["proxy"]["listen_path"] = json!("/plain/");
+    plain["enable_detailed_recording"] = json!(false);
+    plain["expire_analytics_after"] = json!(0);
+    let gw = gateway()
+        .api(detailed)
+        .api(plain)
+        .config(json!({"enable_analytics": true,
+            "storage": {"type": "redis", "host": "127.0.0.1", "port": redis.port},
+            "analytics_config": {"ignored_ips": ["10.1.2.3"]}}))
+        .start()
+        .await;
+    let from = |ip: &'static str, path: &'static str| {
+        let gw = &gw;
+        async move {
+            let r = gw
+                .client
+                .request("GET", &gw.url(path), &[("x-real-ip", ip)], None)
+                .await;
+            assert_eq!(r.status, 200);
+        }
+    };
+    from("10.1.2.3", "/tyk-api-test/get").await;
+    from("10.9.9.9", "/tyk-api-test/get").await;
+    from("10.9.9.9", "/plain/get").await;
+    let list = tollgate::analytics::ANALYTICS_KEY;
+    let start = std::time::Instant::now();
+    let records = loop {
+        let records = pump_records(redis.port, list).await;
+        if records.len() >= 2 {
+            break records;
+        }
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(5),
+            "{records:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    assert_eq!(records.len(), 2, "10.1.2.3 is ignored: {records:?}");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let expires_in = |r: &serde_json::Value| r["ExpireAt"][0].as_i64().unwrap() - now;
+    let (detailed, plain) = (&records[0], &records[1]);
+    assert_eq!(detailed["IPAddress"], "10.9.9.9");
+    assert_eq!(detailed["APIID"], "1");
+    assert!(
+        !detailed["RawRequest"].as_str().unwrap().is_empty(),
+        "the API's own enable_detailed_recording"
+    );
+    assert!(
+        (3500..=3600).contains(&expires_in(detailed)),
+        "expire_analytics_after: {detailed:?}"
+    );
+    assert_eq!(plain["APIID"], "plain");
+    assert_eq!(plain["RawRequest"], "", "not detailed");
+    assert!(
+        expires_in(plain) > 99 * 365 * 24 * 3600,
+        "0 keeps a record 100 years, as Tyk: {plain:?}"
+    );
+}
+
+#[tokio::test]
+async fn records_past_records_buffer_size_are_dropped_while_the_writer_waits() {
+    let redis = RedisServer::start().await;
+    let up = upstream().await;
+    let mut api = sample_api(&up.url(""));
+    api["use_keyless"] = json!(true);
+    api["do_not_track"] = json!(false);
+    let gw = gateway()
+        .api(api)
+        .config(json!({"enable_analytics": true,
+            "storage": {"type": "redis", "host": "127.0.0.1", "port": redis.port, "timeout": 10},
+            "analytics_config": {"records_buffer_size": 2}}))
+        .start()
+        .await;
+    let figures = |m: &support::Scrape| {
+        (
+            m.value("tollgate_analytics_records_written_total", &[]),
+            m.value("tollgate_analytics_records_dropped_total", &[]),
+        )
+    };
+    redis.freeze(2);
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    assert_eq!(gw.get_with_key("/tyk-api-test/get", None).await.status, 200);
+    // The writer takes that record, waits its 200 ms for more, then waits on frozen Redis.
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    for _ in 0..10 {
+        assert_eq!(gw.get_with_key("/tyk-api-test/get", None).await.status, 200);
+    }
+    let m = scrape(&gw.url("/metrics")).await;
+    assert_eq!(
+        figures(&m),
+        (Some(0.0), Some(8.0)),
+        "two records wait, eight are dropped"
+    );
+    // Once Redis answers, the first batch is written; the two waiting records are written
+    // too, or dropped if the store is still marked away when the writer tries them.
+    let start = std::time::Instant::now();
+    loop {
+        let m = scrape(&gw.url("/metrics")).await;
+        if let (Some(written), Some(dropped)) = figures(&m)
+            && written >= 1.0
+            && written + dropped == 11.0
+        {
+            break;
+        }
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(10),
+            "{}",
+            m.text
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}
