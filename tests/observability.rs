@@ -902,3 +902,94 @@ async fn records_past_records_buffer_size_are_dropped_while_the_writer_waits() {
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     }
 }
+
+/// A real Prometheus server (Debian's `prometheus`) scraping the node every second.
+struct PrometheusServer {
+    port: u16,
+    child: std::process::Child,
+    _dir: tempfile::TempDir,
+}
+
+impl PrometheusServer {
+    fn start(target: std::net::SocketAddr) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("prometheus.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "global: {{scrape_interval: 1s, scrape_timeout: 1s}}\n\
+                 scrape_configs:\n  - job_name: tollgate\n    static_configs:\n      - targets: ['{target}']\n"
+            ),
+        )
+        .unwrap();
+        let port = free_port();
+        let child = std::process::Command::new("prometheus")
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!("--storage.tsdb.path={}", dir.path().join("data").display()))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("prometheus (Debian's package; scripts/test installs it)");
+        Self {
+            port,
+            child,
+            _dir: dir,
+        }
+    }
+
+    /// The value of an instant query, once it has one.
+    async fn value(&self, client: &support::http::Client, query: &str) -> Option<f64> {
+        let url = format!(
+            "http://127.0.0.1:{}/api/v1/query?query={}",
+            self.port,
+            query
+                .bytes()
+                .map(|b| match b {
+                    b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'_' => (b as char).to_string(),
+                    _ => format!("%{b:02X}"),
+                })
+                .collect::<String>()
+        );
+        use http_body_util::BodyExt;
+        let empty = http_body_util::Full::new(bytes::Bytes::new()).boxed();
+        let r = client.try_send("GET", &url, &[], empty).await.ok()?;
+        let answer = r.json();
+        let first = answer["data"]["result"].get(0)?;
+        first["value"][1].as_str()?.parse().ok()
+    }
+}
+
+impl Drop for PrometheusServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test]
+async fn a_real_prometheus_server_scrapes_the_node() {
+    let up = upstream().await;
+    let gw = gateway().api(sample_api(&up.url(""))).start().await;
+    gw.add_key("scrapedkey", seed_key()).await;
+    for _ in 0..3 {
+        let r = gw.get_with_key("/tyk-api-test/get", Some("scrapedkey")).await;
+        assert_eq!(r.status, 200);
+    }
+    let prometheus = PrometheusServer::start(gw.addr());
+    let start = std::time::Instant::now();
+    loop {
+        let up = prometheus.value(&gw.client, "up{job=\"tollgate\"}").await;
+        let served = prometheus
+            .value(&gw.client, "tollgate_requests_total{api_id=\"1\",code=\"200\"}")
+            .await;
+        if up == Some(1.0) && served == Some(3.0) {
+            break;
+        }
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(30),
+            "up {up:?}, requests {served:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    }
+}
