@@ -22,7 +22,7 @@ const QUEUE: usize = 8192;
 const MAX_REQUEST_ID: usize = 200;
 
 /// Tyk's field names, in the order written (that of its `Template` documentation).
-pub const FIELDS: [&str; 19] = [
+pub const FIELDS: [&str; 20] = [
     "api_id",
     "api_key",
     "api_name",
@@ -38,6 +38,7 @@ pub const FIELDS: [&str; 19] = [
     "remote_addr",
     "request_id",
     "status",
+    "trace_id",
     "upstream_addr",
     "upstream_latency",
     "user_agent",
@@ -45,8 +46,8 @@ pub const FIELDS: [&str; 19] = [
 ];
 
 /// Fields of Tyk's `template` that tollgate has no value for (error classification, TLS
-/// details of an upstream error, traces, MCP): reported at start, left out of the lines.
-pub const UNFILLED: [&str; 13] = [
+/// details of an upstream error, MCP): reported at start, left out of the lines.
+pub const UNFILLED: [&str; 12] = [
     "circuit_breaker_state",
     "error_source",
     "error_target",
@@ -54,7 +55,6 @@ pub const UNFILLED: [&str; 13] = [
     "response_flag",
     "tls_cert_expiry",
     "tls_cert_subject",
-    "trace_id",
     "upstream_status",
     "mcp_method",
     "mcp_primitive_type",
@@ -155,6 +155,10 @@ impl AccessLog {
                 "remote_addr" => Field::Text(&e.remote_addr),
                 "request_id" => Field::Text(&e.request_id),
                 "status" => Field::Number(u64::from(e.status)),
+                "trace_id" => match &e.trace_id {
+                    Some(id) => Field::Text(id),
+                    None => continue,
+                },
                 "upstream_addr" => Field::Text(&e.upstream_addr),
                 "upstream_latency" => Field::Number(e.upstream_latency),
                 "user_agent" => Field::Text(&e.user_agent),

@@ -55,6 +55,8 @@ pub struct RequestRecord {
     /// recording (bodies stream through and are not kept).
     pub raw_request: Option<String>,
     pub raw_response: Option<String>,
+    /// The request's trace (32 hex digits), when traces are on.
+    pub trace_id: Option<String>,
 }
 
 impl Default for RequestRecord {
@@ -88,6 +90,7 @@ impl Default for RequestRecord {
             not_tracked: false,
             raw_request: None,
             raw_response: None,
+            trace_id: None,
         }
     }
 }

@@ -152,9 +152,10 @@ impl Gateway {
             }
             let analysed = self.analytics.is_some() && spec.analytics.is_some();
             if self.access_log.is_some() || analysed {
-                let begun = self.request_record(&spec, &mut parts, peer);
+                let mut begun = self.request_record(&spec, &mut parts, peer);
                 let id = begun.request_id.as_str();
                 exchange.request_id.get_or_init(|| id.into());
+                begun.trace_id = trace.as_ref().map(crate::traces::Tracing::trace_id);
                 record = Some(begun);
             }
             let services = Services {

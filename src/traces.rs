@@ -284,6 +284,11 @@ impl Tracing {
         RequestTrace { span, context }
     }
 
+    /// The request's trace id, as 32 hex digits.
+    pub fn trace_id(trace: &RequestTrace) -> String {
+        trace.span.span_context().trace_id().to_string()
+    }
+
     /// A finished step of the request, as a child of its span.
     pub fn step(&self, trace: &RequestTrace, name: &'static str, step: Step) {
         let mut span = SpanBuilder::from_name(name)

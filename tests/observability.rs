@@ -531,9 +531,12 @@ async fn traced_request(mode: &str, settings: impl FnOnce(serde_json::Value) -> 
     let otel = settings(json!({"enabled": true, "exporter": mode,
         "endpoint": format!("127.0.0.1:{}", receiver.port), "resource_name": "tollgate-test",
         "headers": {"x-tenant": "t1"}}));
+    let dir = tempfile::tempdir().unwrap();
+    let access_log = dir.path().join("access.log");
     let gw = gateway()
         .api(sample_api(&up.url("")))
-        .config(json!({ "opentelemetry": otel }))
+        .config(json!({ "opentelemetry": otel,
+            "access_logs": {"enabled": true, "path": access_log, "template": ["trace_id"]}}))
         .start()
         .await;
     gw.add_key("tracedkey", seed_key()).await;
@@ -560,6 +563,8 @@ async fn traced_request(mode: &str, settings: impl FnOnce(serde_json::Value) -> 
         "the client's trace goes on: {upstream_saw}"
     );
     assert_ne!(parts[2], client_span);
+    let lines = access_lines(&access_log, 1).await;
+    assert_eq!(lines[0]["trace_id"], trace_id, "the access log names the trace");
 
     let spans = receiver.spans(trace_id, 4).await;
     let named = |name: &str| {
