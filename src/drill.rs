@@ -435,6 +435,30 @@ pub async fn freeze_master(
     }
 }
 
+/// Runs the shell command `fault` (a partition, a killed host: whatever the layout needs),
+/// then `heal` after `heal_after`. Used by `tollgate drill --fault`; a command that fails is
+/// reported, and the drill goes on.
+pub async fn run_fault(fault: String, heal: Option<String>, heal_after: Duration) {
+    async fn shell(what: &str, command: &str) {
+        tracing::info!("drill: {what}: {command}");
+        match tokio::process::Command::new("sh")
+            .arg("-c")
+            .arg(command)
+            .status()
+            .await
+        {
+            Ok(status) if status.success() => {}
+            Ok(status) => tracing::error!("drill: {what} command failed ({status}): {command}"),
+            Err(e) => tracing::error!("drill: {what} command did not run ({e}): {command}"),
+        }
+    }
+    shell("fault", &fault).await;
+    if let Some(heal) = heal {
+        tokio::time::sleep(heal_after).await;
+        shell("heal", &heal).await;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

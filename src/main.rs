@@ -76,6 +76,13 @@ enum Command {
         redis: Option<(String, u16)>,
         #[arg(long, default_value_t = 30)]
         freeze_secs: u32,
+        /// A shell command that makes the disruption instead of the freeze (a partition,
+        /// a killed container); `--heal` undoes it `--freeze-secs` later.
+        #[arg(long)]
+        fault: Option<String>,
+        /// A shell command run `--freeze-secs` after `--fault`.
+        #[arg(long, requires = "fault")]
+        heal: Option<String>,
         /// Keyed requests per second.
         #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u32).range(1..=100_000))]
         rate: u32,
@@ -176,6 +183,8 @@ fn main() -> ExitCode {
                 master_name,
                 redis,
                 freeze_secs,
+                fault,
+                heal,
                 rate,
                 keys,
                 duration,
@@ -189,11 +198,23 @@ fn main() -> ExitCode {
                     duration: std::time::Duration::from_secs(duration),
                     ..Default::default()
                 };
-                let disruption =
-                    tollgate::drill::freeze_master(sentinel, redis, master_name, freeze_secs);
-                let report = tollgate::drill::run(config, disruption)
-                    .await
-                    .map_err(anyhow::Error::from)?;
+                let report = match fault {
+                    Some(fault) => {
+                        let heal_after = std::time::Duration::from_secs(u64::from(freeze_secs));
+                        let disruption = tollgate::drill::run_fault(fault, heal, heal_after);
+                        tollgate::drill::run(config, disruption).await
+                    }
+                    None => {
+                        let disruption = tollgate::drill::freeze_master(
+                            sentinel,
+                            redis,
+                            master_name,
+                            freeze_secs,
+                        );
+                        tollgate::drill::run(config, disruption).await
+                    }
+                }
+                .map_err(anyhow::Error::from)?;
                 println!("{report}");
                 if let Some(path) = json {
                     let text =
