@@ -564,7 +564,10 @@ async fn traced_request(mode: &str, settings: impl FnOnce(serde_json::Value) -> 
     );
     assert_ne!(parts[2], client_span);
     let lines = access_lines(&access_log, 1).await;
-    assert_eq!(lines[0]["trace_id"], trace_id, "the access log names the trace");
+    assert_eq!(
+        lines[0]["trace_id"], trace_id,
+        "the access log names the trace"
+    );
 
     let spans = receiver.spans(trace_id, 4).await;
     let named = |name: &str| {
@@ -930,7 +933,10 @@ impl PrometheusServer {
         let port = free_port();
         let child = std::process::Command::new("prometheus")
             .arg(format!("--config.file={}", config.display()))
-            .arg(format!("--storage.tsdb.path={}", dir.path().join("data").display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.path().join("data").display()
+            ))
             .arg(format!("--web.listen-address=127.0.0.1:{port}"))
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
@@ -978,7 +984,9 @@ async fn a_real_prometheus_server_scrapes_the_node() {
     let gw = gateway().api(sample_api(&up.url(""))).start().await;
     gw.add_key("scrapedkey", seed_key()).await;
     for _ in 0..3 {
-        let r = gw.get_with_key("/tyk-api-test/get", Some("scrapedkey")).await;
+        let r = gw
+            .get_with_key("/tyk-api-test/get", Some("scrapedkey"))
+            .await;
         assert_eq!(r.status, 200);
     }
     let prometheus = PrometheusServer::start(gw.addr());
@@ -986,7 +994,10 @@ async fn a_real_prometheus_server_scrapes_the_node() {
     loop {
         let up = prometheus.value(&gw.client, "up{job=\"tollgate\"}").await;
         let served = prometheus
-            .value(&gw.client, "tollgate_requests_total{api_id=\"1\",code=\"200\"}")
+            .value(
+                &gw.client,
+                "tollgate_requests_total{api_id=\"1\",code=\"200\"}",
+            )
             .await;
         if up == Some(1.0) && served == Some(3.0) {
             break;
