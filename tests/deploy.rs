@@ -1,4 +1,5 @@
-//! The shipped layouts: the Compose files validate, and the native stack comes up,
+//! The shipped layouts: the Compose files validate; the Compose layout runs in real containers
+//! (images built from Debian's packages) and the native stack as processes; each comes up,
 //! bootstraps, answers the seed's curl, fails over and answers it again.
 
 mod support;
@@ -237,4 +238,69 @@ async fn native_stack_through_haproxy() {
 #[tokio::test]
 async fn native_stack_with_native_sentinel() {
     native_stack_round_trip(true).await;
+}
+
+/// `docker-compose down -v` of a project on drop, so a failed or interrupted run leaves nothing
+/// (seed-test removes its stack itself; this covers the test being killed around it).
+struct ComposeProject {
+    name: String,
+    sentinel: bool,
+}
+
+impl Drop for ComposeProject {
+    fn drop(&mut self) {
+        let dir = deploy().join("compose");
+        let mut cmd = compose_tool();
+        cmd.arg("-f").arg(dir.join("docker-compose.yml"));
+        if self.sentinel {
+            cmd.arg("-f").arg(dir.join("docker-compose.sentinel.yml"));
+        }
+        let _ = cmd
+            .args([
+                "-p",
+                &self.name,
+                "down",
+                "-v",
+                "--remove-orphans",
+                "-t",
+                "1",
+            ])
+            .output();
+    }
+}
+
+/// The seed's steps verbatim on the Compose layout, in containers: `up -d`, `./bootstrap.sh`,
+/// the curl, `./failover.sh`, the curl every 0.5 s through the 30 s freeze and the promotion
+/// (all 200), then redis-a back as a replica. The images come from Debian's packages
+/// (`build-images`, the rootfs cached under target/images) with this build's binary.
+#[test]
+fn compose_seed_steps_in_containers() {
+    let dir = deploy().join("compose");
+    let out = Command::new(dir.join("build-images"))
+        .arg("--bin")
+        .arg(env!("CARGO_BIN_EXE_tollgate"))
+        .output()
+        .expect("deploy/compose/build-images runs");
+    let built = succeeded("build-images", out);
+    assert!(built.contains("tollgate:local"), "{built}");
+    for (variant, sentinel) in [("haproxy", false), ("sentinel", true)] {
+        let project = ComposeProject {
+            name: format!("tollgate-test-{variant}-{}", std::process::id()),
+            sentinel,
+        };
+        let out = Command::new(dir.join("seed-test"))
+            .arg(variant)
+            .env("COMPOSE_PROJECT_NAME", &project.name)
+            .output()
+            .expect("deploy/compose/seed-test runs");
+        let summary = succeeded(&format!("seed-test {variant}"), out);
+        assert!(summary.contains(&format!("PASS ({variant})")), "{summary}");
+        assert!(
+            summary
+                .lines()
+                .any(|l| l.starts_with("non-200 responses")
+                    && l.split_whitespace().last() == Some("0")),
+            "{summary}"
+        );
+    }
 }

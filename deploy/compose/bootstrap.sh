@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The seed's bootstrap: point the sentinels at redis-a and create `testkey`.
 set -euo pipefail
+# TOLLGATE_SENTINEL=1: the native Sentinel file set; COMPOSE_PROJECT_NAME, if set, names the stack.
 here=$(cd "$(dirname "$0")" && pwd)
 files=(-f "$here/docker-compose.yml")
 [ "${TOLLGATE_SENTINEL:-0}" = 1 ] && files+=(-f "$here/docker-compose.sentinel.yml")
