@@ -1,6 +1,7 @@
 //! The failover drill: keyed traffic at a fixed rate and key creation through the admin API
-//! while a disruption (a frozen or killed Redis master) runs, then a check that every
-//! acknowledged key is readable and usable. Prints one line of figures; can write JSON.
+//! of one or more gateway nodes (in turn) while a disruption (a frozen or killed Redis master,
+//! a partition) runs, then a check that every acknowledged key is readable and usable on every
+//! node. Prints one line of figures; can write JSON.
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -19,8 +20,9 @@ use serde_json::json;
 /// What the drill does; the defaults are the seed's scenario.
 #[derive(Debug, Clone)]
 pub struct DrillConfig {
-    /// Gateway base URL, e.g. `http://127.0.0.1:8080`.
-    pub gateway: String,
+    /// Gateway nodes' base URLs, e.g. `http://127.0.0.1:8080`; requests and key creations go
+    /// to each in turn. An empty list means the default node.
+    pub gateways: Vec<String>,
     pub secret: String,
     /// Keyed requests per second.
     pub rate: u32,
@@ -40,7 +42,7 @@ pub struct DrillConfig {
 impl Default for DrillConfig {
     fn default() -> Self {
         Self {
-            gateway: "http://127.0.0.1:8080".into(),
+            gateways: vec!["http://127.0.0.1:8080".into()],
             secret: String::new(),
             rate: 200,
             keys: 100,
@@ -76,22 +78,39 @@ pub struct DrillReport {
     pub keys_acknowledged: u64,
     pub keys_readable: u64,
     pub keys_usable: u64,
-    /// Acknowledged keys that were not readable and usable after the run.
+    /// Acknowledged keys that were not readable and usable on every node after the run.
     pub lost_keys: Vec<String>,
+    /// The same figures node by node (one entry per gateway, in the order given).
+    pub per_gateway: Vec<NodeFigures>,
+}
+
+/// One gateway node's share of the drill's traffic.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct NodeFigures {
+    pub gateway: String,
+    pub sent: u64,
+    pub statuses: BTreeMap<u16, u64>,
+    pub warm_non_2xx: BTreeMap<u16, u64>,
+    pub cold_statuses: BTreeMap<u16, u64>,
+    pub transport_errors: u64,
+    /// Acknowledged keys (through any node) this node could not read or use after the run.
+    pub keys_missing: u64,
+}
+
+fn status_list(m: &BTreeMap<u16, u64>) -> String {
+    if m.is_empty() {
+        "none".to_string()
+    } else {
+        m.iter()
+            .map(|(s, n)| format!("{s}:{n}"))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
 }
 
 impl std::fmt::Display for DrillReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let list = |m: &BTreeMap<u16, u64>| {
-            if m.is_empty() {
-                "none".to_string()
-            } else {
-                m.iter()
-                    .map(|(s, n)| format!("{s}:{n}"))
-                    .collect::<Vec<_>>()
-                    .join(",")
-            }
-        };
+        let list = status_list;
         write!(
             f,
             "drill: sent {} | statuses {} | warm non-2xx {} | updated {} non-2xx {} | cold {} | no answer {} | p50 {:.1} ms p99 {:.1} ms max {:.1} ms | keys created {} acknowledged {} readable {} usable {} lost {}",
@@ -110,7 +129,23 @@ impl std::fmt::Display for DrillReport {
             self.keys_readable,
             self.keys_usable,
             self.lost_keys.len()
-        )
+        )?;
+        if self.per_gateway.len() > 1 {
+            for node in &self.per_gateway {
+                write!(
+                    f,
+                    "\n  {}: sent {} | statuses {} | warm non-2xx {} | cold {} | no answer {} | keys missing {}",
+                    node.gateway,
+                    node.sent,
+                    list(&node.statuses),
+                    list(&node.warm_non_2xx),
+                    list(&node.cold_statuses),
+                    node.transport_errors,
+                    node.keys_missing
+                )?;
+            }
+        }
+        Ok(())
     }
 }
 
@@ -128,8 +163,13 @@ struct Drill {
 }
 
 impl Drill {
+    fn nodes(&self) -> usize {
+        self.config.gateways.len()
+    }
+
     async fn send(
         &self,
+        node: usize,
         method: Method,
         path: &str,
         headers: &[(&str, &str)],
@@ -137,7 +177,7 @@ impl Drill {
     ) -> Option<StatusCode> {
         let mut builder = Request::builder()
             .method(method)
-            .uri(format!("{}{path}", self.config.gateway));
+            .uri(format!("{}{path}", self.config.gateways[node]));
         for (k, v) in headers {
             builder = builder.header(*k, *v);
         }
@@ -153,8 +193,9 @@ impl Drill {
         Some(status)
     }
 
-    async fn keyed(&self, key: &str) -> Option<StatusCode> {
+    async fn keyed(&self, node: usize, key: &str) -> Option<StatusCode> {
         self.send(
+            node,
             Method::GET,
             &self.config.path,
             &[("authorization", key)],
@@ -171,17 +212,19 @@ impl Drill {
         })
     }
 
-    async fn create(&self, key: &str) -> Option<StatusCode> {
-        self.write(Method::POST, key, &self.key_body()).await
+    async fn create(&self, node: usize, key: &str) -> Option<StatusCode> {
+        self.write(node, Method::POST, key, &self.key_body()).await
     }
 
     async fn write(
         &self,
+        node: usize,
         method: Method,
         key: &str,
         body: &serde_json::Value,
     ) -> Option<StatusCode> {
         self.send(
+            node,
             method,
             &format!("/tyk/keys/{key}"),
             &[("x-tyk-authorization", &self.config.secret)],
@@ -190,8 +233,9 @@ impl Drill {
         .await
     }
 
-    async fn readable(&self, key: &str) -> bool {
+    async fn readable(&self, node: usize, key: &str) -> bool {
         self.send(
+            node,
             Method::GET,
             &format!("/tyk/keys/{key}"),
             &[("x-tyk-authorization", &self.config.secret)],
@@ -218,6 +262,11 @@ struct Tally {
     updated_non_2xx: BTreeMap<u16, u64>,
     cold: BTreeMap<u16, u64>,
     transport_errors: u64,
+    nodes: Vec<NodeFigures>,
+}
+
+fn count(map: &mut BTreeMap<u16, u64>, code: u16) {
+    *map.entry(code).or_default() += 1;
 }
 
 /// Runs the drill; `disruption` starts at `disrupt_after` and runs alongside the traffic.
@@ -225,19 +274,24 @@ pub async fn run(
     config: DrillConfig,
     disruption: impl Future<Output = ()> + Send + 'static,
 ) -> Result<DrillReport, DrillError> {
+    let mut config = config;
+    if config.gateways.is_empty() {
+        config.gateways = DrillConfig::default().gateways;
+    }
     let drill = Arc::new(Drill {
         client: Client::builder(TokioExecutor::new()).build(HttpConnector::new()),
         config,
     });
+    let nodes = drill.nodes();
     let keys: Arc<Vec<String>> = Arc::new(
         (0..drill.config.keys)
             .map(|i| format!("drill-{}-{i}", uuid::Uuid::new_v4().simple()))
             .collect(),
     );
-    for key in keys.iter() {
+    for (i, key) in keys.iter().enumerate() {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            match drill.create(key).await {
+            match drill.create(i % nodes, key).await {
                 Some(StatusCode::OK) => break,
                 other if Instant::now() > deadline => {
                     return Err(DrillError::Setup {
@@ -250,12 +304,25 @@ pub async fn run(
         }
     }
     let warm = keys.len() - keys.len() / 5;
-    // Every warm key is used once before the disruption, so the nodes have seen it.
+    // Every warm key is used once on every node before the disruption, so each has seen it.
     for key in &keys[..warm] {
-        let _ = drill.keyed(key).await;
+        for node in 0..nodes {
+            let _ = drill.keyed(node, key).await;
+        }
     }
 
-    let tally = Arc::new(Mutex::new(Tally::default()));
+    let tally = Arc::new(Mutex::new(Tally {
+        nodes: drill
+            .config
+            .gateways
+            .iter()
+            .map(|g| NodeFigures {
+                gateway: g.clone(),
+                ..Default::default()
+            })
+            .collect(),
+        ..Default::default()
+    }));
     let start = Instant::now();
     let disrupt_at = start + drill.config.disrupt_after;
     let end = start + drill.config.duration;
@@ -274,8 +341,8 @@ pub async fn run(
             let mut body = drill.key_body();
             body["rate"] = json!(100_001);
             let mut done = 0u64;
-            for key in &keys[..updated] {
-                if drill.write(Method::PUT, key, &body).await == Some(StatusCode::OK) {
+            for (i, key) in keys[..updated].iter().enumerate() {
+                if drill.write(i % nodes, Method::PUT, key, &body).await == Some(StatusCode::OK) {
                     done += 1;
                 }
             }
@@ -292,8 +359,9 @@ pub async fn run(
             while Instant::now() < end {
                 tick.tick().await;
                 let key = format!("drill-new-{}", uuid::Uuid::new_v4().simple());
+                let node = attempted as usize % nodes;
                 attempted += 1;
-                if drill.create(&key).await == Some(StatusCode::OK) {
+                if drill.create(node, &key).await == Some(StatusCode::OK) {
                     acknowledged.push(key);
                 }
             }
@@ -312,28 +380,39 @@ pub async fn run(
         let disrupted = Instant::now() >= disrupt_at;
         // Before the disruption only warm keys; after it, all keys in turn.
         let index = if disrupted { n % keys.len() } else { n % warm };
+        // Every node sees every key: the node turns once per round of the keys.
+        let node = (n + n / keys.len()) % nodes;
         n += 1;
         let (drill, keys, tally) = (drill.clone(), keys.clone(), tally.clone());
         in_flight.push(tokio::spawn(async move {
             let sent = Instant::now();
-            let status = drill.keyed(&keys[index]).await;
+            let status = drill.keyed(node, &keys[index]).await;
             let ms = sent.elapsed().as_secs_f64() * 1000.0;
-            let mut t = tally.lock().unwrap_or_else(|p| p.into_inner());
+            let mut guard = tally.lock().unwrap_or_else(|p| p.into_inner());
+            let t = &mut *guard;
             t.latencies_ms.push(ms);
+            let figures = &mut t.nodes[node];
+            figures.sent += 1;
             match status {
                 Some(status) => {
                     let code = status.as_u16();
-                    *t.statuses.entry(code).or_default() += 1;
+                    count(&mut t.statuses, code);
+                    count(&mut figures.statuses, code);
                     if index >= warm {
-                        *t.cold.entry(code).or_default() += 1;
+                        count(&mut t.cold, code);
+                        count(&mut figures.cold_statuses, code);
                     } else if !status.is_success() {
-                        *t.warm_non_2xx.entry(code).or_default() += 1;
+                        count(&mut t.warm_non_2xx, code);
+                        count(&mut figures.warm_non_2xx, code);
                         if index < updated {
-                            *t.updated_non_2xx.entry(code).or_default() += 1;
+                            count(&mut t.updated_non_2xx, code);
                         }
                     }
                 }
-                None => t.transport_errors += 1,
+                None => {
+                    t.transport_errors += 1;
+                    figures.transport_errors += 1;
+                }
             }
         }));
         in_flight.retain(|h: &tokio::task::JoinHandle<()>| !h.is_finished());
@@ -345,29 +424,40 @@ pub async fn run(
     let keys_updated = updater.await.unwrap_or_default();
     let _ = disruption.await;
 
-    // Every acknowledged key must be readable and usable once the layout has settled.
+    // Every acknowledged key must be readable and usable on every node once the layout has
+    // settled.
     let settle_until = Instant::now() + drill.config.settle;
     let mut readable = 0;
     let mut usable = 0;
     let mut lost = Vec::new();
+    let mut missing = vec![0u64; nodes];
     for key in &acknowledged {
-        let (mut r, mut u) = (false, false);
-        loop {
-            r = r || drill.readable(key).await;
-            u = u || drill.keyed(key).await.is_some_and(|s| s.is_success());
-            if (r && u) || Instant::now() > settle_until {
-                break;
+        let (mut all_readable, mut all_usable) = (true, true);
+        for (node, missing) in missing.iter_mut().enumerate() {
+            let (mut r, mut u) = (false, false);
+            loop {
+                r = r || drill.readable(node, key).await;
+                u = u || drill.keyed(node, key).await.is_some_and(|s| s.is_success());
+                if (r && u) || Instant::now() > settle_until {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
             }
-            tokio::time::sleep(Duration::from_millis(200)).await;
+            all_readable &= r;
+            all_usable &= u;
+            *missing += u64::from(!(r && u));
         }
-        readable += u64::from(r);
-        usable += u64::from(u);
-        if !(r && u) {
+        readable += u64::from(all_readable);
+        usable += u64::from(all_usable);
+        if !(all_readable && all_usable) {
             lost.push(key.clone());
         }
     }
 
-    let t = std::mem::take(&mut *tally.lock().unwrap_or_else(|p| p.into_inner()));
+    let mut t = std::mem::take(&mut *tally.lock().unwrap_or_else(|p| p.into_inner()));
+    for (figures, missing) in t.nodes.iter_mut().zip(missing) {
+        figures.keys_missing = missing;
+    }
     let mut latencies = t.latencies_ms;
     latencies.sort_by(f64::total_cmp);
     Ok(DrillReport {
@@ -386,6 +476,7 @@ pub async fn run(
         keys_readable: readable,
         keys_usable: usable,
         lost_keys: lost,
+        per_gateway: t.nodes,
     })
 }
 

@@ -61,8 +61,10 @@ enum Command {
     /// The seed's failover drill against a running layout: keyed traffic and key creation
     /// while the Redis master is frozen with DEBUG SLEEP; prints one line of figures.
     Drill {
-        #[arg(long, default_value = "http://127.0.0.1:8080")]
-        gateway: String,
+        /// A gateway node's base URL; give it again for more nodes (traffic and key creation
+        /// go to each in turn, and every acknowledged key is checked on every node).
+        #[arg(long = "gateway", default_value = "http://127.0.0.1:8080")]
+        gateways: Vec<String>,
         /// The gateway's admin secret.
         #[arg(long, env = "TYK_GW_SECRET")]
         secret: String,
@@ -177,7 +179,7 @@ fn main() -> ExitCode {
                 workers,
             } => demo(listen, print_config, workers.count()).await,
             Command::Drill {
-                gateway,
+                gateways,
                 secret,
                 sentinel,
                 master_name,
@@ -191,7 +193,10 @@ fn main() -> ExitCode {
                 json,
             } => {
                 let config = tollgate::drill::DrillConfig {
-                    gateway: gateway.trim_end_matches('/').to_owned(),
+                    gateways: gateways
+                        .iter()
+                        .map(|g| g.trim_end_matches('/').to_owned())
+                        .collect(),
                     secret,
                     rate,
                     keys: keys as usize,

@@ -37,7 +37,7 @@ fn storage(layout: &SeedLayout, mode: Mode) -> Value {
 
 fn drill_config(gw: &TestGateway, rate: u32) -> DrillConfig {
     DrillConfig {
-        gateway: format!("http://{}", gw.addr()),
+        gateways: vec![format!("http://{}", gw.addr())],
         secret: SECRET.into(),
         rate,
         ..Default::default()
@@ -267,8 +267,9 @@ async fn two_nodes_at_once() {
     scenario(&[Mode::HaProxy, Mode::Sentinel], Disruption::Freeze).await;
 }
 
-/// The `tollgate drill` command itself, against a running layout: a short run that freezes
-/// the master found through a sentinel, prints one line and writes JSON.
+/// The `tollgate drill` command itself, against a running layout of two gateway nodes: a short
+/// run that freezes the master found through a sentinel, prints its figures (a line per node)
+/// and writes JSON.
 #[tokio::test]
 async fn drill_command_against_a_running_layout() {
     let layout = SeedLayout::builder().down_after(2000).start().await;
@@ -278,15 +279,23 @@ async fn drill_command_against_a_running_layout() {
         .config(storage(&layout, Mode::Sentinel))
         .start()
         .await;
+    let gw2 = gateway()
+        .api(sample_api(&up.url("")))
+        .config(storage(&layout, Mode::HaProxy))
+        .start()
+        .await;
     let dir = tempfile::tempdir().unwrap();
     let json = dir.path().join("drill.json");
     let sentinel = format!("127.0.0.1:{}", layout.sentinels[0].port);
     let gateway_url = format!("http://{}", gw.addr());
+    let gateway2_url = format!("http://{}", gw2.addr());
     let json_arg = json.display().to_string();
     let args = [
         "drill",
         "--gateway",
         &gateway_url,
+        "--gateway",
+        &gateway2_url,
         "--secret",
         SECRET,
         "--sentinel",
@@ -318,6 +327,18 @@ async fn drill_command_against_a_running_layout() {
     assert!(report["sent"].as_u64().unwrap() > 500, "{report}");
     assert_eq!(report["warm_non_2xx"], json!({}), "{report}");
     assert_eq!(report["lost_keys"], json!([]), "{report}");
+    let nodes = report["per_gateway"].as_array().unwrap();
+    assert_eq!(nodes.len(), 2, "{report}");
+    for (node, url) in nodes.iter().zip([&gateway_url, &gateway2_url]) {
+        assert_eq!(node["gateway"], json!(url), "{report}");
+        assert!(node["sent"].as_u64().unwrap() > 250, "{report}");
+        assert_eq!(node["warm_non_2xx"], json!({}), "{report}");
+        assert_eq!(node["keys_missing"], json!(0), "{report}");
+    }
+    assert!(
+        stdout.contains(&format!("\n  {gateway2_url}: sent ")),
+        "{stdout}"
+    );
 
     let bad = std::process::Command::new(env!("CARGO_BIN_EXE_tollgate"))
         .args(["drill", "--secret", "s", "--sentinel", "nocolon"])
