@@ -11,7 +11,6 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
 use serde_json::{Value, json};
 use tokio::sync::SemaphorePermit;
 
@@ -38,6 +37,19 @@ pub fn owns(config: &crate::config::GatewayConfig, path: &str) -> bool {
         || path.strip_prefix('/').is_some_and(|p| {
             p == config.health_check_endpoint_name || p == config.readiness_check_endpoint_name
         })
+}
+
+/// A request body the Gateway API reads: hyper's, or any other body of bytes (as in the fuzz
+/// targets, which call [`handle`] without a connection).
+pub trait RequestBody:
+    hyper::body::Body<Data = Bytes, Error: Into<Box<dyn std::error::Error + Send + Sync>>> + Unpin
+{
+}
+
+impl<B> RequestBody for B where
+    B: hyper::body::Body<Data = Bytes, Error: Into<Box<dyn std::error::Error + Send + Sync>>>
+        + Unpin
+{
 }
 
 /// Where Prometheus scrapes the node (see `metrics`).
@@ -99,7 +111,7 @@ fn store_failure(e: &StoreError) -> Response<Body> {
 }
 
 /// Routes one admin or probe request.
-pub async fn handle(gw: &Arc<Gateway>, req: Request<Incoming>) -> Response<Body> {
+pub async fn handle(gw: &Arc<Gateway>, req: Request<impl RequestBody>) -> Response<Body> {
     let path = req.uri().path().to_owned();
     let name = path.trim_start_matches('/');
     if name == gw.config.health_check_endpoint_name {
@@ -219,7 +231,7 @@ pub async fn handle(gw: &Arc<Gateway>, req: Request<Incoming>) -> Response<Body>
 }
 
 /// Compares SHA-256 digests in constant time, so neither content nor length leaks.
-fn authorised(secret: &str, req: &Request<Incoming>) -> bool {
+fn authorised<B>(secret: &str, req: &Request<B>) -> bool {
     let given = req
         .headers()
         .get("x-tyk-authorization")
@@ -273,7 +285,7 @@ impl Query {
 
 /// The whole request body, within [`MAX_ADMIN_BODY`], [`ADMIN_BODY_TIMEOUT`] and the
 /// node's [`BodyBudget`].
-async fn read_body(gw: &Gateway, req: Request<Incoming>) -> Result<Bytes, Rejected> {
+async fn read_body(gw: &Gateway, req: Request<impl RequestBody>) -> Result<Bytes, Rejected> {
     let collected = collect_within(&gw.admin_bodies, req.into_body());
     match tokio::time::timeout(ADMIN_BODY_TIMEOUT, collected).await {
         Ok(read) => read,
@@ -287,12 +299,17 @@ async fn read_body(gw: &Gateway, req: Request<Incoming>) -> Result<Bytes, Reject
     }
 }
 
-async fn collect_within(budget: &BodyBudget, mut body: Incoming) -> Result<Bytes, Rejected> {
+async fn collect_within(
+    budget: &BodyBudget,
+    mut body: impl RequestBody,
+) -> Result<Bytes, Rejected> {
     let mut bytes = BytesMut::new();
     let mut held: Option<SemaphorePermit<'_>> = None;
     while let Some(frame) = body.frame().await {
-        let frame =
-            frame.map_err(|e| Rejected::malformed(format!("body could not be read: {e}")))?;
+        let frame = frame.map_err(|e| {
+            let e: Box<dyn std::error::Error + Send + Sync> = e.into();
+            Rejected::malformed(format!("body could not be read: {e}"))
+        })?;
         let Ok(data) = frame.into_data() else {
             continue;
         };
@@ -321,7 +338,7 @@ async fn collect_within(budget: &BodyBudget, mut body: Incoming) -> Result<Bytes
 
 async fn read_json<T: serde::de::DeserializeOwned>(
     gw: &Gateway,
-    req: Request<Incoming>,
+    req: Request<impl RequestBody>,
 ) -> Result<T, Rejected> {
     let body = read_body(gw, req).await?;
     // Read as a JSON tree first: serde_json bounds its depth (128), where the typed read

@@ -9,10 +9,10 @@
 
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Limited};
-use hyper::body::Incoming;
 use serde_json::{Value, json};
 use subtle::ConstantTimeEq;
 
+use crate::admin::{ADMIN_BODY_TIMEOUT, RequestBody};
 use crate::gateway::{Gateway, secret_matches};
 use crate::response::{Body, buffered_response, json_response};
 
@@ -28,7 +28,7 @@ pub fn owns(path: &str) -> bool {
 }
 
 /// Answers the status page's requests.
-pub async fn handle(gw: &Gateway, req: Request<Incoming>) -> Response<Body> {
+pub async fn handle(gw: &Gateway, req: Request<impl RequestBody>) -> Response<Body> {
     let signed_in = signed_in(gw, &req);
     match (req.uri().path(), req.method()) {
         ("/status", &Method::GET) if signed_in => page(PAGE, "text/html; charset=utf-8"),
@@ -54,7 +54,7 @@ pub async fn handle(gw: &Gateway, req: Request<Incoming>) -> Response<Body> {
 }
 
 /// The cookie holds this node's status token.
-fn signed_in(gw: &Gateway, req: &Request<Incoming>) -> bool {
+fn signed_in<B>(gw: &Gateway, req: &Request<B>) -> bool {
     let token = gw.status_token.as_bytes();
     req.headers()
         .get_all(header::COOKIE)
@@ -67,7 +67,7 @@ fn signed_in(gw: &Gateway, req: &Request<Incoming>) -> bool {
 
 /// A browser marks a request from another site's page (`Sec-Fetch-Site`, or an `Origin`
 /// that is not the page's host): the data is not for it.
-fn same_origin(req: &Request<Incoming>) -> bool {
+fn same_origin<B>(req: &Request<B>) -> bool {
     let headers = req.headers();
     let site = headers
         .get("sec-fetch-site")
@@ -86,19 +86,23 @@ fn same_origin(req: &Request<Incoming>) -> bool {
 }
 
 /// The secret from the form, checked; right: the cookie and back to the page.
-async fn login(gw: &Gateway, req: Request<Incoming>) -> Response<Body> {
+async fn login(gw: &Gateway, req: Request<impl RequestBody>) -> Response<Body> {
     if !same_origin(&req) {
         return login_form(
             StatusCode::FORBIDDEN,
             "Sign in from the status page itself.",
         );
     }
-    let body = match Limited::new(req.into_body(), MAX_LOGIN_BODY)
-        .collect()
-        .await
-    {
-        Ok(body) => body.to_bytes(),
-        Err(_) => return login_form(StatusCode::PAYLOAD_TOO_LARGE, "The form is too large."),
+    let collected = Limited::new(req.into_body(), MAX_LOGIN_BODY).collect();
+    let body = match tokio::time::timeout(ADMIN_BODY_TIMEOUT, collected).await {
+        Ok(Ok(body)) => body.to_bytes(),
+        Ok(Err(_)) => return login_form(StatusCode::PAYLOAD_TOO_LARGE, "The form is too large."),
+        Err(_) => {
+            return login_form(
+                StatusCode::REQUEST_TIMEOUT,
+                "The form did not arrive in time.",
+            );
+        }
     };
     let secret = form_urlencoded::parse(&body)
         .find(|(name, _)| name == "secret")
