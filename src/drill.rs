@@ -149,6 +149,71 @@ impl std::fmt::Display for DrillReport {
     }
 }
 
+impl DrillReport {
+    /// The figures as a table, a row each (and a block per node when there are several).
+    pub fn table(&self) -> String {
+        let list = status_list;
+        let mut rows: Vec<(String, String)> = vec![
+            ("keyed requests sent".into(), self.sent.to_string()),
+            ("statuses".into(), list(&self.statuses)),
+            (
+                "warm keys' non-2xx (must be none)".into(),
+                list(&self.warm_non_2xx),
+            ),
+            (
+                "keys updated just before, non-2xx".into(),
+                format!("{}, {}", self.keys_updated, list(&self.updated_non_2xx)),
+            ),
+            (
+                "keys first used during it".into(),
+                list(&self.cold_statuses),
+            ),
+            (
+                "requests with no answer".into(),
+                self.transport_errors.to_string(),
+            ),
+            (
+                "latency p50 / p99 / max".into(),
+                format!(
+                    "{:.1} / {:.1} / {:.1} ms",
+                    self.p50_ms, self.p99_ms, self.max_ms
+                ),
+            ),
+            (
+                "keys created / acknowledged".into(),
+                format!("{} / {}", self.keys_attempted, self.keys_acknowledged),
+            ),
+            (
+                "acknowledged: readable / usable".into(),
+                format!("{} / {}", self.keys_readable, self.keys_usable),
+            ),
+            (
+                "acknowledged keys lost (must be 0)".into(),
+                self.lost_keys.len().to_string(),
+            ),
+        ];
+        if self.per_gateway.len() > 1 {
+            for node in &self.per_gateway {
+                rows.push((
+                    node.gateway.clone(),
+                    format!(
+                        "sent {}, statuses {}, warm non-2xx {}, no answer {}, keys missing {}",
+                        node.sent,
+                        list(&node.statuses),
+                        list(&node.warm_non_2xx),
+                        node.transport_errors,
+                        node.keys_missing
+                    ),
+                ));
+            }
+        }
+        let width = rows.iter().map(|(name, _)| name.len()).max().unwrap_or(0);
+        rows.iter()
+            .map(|(name, value)| format!("{name:<width$}  {value}\n"))
+            .collect()
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum DrillError {
     #[error("setting up key {key} failed: {reason}")]
@@ -553,6 +618,34 @@ pub async fn run_fault(fault: String, heal: Option<String>, heal_after: Duration
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_table_has_a_row_per_figure_and_per_node() {
+        let node = |gateway: &str| NodeFigures {
+            gateway: gateway.into(),
+            sent: 10,
+            ..Default::default()
+        };
+        let report = DrillReport {
+            sent: 20,
+            statuses: BTreeMap::from([(200, 19), (503, 1)]),
+            lost_keys: vec!["k".into()],
+            per_gateway: vec![node("http://a"), node("http://b")],
+            ..Default::default()
+        };
+        let table = report.table();
+        let row = |name: &str| {
+            table
+                .lines()
+                .find(|l| l.starts_with(name))
+                .unwrap_or_else(|| panic!("no row {name}: {table}"))
+                .to_owned()
+        };
+        assert!(row("statuses").ends_with("  200:19,503:1"), "{table}");
+        assert!(row("acknowledged keys lost").ends_with("  1"), "{table}");
+        assert!(row("http://b").contains("sent 10"), "{table}");
+        assert_eq!(table.lines().count(), 12, "{table}");
+    }
 
     #[test]
     fn percentiles() {

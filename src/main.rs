@@ -96,6 +96,9 @@ enum Command {
         /// Also write the figures as JSON to this file.
         #[arg(long)]
         json: Option<PathBuf>,
+        /// Print the figures as a table, a row each, instead of one line.
+        #[arg(long)]
+        table: bool,
     },
 }
 
@@ -191,6 +194,7 @@ fn main() -> ExitCode {
                 keys,
                 duration,
                 json,
+                table,
             } => {
                 let config = tollgate::drill::DrillConfig {
                     gateways: gateways
@@ -220,7 +224,11 @@ fn main() -> ExitCode {
                     }
                 }
                 .map_err(anyhow::Error::from)?;
-                println!("{report}");
+                if table {
+                    print!("{}", report.table());
+                } else {
+                    println!("{report}");
+                }
                 if let Some(path) = json {
                     let text =
                         serde_json::to_string_pretty(&report).map_err(anyhow::Error::from)?;

@@ -66,8 +66,8 @@ fn compose_files_validate() {
     for needle in [
         "\"--replicaof\", \"redis-a\", \"6379\"",
         "redis-sentinel",
-        "\"6378:6378\"",
-        "\"8080:8080\"",
+        "\"${HAPROXY_PUBLISH:-6378:6378}\"",
+        "\"${TOLLGATE_PUBLISH:-8080:8080}\"",
         "TYK_GW_STORAGE_HOST: haproxy",
     ] {
         assert!(compose.contains(needle), "{needle}");
@@ -301,6 +301,94 @@ fn compose_seed_steps_in_containers() {
                 .any(|l| l.starts_with("non-200 responses")
                     && l.split_whitespace().last() == Some("0")),
             "{summary}"
+        );
+    }
+    // The Compose demo: the drill (shortened) inside the gateway's container, its table.
+    let project = ComposeProject {
+        name: format!("tollgate-test-demo-{}", std::process::id()),
+        sentinel: false,
+    };
+    let out = Command::new(dir.join("demo"))
+        .args([
+            "--",
+            "--duration",
+            "12",
+            "--freeze-secs",
+            "6",
+            "--rate",
+            "50",
+        ])
+        .env("COMPOSE_PROJECT_NAME", &project.name)
+        .env("DOWN_AFTER_MS", "2000")
+        .output()
+        .expect("deploy/compose/demo runs");
+    let shown = succeeded("compose demo", out);
+    let lost = shown
+        .lines()
+        .find_map(|l| l.strip_prefix("acknowledged keys lost (must be 0)"))
+        .map(str::trim);
+    assert_eq!(lost, Some("0"), "{shown}");
+    let left = Command::new("docker")
+        .args(["ps", "-aq", "--filter"])
+        .arg(format!("label=com.docker.compose.project={}", project.name))
+        .output()
+        .unwrap();
+    assert!(
+        left.stdout.is_empty(),
+        "containers left by the demo: {shown}"
+    );
+}
+
+/// `ha-stack demo`: the layout up, bootstrapped, the drill through a freeze (shortened here),
+/// its table printed, and every process gone afterwards.
+#[test]
+fn ha_stack_demo_runs_the_drill_and_takes_the_stack_down() {
+    let dir = tempfile::tempdir().unwrap();
+    let ports: Vec<u16> = (0..9).map(|_| free_port()).collect();
+    let out = Command::new(deploy().join("local/ha-stack"))
+        .args(["demo", "--dir"])
+        .arg(dir.path())
+        .args([
+            "--",
+            "--duration",
+            "12",
+            "--freeze-secs",
+            "6",
+            "--rate",
+            "50",
+        ])
+        .env(
+            "PORTS",
+            ports
+                .iter()
+                .map(u16::to_string)
+                .collect::<Vec<_>>()
+                .join(" "),
+        )
+        .env("DOWN_AFTER_MS", "2000")
+        .env("TOLLGATE_BIN", env!("CARGO_BIN_EXE_tollgate"))
+        .output()
+        .unwrap();
+    let shown = succeeded("ha-stack demo", out);
+    let row = |name: &str| {
+        shown
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .map(str::trim)
+            .unwrap_or_else(|| panic!("no row {name}: {shown}"))
+            .to_owned()
+    };
+    assert!(
+        row("keyed requests sent").parse::<u64>().unwrap() > 300,
+        "{shown}"
+    );
+    assert_eq!(row("warm keys' non-2xx (must be none)"), "none", "{shown}");
+    assert_eq!(row("acknowledged keys lost (must be 0)"), "0", "{shown}");
+    assert!(!dir.path().join("ports.env").exists(), "{shown}");
+    for port in ports {
+        assert!(
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_err(),
+            "port {port} still answers after the demo: {shown}"
         );
     }
 }
