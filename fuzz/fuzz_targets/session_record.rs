@@ -9,8 +9,7 @@ use tollgate::session::{Credential, SessionState};
 fuzz_target!(|data: &[u8]| {
     if let Ok(session) = serde_json::from_slice::<SessionState>(data) {
         let text = serde_json::to_string(&session).expect("a decoded record encodes");
-        let again: SessionState =
-            serde_json::from_str(&text).expect("an encoded record decodes");
+        let again: SessionState = serde_json::from_str(&text).expect("an encoded record decodes");
         assert_eq!(
             serde_json::to_string(&again).expect("encodes"),
             text,
