@@ -132,20 +132,25 @@ impl std::fmt::Display for DrillReport {
         )?;
         if self.per_gateway.len() > 1 {
             for node in &self.per_gateway {
-                write!(
-                    f,
-                    "\n  {}: sent {} | statuses {} | warm non-2xx {} | cold {} | no answer {} | keys missing {}",
-                    node.gateway,
-                    node.sent,
-                    list(&node.statuses),
-                    list(&node.warm_non_2xx),
-                    list(&node.cold_statuses),
-                    node.transport_errors,
-                    node.keys_missing
-                )?;
+                write!(f, "\n  {}: {node}", node.gateway)?;
             }
         }
         Ok(())
+    }
+}
+
+impl std::fmt::Display for NodeFigures {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "sent {}, statuses {}, warm non-2xx {}, cold {}, no answer {}, keys missing {}",
+            self.sent,
+            status_list(&self.statuses),
+            status_list(&self.warm_non_2xx),
+            status_list(&self.cold_statuses),
+            self.transport_errors,
+            self.keys_missing
+        )
     }
 }
 
@@ -194,17 +199,7 @@ impl DrillReport {
         ];
         if self.per_gateway.len() > 1 {
             for node in &self.per_gateway {
-                rows.push((
-                    node.gateway.clone(),
-                    format!(
-                        "sent {}, statuses {}, warm non-2xx {}, no answer {}, keys missing {}",
-                        node.sent,
-                        list(&node.statuses),
-                        list(&node.warm_non_2xx),
-                        node.transport_errors,
-                        node.keys_missing
-                    ),
-                ));
+                rows.push((node.gateway.clone(), node.to_string()));
             }
         }
         let width = rows.iter().map(|(name, _)| name.len()).max().unwrap_or(0);

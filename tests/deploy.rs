@@ -116,6 +116,15 @@ fn succeeded(what: &str, out: std::process::Output) -> String {
     stdout
 }
 
+/// `ha-stack`'s `PORTS`: the ports in its order, space-separated.
+fn ports_env(ports: &[u16]) -> String {
+    ports
+        .iter()
+        .map(u16::to_string)
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 /// A native stack in a temp dir, stopped on drop.
 struct Stack {
     dir: tempfile::TempDir,
@@ -136,14 +145,7 @@ impl Stack {
             dir,
         };
         let out = cmd
-            .env(
-                "PORTS",
-                ports
-                    .iter()
-                    .map(u16::to_string)
-                    .collect::<Vec<_>>()
-                    .join(" "),
-            )
+            .env("PORTS", ports_env(&ports))
             .env("TOLLGATE_BIN", env!("CARGO_BIN_EXE_tollgate"))
             .output()
             .unwrap();
@@ -240,6 +242,26 @@ async fn native_stack_with_native_sentinel() {
     native_stack_round_trip(true).await;
 }
 
+/// The demos' drill, shortened: `--` and what follows it on their command lines.
+const SHORT_DRILL: [&str; 7] = [
+    "--",
+    "--duration",
+    "12",
+    "--freeze-secs",
+    "6",
+    "--rate",
+    "50",
+];
+
+/// The value in the row of `tollgate drill --table`'s output that `name` starts.
+fn table_row<'t>(table: &'t str, name: &str) -> &'t str {
+    table
+        .lines()
+        .find_map(|l| l.strip_prefix(name))
+        .map(str::trim)
+        .unwrap_or_else(|| panic!("no row {name}: {table}"))
+}
+
 /// `docker-compose down -v` of a project on drop, so a failed or interrupted run leaves nothing
 /// (seed-test removes its stack itself; this covers the test being killed around it).
 struct ComposeProject {
@@ -309,25 +331,17 @@ fn compose_seed_steps_in_containers() {
         sentinel: false,
     };
     let out = Command::new(dir.join("demo"))
-        .args([
-            "--",
-            "--duration",
-            "12",
-            "--freeze-secs",
-            "6",
-            "--rate",
-            "50",
-        ])
+        .args(SHORT_DRILL)
         .env("COMPOSE_PROJECT_NAME", &project.name)
         .env("DOWN_AFTER_MS", "2000")
         .output()
         .expect("deploy/compose/demo runs");
     let shown = succeeded("compose demo", out);
-    let lost = shown
-        .lines()
-        .find_map(|l| l.strip_prefix("acknowledged keys lost (must be 0)"))
-        .map(str::trim);
-    assert_eq!(lost, Some("0"), "{shown}");
+    assert_eq!(
+        table_row(&shown, "acknowledged keys lost (must be 0)"),
+        "0",
+        "{shown}"
+    );
     let left = Command::new("docker")
         .args(["ps", "-aq", "--filter"])
         .arg(format!("label=com.docker.compose.project={}", project.name))
@@ -348,36 +362,14 @@ fn ha_stack_demo_runs_the_drill_and_takes_the_stack_down() {
     let out = Command::new(deploy().join("local/ha-stack"))
         .args(["demo", "--dir"])
         .arg(dir.path())
-        .args([
-            "--",
-            "--duration",
-            "12",
-            "--freeze-secs",
-            "6",
-            "--rate",
-            "50",
-        ])
-        .env(
-            "PORTS",
-            ports
-                .iter()
-                .map(u16::to_string)
-                .collect::<Vec<_>>()
-                .join(" "),
-        )
+        .args(SHORT_DRILL)
+        .env("PORTS", ports_env(&ports))
         .env("DOWN_AFTER_MS", "2000")
         .env("TOLLGATE_BIN", env!("CARGO_BIN_EXE_tollgate"))
         .output()
         .unwrap();
     let shown = succeeded("ha-stack demo", out);
-    let row = |name: &str| {
-        shown
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .map(str::trim)
-            .unwrap_or_else(|| panic!("no row {name}: {shown}"))
-            .to_owned()
-    };
+    let row = |name| table_row(&shown, name);
     assert!(
         row("keyed requests sent").parse::<u64>().unwrap() > 300,
         "{shown}"
