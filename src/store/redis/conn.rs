@@ -167,7 +167,15 @@ impl Shared {
         let mut last = None;
         for i in 0..replicas.len() {
             let link = &replicas[(start + i) % replicas.len()];
-            match self.read(link, key).await {
+            if !link.quiet.may_read(now_ms()) {
+                continue;
+            }
+            let answer = self.read(link, key).await;
+            match &answer {
+                Ok(_) => link.quiet.answered(),
+                Err(_) => link.quiet.unanswered(now_ms()),
+            }
+            match answer {
                 Ok(Some(found)) => {
                     self.counts.replica_reads.fetch_add(1, Ordering::Relaxed);
                     return Some(Ok(Some(found)));

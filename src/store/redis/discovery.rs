@@ -87,7 +87,10 @@ impl Shared {
     /// in parallel: the first confirmed master wins. During a failover the sentinels may
     /// disagree and the old master may hang; re-asking while a probe is pending means the
     /// promoted replica is picked up as soon as one sentinel names it. Each answer is used as
-    /// it arrives: a slow or unreachable sentinel does not hold up the others.
+    /// it arrives: a slow or unreachable sentinel does not hold up the others. A sentinel
+    /// still not answering is asked again beside the pending ask: behind a partition a
+    /// connect's SYN is first sent again only after a second, so a fresh one is what finds the
+    /// sentinel within a round of the heal (at most [`ASKS_IN_FLIGHT`] at once each).
     pub(super) async fn discover_via_sentinels(
         &self,
         sentinels: &[(String, u16)],
@@ -99,7 +102,8 @@ impl Shared {
             async move { (index, self.ask_sentinel(host, *port, name).await) }
         };
         let mut asks: FuturesUnordered<_> = (0..sentinels.len()).map(ask).collect();
-        let mut asking = vec![true; sentinels.len()];
+        // Asks pending, per sentinel.
+        let mut asking = vec![1usize; sentinels.len()];
         let mut probes = FuturesUnordered::new();
         let mut probing: Vec<(String, u16)> = Vec::new();
         let mut errors = Vec::new();
@@ -108,7 +112,7 @@ impl Shared {
         loop {
             tokio::select! {
                 Some((index, answer)) = asks.next() => {
-                    asking[index] = false;
+                    asking[index] -= 1;
                     match answer {
                         Ok(view) if !probing.contains(&view.master) => {
                             probing.push(view.master.clone());
@@ -122,7 +126,7 @@ impl Shared {
                         Err(e) => errors.push(e),
                     }
                     // Every sentinel has answered and none named a master worth probing.
-                    if probes.is_empty() && !asking.contains(&true) {
+                    if probes.is_empty() && asking.iter().all(|pending| *pending == 0) {
                         return Err(Fault::Every(errors));
                     }
                 }
@@ -141,9 +145,9 @@ impl Shared {
                     if tokio::time::Instant::now() > give_up {
                         return Err(Fault::Every(errors));
                     }
-                    for (index, busy) in asking.iter_mut().enumerate() {
-                        if !*busy {
-                            *busy = true;
+                    for (index, pending) in asking.iter_mut().enumerate() {
+                        if *pending < ASKS_IN_FLIGHT {
+                            *pending += 1;
                             asks.push(ask(index));
                         }
                     }
@@ -230,27 +234,55 @@ impl Shared {
         // Replica links only after the master is in use: right after a failover the sentinels
         // list the old master as a healthy replica until it is flagged down again, and a
         // frozen one holds its connection attempt for the whole `timeout`.
-        let opened = futures_util::future::join_all(
-            view.replicas
+        self.link_replicas(view.replicas, &[]).await;
+    }
+
+    /// Links to `replicas`, reusing those of `current` to the same address; the others are
+    /// opened now, and one that cannot be is left out.
+    async fn link_replicas(&self, replicas: Vec<(String, u16)>, current: &[Arc<Link>]) {
+        let existing = |host: &str, port: u16| {
+            current
                 .iter()
-                .map(|(host, port)| self.open(host, *port, &self.settings)),
-        )
+                .find(|l| (l.host.as_str(), l.port) == (host, port))
+                .cloned()
+        };
+        let opened = futures_util::future::join_all(replicas.into_iter().map(|(host, port)| {
+            let kept = existing(&host, port);
+            async move {
+                if let Some(link) = kept {
+                    return Some(link);
+                }
+                let conn = self.open(&host, port, &self.settings).await.ok()?;
+                Some(Arc::new(Link::new(host, port, conn, Vec::new(), 0, None)))
+            }
+        }))
         .await;
-        let links = opened
-            .into_iter()
-            .zip(view.replicas)
-            .filter_map(|(conn, (host, port))| {
-                Some(Arc::new(Link::new(
-                    host,
-                    port,
-                    conn.ok()?,
-                    Vec::new(),
-                    0,
-                    None,
-                )))
-            })
-            .collect();
-        self.replicas.store(Arc::new(links));
+        self.replicas
+            .store(Arc::new(opened.into_iter().flatten().collect()));
+    }
+
+    /// With Sentinel, when the master reports more replicas than this node has links to (the
+    /// sentinels had not yet listed them as healthy when the master was found, as right after
+    /// a failover): asks the sentinels again and links to the ones they list now.
+    pub(super) async fn refresh_replicas(&self, master: &Link) {
+        let Topology::Sentinel {
+            sentinels,
+            master_name,
+        } = &self.topology
+        else {
+            return;
+        };
+        for (host, port) in sentinels {
+            let Ok(view) = self.ask_sentinel(host, *port, master_name).await else {
+                continue;
+            };
+            if view.master != (master.host.clone(), master.port) {
+                return;
+            }
+            let current = self.replicas.load_full();
+            self.link_replicas(view.replicas, &current).await;
+            return;
+        }
     }
 
     /// Folds the layout's recorded replica count into this node's, and records a higher one.
@@ -369,6 +401,7 @@ impl Shared {
 /// use with `ROLE` so that a demotion is noticed even without a failed request.
 pub(super) async fn maintain(shared: Arc<Shared>) {
     let mut kept_alive = Instant::now();
+    let mut replicas_refreshed = Instant::now();
     loop {
         if shared.healthy_master().is_none() {
             let outcome = tokio::select! {
@@ -398,9 +431,15 @@ pub(super) async fn maintain(shared: Arc<Shared>) {
                 if replicas > shared.replica_high_water.load(Ordering::Acquire) {
                     shared.learn_replicas_seen(&mut conn, replicas).await;
                 }
+                if replicas > shared.replicas.load().len()
+                    && replicas_refreshed.elapsed() >= REPLICAS_REFRESH_EVERY
+                {
+                    replicas_refreshed = Instant::now();
+                    shared.refresh_replicas(&link).await;
+                }
                 if kept_alive.elapsed() >= KEEPALIVE_EVERY {
                     kept_alive = Instant::now();
-                    if let Err(e) = link.keep_alive().await {
+                    if let Err(e) = link.keep_alive(shared.timeout).await {
                         shared.lose_master(&e);
                     }
                 }

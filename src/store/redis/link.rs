@@ -22,6 +22,55 @@ pub(super) struct Link {
     /// The server's `run_id`, which tells another server behind the same address (HAProxy
     /// after a failover) from this one.
     pub(super) run_id: Option<String>,
+    /// Whether reads may go to it now (replicas: see [`Quiet`]).
+    pub(super) quiet: Quiet,
+}
+
+/// A server that did not answer a read in time is left alone for [`QUIET_FOR`]: reads skip it
+/// (the cache answers instead) rather than each waiting out its deadline, then one read at a
+/// time tries it until one is answered. Milliseconds since the Unix epoch; 0 while it
+/// answers, so that the usual read only loads the value.
+#[derive(Debug, Default)]
+pub(super) struct Quiet(AtomicU64);
+
+/// How long a replica that did not answer is skipped.
+pub(super) const QUIET_FOR: Duration = Duration::from_secs(1);
+
+impl Quiet {
+    /// Whether a read may try the server at `now`: always while it answers; once its quiet
+    /// time is over, the one read that claims the next try (the others still skip it).
+    pub(super) fn may_read(&self, now: u64) -> bool {
+        let until = self.0.load(Ordering::Relaxed);
+        until == 0
+            || (now >= until
+                && self
+                    .0
+                    .compare_exchange(
+                        until,
+                        now + READ_TIMEOUT.as_millis() as u64,
+                        Ordering::Relaxed,
+                        Ordering::Relaxed,
+                    )
+                    .is_ok())
+    }
+
+    pub(super) fn answered(&self) {
+        if self.0.load(Ordering::Relaxed) != 0 {
+            self.0.store(0, Ordering::Relaxed);
+        }
+    }
+
+    pub(super) fn unanswered(&self, now: u64) {
+        self.0
+            .store(now + QUIET_FOR.as_millis() as u64, Ordering::Relaxed);
+    }
+}
+
+/// Milliseconds since the Unix epoch, for [`Quiet`].
+pub(super) fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// Most multiplexed connections kept to one master; each already pipelines many requests.
@@ -44,6 +93,7 @@ impl Link {
             next: AtomicUsize::new(0),
             replicas,
             run_id,
+            quiet: Quiet::default(),
         }
     }
 
@@ -62,16 +112,20 @@ impl Link {
         self.request_path.clone()
     }
 
-    /// A `PING` on every connection at once; the first failure, if any.
-    pub(super) async fn keep_alive(&self) -> Result<(), Fault> {
+    /// A `PING` on every connection at once; the first failure, if any. The request path's
+    /// must be answered within [`READ_TIMEOUT`]; another may be behind a write's `WAIT`, so
+    /// its `PING` has `wait` more.
+    pub(super) async fn keep_alive(&self, wait: Duration) -> Result<(), Fault> {
+        let deadlines = std::iter::once(READ_TIMEOUT).chain(std::iter::repeat(READ_TIMEOUT + wait));
         let pings = std::iter::once(&self.request_path)
             .chain(&self.others)
-            .map(|conn| {
+            .zip(deadlines)
+            .map(|(conn, deadline)| {
                 let mut conn = conn.clone();
                 async move {
                     let ping = redis::cmd("PING");
                     let answer = ping.query_async::<Value>(&mut conn);
-                    within(|| self.addr(), "PING", READ_TIMEOUT, answer)
+                    within(|| self.addr(), "PING", deadline, answer)
                         .await
                         .map(drop)
                 }
@@ -103,4 +157,38 @@ pub(super) async fn run_id(conn: &mut MultiplexedConnection, deadline: Duration)
     info.lines()
         .find_map(|l| l.strip_prefix("run_id:"))
         .map(|id| id.trim().to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_quiet_server_is_skipped_then_tried_by_one_read_at_a_time() {
+        let quiet = Quiet::default();
+        assert!(
+            quiet.may_read(1_000) && quiet.may_read(1_000),
+            "answering: every read"
+        );
+        quiet.unanswered(1_000);
+        let over = 1_000 + QUIET_FOR.as_millis() as u64;
+        assert!(!quiet.may_read(1_500), "skipped while quiet");
+        assert!(
+            quiet.may_read(over),
+            "the first read after the quiet time tries it"
+        );
+        assert!(
+            !quiet.may_read(over + 1),
+            "the others skip it while that try runs"
+        );
+        quiet.answered();
+        assert!(quiet.may_read(over + 2) && quiet.may_read(over + 2));
+        quiet.unanswered(over);
+        let retry = over + READ_TIMEOUT.as_millis() as u64 + QUIET_FOR.as_millis() as u64;
+        assert!(quiet.may_read(retry));
+        assert!(
+            quiet.may_read(retry + READ_TIMEOUT.as_millis() as u64),
+            "a try that never reports back frees the next after its deadline"
+        );
+    }
 }

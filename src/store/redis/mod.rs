@@ -23,7 +23,7 @@ mod tls;
 use discovery::{follow_sentinels, maintain};
 use error::{Fault, within};
 use follow::follow_changes;
-use link::{Link, MAX_POOL, run_id};
+use link::{Link, MAX_POOL, now_ms, run_id};
 use tls::RedisTls;
 
 use std::collections::HashMap;
@@ -121,6 +121,12 @@ pub const NOTIFICATION_CHANNEL: &str = "tyk.cluster.notifications";
 const READ_TIMEOUT: Duration = Duration::from_millis(500);
 /// Pause between failed discovery attempts.
 const RETRY_PAUSE: Duration = Duration::from_millis(200);
+/// Asks of one sentinel pending at once while finding the master: one a [`RETRY_PAUSE`]
+/// over the discovery deadline of a second.
+const ASKS_IN_FLIGHT: usize = 5;
+/// Least time between two refreshes of the replica links while the master reports more
+/// replicas than a node has links to.
+const REPLICAS_REFRESH_EVERY: Duration = Duration::from_secs(2);
 /// How often the current master is re-checked with `ROLE`.
 const PROBE_EVERY: Duration = Duration::from_millis(500);
 /// How often every connection to the master is sent a `PING`, so that none sits idle long
