@@ -167,8 +167,13 @@ impl Shared {
         let mut last = None;
         for i in 0..replicas.len() {
             let link = &replicas[(start + i) % replicas.len()];
-            if !link.quiet.may_read(now_ms()) {
-                continue;
+            match link.quiet.approach(now_ms()) {
+                Approach::Read => {}
+                Approach::Skip => continue,
+                Approach::Probe => {
+                    tokio::spawn(probe(link.clone()));
+                    continue;
+                }
             }
             let answer = self.read(link, key).await;
             match &answer {
@@ -307,5 +312,17 @@ impl Shared {
             .unwrap_or_else(|p| p.into_inner())
             .clone()
             .unwrap_or_else(|| "no Redis master reachable".into())
+    }
+}
+
+/// A `PING` to a quiet server, off the request path: it answers reads again once this is
+/// answered.
+async fn probe(link: Arc<Link>) {
+    let mut conn = link.request_path();
+    let ping = redis::cmd("PING");
+    let answer = ping.query_async::<Value>(&mut conn);
+    match within(|| link.addr(), "PING", READ_TIMEOUT, answer).await {
+        Ok(_) => link.quiet.answered(),
+        Err(_) => link.quiet.unanswered(now_ms()),
     }
 }

@@ -27,31 +27,49 @@ pub(super) struct Link {
 }
 
 /// A server that did not answer a read in time is left alone for [`QUIET_FOR`]: reads skip it
-/// (the cache answers instead) rather than each waiting out its deadline, then one read at a
-/// time tries it until one is answered. Milliseconds since the Unix epoch; 0 while it
-/// answers, so that the usual read only loads the value.
+/// (the cache answers instead) rather than each waiting out its deadline, and once that is
+/// over a `PING` off the request path, one at a time, tells when it answers again. The time
+/// it is quiet until, in milliseconds since the Unix epoch; 0 while it answers, so that the
+/// usual read only loads the value.
 #[derive(Debug, Default)]
 pub(super) struct Quiet(AtomicU64);
 
 /// How long a replica that did not answer is skipped.
 pub(super) const QUIET_FOR: Duration = Duration::from_secs(1);
 
+/// What a read does with a server, by its [`Quiet`].
+#[derive(Debug, PartialEq)]
+pub(super) enum Approach {
+    /// It answers: read from it.
+    Read,
+    /// It is quiet: skip it.
+    Skip,
+    /// Its quiet time is over and this read claimed the next try: skip it, and `PING` it.
+    Probe,
+}
+
 impl Quiet {
-    /// Whether a read may try the server at `now`: always while it answers; once its quiet
-    /// time is over, the one read that claims the next try (the others still skip it).
-    pub(super) fn may_read(&self, now: u64) -> bool {
+    /// What a read at `now` does with the server.
+    pub(super) fn approach(&self, now: u64) -> Approach {
         let until = self.0.load(Ordering::Relaxed);
-        until == 0
-            || (now >= until
-                && self
-                    .0
-                    .compare_exchange(
-                        until,
-                        now + READ_TIMEOUT.as_millis() as u64,
-                        Ordering::Relaxed,
-                        Ordering::Relaxed,
-                    )
-                    .is_ok())
+        if until == 0 {
+            return Approach::Read;
+        }
+        let claimed = now >= until
+            && self
+                .0
+                .compare_exchange(
+                    until,
+                    now + READ_TIMEOUT.as_millis() as u64,
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                )
+                .is_ok();
+        if claimed {
+            Approach::Probe
+        } else {
+            Approach::Skip
+        }
     }
 
     pub(super) fn answered(&self) {
@@ -164,31 +182,32 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_quiet_server_is_skipped_then_tried_by_one_read_at_a_time() {
+    fn a_quiet_server_is_skipped_then_probed_once_at_a_time() {
+        use Approach::*;
         let quiet = Quiet::default();
-        assert!(
-            quiet.may_read(1_000) && quiet.may_read(1_000),
-            "answering: every read"
-        );
+        assert_eq!(quiet.approach(1_000), Read, "answering: every read");
         quiet.unanswered(1_000);
         let over = 1_000 + QUIET_FOR.as_millis() as u64;
-        assert!(!quiet.may_read(1_500), "skipped while quiet");
-        assert!(
-            quiet.may_read(over),
-            "the first read after the quiet time tries it"
+        assert_eq!(quiet.approach(1_500), Skip, "skipped while quiet");
+        assert_eq!(
+            quiet.approach(over),
+            Probe,
+            "the first read after it probes"
         );
-        assert!(
-            !quiet.may_read(over + 1),
-            "the others skip it while that try runs"
+        assert_eq!(
+            quiet.approach(over + 1),
+            Skip,
+            "the others skip it meanwhile"
         );
         quiet.answered();
-        assert!(quiet.may_read(over + 2) && quiet.may_read(over + 2));
+        assert_eq!(quiet.approach(over + 2), Read);
         quiet.unanswered(over);
-        let retry = over + READ_TIMEOUT.as_millis() as u64 + QUIET_FOR.as_millis() as u64;
-        assert!(quiet.may_read(retry));
-        assert!(
-            quiet.may_read(retry + READ_TIMEOUT.as_millis() as u64),
-            "a try that never reports back frees the next after its deadline"
+        let retry = over + QUIET_FOR.as_millis() as u64;
+        assert_eq!(quiet.approach(retry), Probe);
+        assert_eq!(
+            quiet.approach(retry + READ_TIMEOUT.as_millis() as u64),
+            Probe,
+            "a probe that never reports back frees the next after its deadline"
         );
     }
 }

@@ -23,7 +23,7 @@ mod tls;
 use discovery::{follow_sentinels, maintain};
 use error::{Fault, within};
 use follow::follow_changes;
-use link::{Link, MAX_POOL, now_ms, run_id};
+use link::{Approach, Link, MAX_POOL, now_ms, run_id};
 use tls::RedisTls;
 
 use std::collections::HashMap;
