@@ -14,6 +14,7 @@ use http_body_util::BodyExt;
 use serde_json::{Value, json};
 use tokio::sync::SemaphorePermit;
 
+use crate::admin_body::{ADMIN_BODY_TIMEOUT, AdminBody};
 use crate::api::{self, ApiSpec};
 use crate::counting::api_counter;
 use crate::files;
@@ -26,8 +27,6 @@ use crate::store::StoreError;
 
 /// Largest admin request body accepted.
 pub const MAX_ADMIN_BODY: usize = 4 * 1024 * 1024;
-/// Time an admin request body may take to arrive, from its request's head.
-pub const ADMIN_BODY_TIMEOUT: Duration = Duration::from_secs(10);
 /// Whether `path` is served by this module rather than proxied.
 pub fn owns(config: &crate::config::GatewayConfig, path: &str) -> bool {
     path.starts_with("/tyk/")
@@ -37,19 +36,6 @@ pub fn owns(config: &crate::config::GatewayConfig, path: &str) -> bool {
         || path.strip_prefix('/').is_some_and(|p| {
             p == config.health_check_endpoint_name || p == config.readiness_check_endpoint_name
         })
-}
-
-/// A request body the Gateway API reads: hyper's, or any other body of bytes (as in the fuzz
-/// targets, which call [`handle`] without a connection).
-pub trait RequestBody:
-    hyper::body::Body<Data = Bytes, Error: Into<Box<dyn std::error::Error + Send + Sync>>> + Unpin
-{
-}
-
-impl<B> RequestBody for B where
-    B: hyper::body::Body<Data = Bytes, Error: Into<Box<dyn std::error::Error + Send + Sync>>>
-        + Unpin
-{
 }
 
 /// Where Prometheus scrapes the node (see `metrics`).
@@ -111,7 +97,7 @@ fn store_failure(e: &StoreError) -> Response<Body> {
 }
 
 /// Routes one admin or probe request.
-pub async fn handle(gw: &Arc<Gateway>, req: Request<impl RequestBody>) -> Response<Body> {
+pub async fn handle(gw: &Arc<Gateway>, req: Request<impl AdminBody>) -> Response<Body> {
     let path = req.uri().path().to_owned();
     let name = path.trim_start_matches('/');
     if name == gw.config.health_check_endpoint_name {
@@ -285,7 +271,7 @@ impl Query {
 
 /// The whole request body, within [`MAX_ADMIN_BODY`], [`ADMIN_BODY_TIMEOUT`] and the
 /// node's [`BodyBudget`].
-async fn read_body(gw: &Gateway, req: Request<impl RequestBody>) -> Result<Bytes, Rejected> {
+async fn read_body(gw: &Gateway, req: Request<impl AdminBody>) -> Result<Bytes, Rejected> {
     let collected = collect_within(&gw.admin_bodies, req.into_body());
     match tokio::time::timeout(ADMIN_BODY_TIMEOUT, collected).await {
         Ok(read) => read,
@@ -299,10 +285,7 @@ async fn read_body(gw: &Gateway, req: Request<impl RequestBody>) -> Result<Bytes
     }
 }
 
-async fn collect_within(
-    budget: &BodyBudget,
-    mut body: impl RequestBody,
-) -> Result<Bytes, Rejected> {
+async fn collect_within(budget: &BodyBudget, mut body: impl AdminBody) -> Result<Bytes, Rejected> {
     let mut bytes = BytesMut::new();
     let mut held: Option<SemaphorePermit<'_>> = None;
     while let Some(frame) = body.frame().await {
@@ -338,7 +321,7 @@ async fn collect_within(
 
 async fn read_json<T: serde::de::DeserializeOwned>(
     gw: &Gateway,
-    req: Request<impl RequestBody>,
+    req: Request<impl AdminBody>,
 ) -> Result<T, Rejected> {
     let body = read_body(gw, req).await?;
     // Read as a JSON tree first: serde_json bounds its depth (128), where the typed read

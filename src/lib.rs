@@ -7,6 +7,7 @@
 
 pub mod access_log;
 pub mod admin;
+pub mod admin_body;
 pub mod analytics;
 pub mod api;
 pub mod auth;

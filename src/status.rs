@@ -12,7 +12,7 @@ use http_body_util::{BodyExt, Limited};
 use serde_json::{Value, json};
 use subtle::ConstantTimeEq;
 
-use crate::admin::{ADMIN_BODY_TIMEOUT, RequestBody};
+use crate::admin_body::{ADMIN_BODY_TIMEOUT, AdminBody};
 use crate::gateway::{Gateway, secret_matches};
 use crate::response::{Body, buffered_response, json_response};
 
@@ -28,7 +28,7 @@ pub fn owns(path: &str) -> bool {
 }
 
 /// Answers the status page's requests.
-pub async fn handle(gw: &Gateway, req: Request<impl RequestBody>) -> Response<Body> {
+pub async fn handle(gw: &Gateway, req: Request<impl AdminBody>) -> Response<Body> {
     let signed_in = signed_in(gw, &req);
     match (req.uri().path(), req.method()) {
         ("/status", &Method::GET) if signed_in => page(PAGE, "text/html; charset=utf-8"),
@@ -86,7 +86,7 @@ fn same_origin<B>(req: &Request<B>) -> bool {
 }
 
 /// The secret from the form, checked; right: the cookie and back to the page.
-async fn login(gw: &Gateway, req: Request<impl RequestBody>) -> Response<Body> {
+async fn login(gw: &Gateway, req: Request<impl AdminBody>) -> Response<Body> {
     if !same_origin(&req) {
         return login_form(
             StatusCode::FORBIDDEN,

@@ -242,6 +242,12 @@ async fn native_stack_with_native_sentinel() {
     native_stack_round_trip(true).await;
 }
 
+/// The container tests one after the other: each stack takes both cores for minutes.
+fn one_stack_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    static DOCKER: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    DOCKER.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 /// The demos' drill, shortened: `--` and what follows it on their command lines.
 const SHORT_DRILL: [&str; 7] = [
     "--",
@@ -297,6 +303,7 @@ impl Drop for ComposeProject {
 /// (`build-images`, the rootfs cached under target/images) with this build's binary.
 #[test]
 fn compose_seed_steps_in_containers() {
+    let _docker = one_stack_at_a_time();
     let dir = deploy().join("compose");
     let out = Command::new(dir.join("build-images"))
         .arg("--bin")
@@ -383,4 +390,33 @@ fn ha_stack_demo_runs_the_drill_and_takes_the_stack_down() {
             "port {port} still answers after the demo: {shown}"
         );
     }
+}
+
+/// The partition drills across containers (`deploy/compose/drill-test all`, images built with
+/// this build's binary): split brain, a gateway node cut off from every Redis for 60 s, a
+/// sentinel minority cut off, a gateway node killed behind the HTTP load balancer and a
+/// rolling restart of both, each on a fresh stack, each goal checked by the script.
+#[test]
+fn compose_partition_drills() {
+    let _docker = one_stack_at_a_time();
+    let out = Command::new(deploy().join("compose/drill-test"))
+        .args(["all", "--build", "--bin"])
+        .arg(env!("CARGO_BIN_EXE_tollgate"))
+        .env("TOLLGATE_IMAGE", "tollgate:drill-test")
+        .output()
+        .expect("deploy/compose/drill-test runs");
+    let shown = succeeded("drill-test all", out);
+    for scenario in [
+        "split-brain",
+        "gateway-cut",
+        "sentinel-minority",
+        "lb-kill",
+        "rolling-restart",
+    ] {
+        assert!(
+            shown.contains(&format!("PASS ({scenario})")),
+            "{scenario}: {shown}"
+        );
+    }
+    assert!(!shown.contains("MISS"), "{shown}");
 }
