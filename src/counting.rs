@@ -257,6 +257,22 @@ impl LocalCounters {
         c.quota_used += count;
     }
 
+    /// Forgets the counters that say no more than a missing one would: a rate window that
+    /// has drained and no quota period running. Without this, every key ever counted here
+    /// (during each Redis outage, say) would stay in memory.
+    pub fn forget_idle(&self, now: f64) {
+        self.lock().retain(|_, c| {
+            let quota_idle =
+                c.quota_period_over(now) || (c.quota_renews_at == 0.0 && c.quota_used == 0);
+            !(c.tat <= now && quota_idle)
+        });
+    }
+
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
+        self.lock().len()
+    }
+
     pub fn reset_quota(&self, counter: &str) {
         if let Some(c) = self.lock().get_mut(counter) {
             c.quota_used = 0;

@@ -51,6 +51,8 @@ pub fn policy_for(
 const LEASE_LIFETIME: std::time::Duration = std::time::Duration::from_millis(250);
 /// Most admissions leased at once.
 const MAX_LEASE: u32 = 64;
+/// Flushes between two sweeps of the local counters for idle ones.
+const FORGET_IDLE_EVERY: u64 = 20;
 
 /// Admissions a node obtained from the store in one round trip and has not used yet.
 struct Lease {
@@ -265,13 +267,16 @@ impl Limiter {
     pub fn spawn_flusher(self: &Arc<Self>, every: std::time::Duration) {
         let weak = Arc::downgrade(self);
         tokio::spawn(async move {
-            loop {
+            for tick in 1u64.. {
                 tokio::time::sleep(every).await;
                 let Some(limiter) = weak.upgrade() else {
                     return;
                 };
                 if let Err(e) = limiter.flush().await {
                     tracing::debug!("quota usage not yet added to the store: {e}");
+                }
+                if tick % FORGET_IDLE_EVERY == 0 {
+                    limiter.local.forget_idle(now_secs());
                 }
             }
         });
@@ -288,6 +293,27 @@ mod tests {
             rate: rate.map(|(limit, per)| Rate { limit, per }),
             quota: quota.map(|(max, renewal)| Quota { max, renewal }),
         }
+    }
+
+    #[test]
+    fn idle_counters_are_forgotten_and_running_ones_kept() {
+        let c = LocalCounters::default();
+        let rated = policy(Some((10.0, 1.0)), None);
+        c.consume(&rated, 100.0, 1);
+        let quota = Policy {
+            counter: "q".into(),
+            ..policy(None, Some((5, 60)))
+        };
+        c.consume(&quota, 100.0, 1);
+        c.forget_idle(100.05);
+        assert_eq!(c.len(), 2, "a rate window and a quota period still running");
+        c.forget_idle(100.2);
+        assert_eq!(c.len(), 1, "the drained rate window is forgotten");
+        assert!(c.quota_used("q", 100.2).is_some());
+        c.forget_idle(160.0);
+        assert_eq!(c.len(), 0, "the quota period is over");
+        // Forgetting changes nothing a request sees: a fresh counter allows the full burst.
+        assert_eq!(c.consume(&rated, 161.0, 10).granted, 10);
     }
 
     #[test]
