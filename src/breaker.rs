@@ -157,8 +157,9 @@ impl Breaker {
     }
 }
 
-/// Milliseconds since the first call (never 0, which means "closed").
-fn now_ms() -> u64 {
+/// Milliseconds since the first call, monotonic and never 0 (which means "closed" here, and
+/// "answering" for the Redis store's quiet replicas).
+pub(crate) fn now_ms() -> u64 {
     static START: OnceLock<Instant> = OnceLock::new();
     let start = START.get_or_init(Instant::now);
     start.elapsed().as_millis() as u64 + 1

@@ -318,10 +318,7 @@ impl Shared {
 /// A `PING` to a quiet server, off the request path: it answers reads again once this is
 /// answered.
 async fn probe(link: Arc<Link>) {
-    let mut conn = link.request_path();
-    let ping = redis::cmd("PING");
-    let answer = ping.query_async::<Value>(&mut conn);
-    match within(|| link.addr(), "PING", READ_TIMEOUT, answer).await {
+    match link.ping(&link.request_path, READ_TIMEOUT).await {
         Ok(_) => link.quiet.answered(),
         Err(_) => link.quiet.unanswered(now_ms()),
     }

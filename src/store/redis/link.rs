@@ -29,8 +29,8 @@ pub(super) struct Link {
 /// A server that did not answer a read in time is left alone for [`QUIET_FOR`]: reads skip it
 /// (the cache answers instead) rather than each waiting out its deadline, and once that is
 /// over a `PING` off the request path, one at a time, tells when it answers again. The time
-/// it is quiet until, in milliseconds since the Unix epoch; 0 while it answers, so that the
-/// usual read only loads the value.
+/// it is quiet until, on the breakers' clock (`breaker::now_ms`, never 0); 0 while it answers,
+/// so that the usual read only loads the value.
 #[derive(Debug, Default)]
 pub(super) struct Quiet(AtomicU64);
 
@@ -84,13 +84,6 @@ impl Quiet {
     }
 }
 
-/// Milliseconds since the Unix epoch, for [`Quiet`].
-pub(super) fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
-
 /// Most multiplexed connections kept to one master; each already pipelines many requests.
 pub(super) const MAX_POOL: usize = 32;
 
@@ -138,20 +131,25 @@ impl Link {
         let pings = std::iter::once(&self.request_path)
             .chain(&self.others)
             .zip(deadlines)
-            .map(|(conn, deadline)| {
-                let mut conn = conn.clone();
-                async move {
-                    let ping = redis::cmd("PING");
-                    let answer = ping.query_async::<Value>(&mut conn);
-                    within(|| self.addr(), "PING", deadline, answer)
-                        .await
-                        .map(drop)
-                }
-            });
+            .map(|(conn, deadline)| self.ping(conn, deadline));
         futures_util::future::join_all(pings)
             .await
             .into_iter()
             .collect()
+    }
+
+    /// A `PING` on `conn`, one of this server's connections, answered within `deadline`.
+    pub(super) async fn ping(
+        &self,
+        conn: &MultiplexedConnection,
+        deadline: Duration,
+    ) -> Result<(), Fault> {
+        let mut conn = conn.clone();
+        let ping = redis::cmd("PING");
+        let answer = ping.query_async::<Value>(&mut conn);
+        within(|| self.addr(), "PING", deadline, answer)
+            .await
+            .map(drop)
     }
 
     /// The next connection in turn for work off the request path (the request-path one when

@@ -20,10 +20,11 @@ mod follow;
 mod link;
 mod tls;
 
+use crate::breaker::now_ms;
 use discovery::{follow_sentinels, maintain};
 use error::{Fault, within};
 use follow::follow_changes;
-use link::{Approach, Link, MAX_POOL, now_ms, run_id};
+use link::{Approach, Link, MAX_POOL, run_id};
 use tls::RedisTls;
 
 use std::collections::HashMap;
