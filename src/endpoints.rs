@@ -1,8 +1,8 @@
 //! A version's endpoint table (`version_data.versions.<v>`): its `extended_paths` entries,
 //! used with `use_extended_paths`, and its version-wide header and size settings, compiled
-//! once per API. Every entry's path pattern sits in one regex set, so a request is matched
-//! against all of them once; each stage then takes the first entry of its kind whose method
-//! matches (see `pipeline`).
+//! once per API. A request is matched against every entry's pattern once (plain-text ones
+//! compared as text, the others in regex sets); each stage then takes the first entry of its
+//! kind whose method matches (see `pipeline`).
 //!
 //! The lists: `ignored` (served without auth or key limits), `black_list` (refused),
 //! `white_list` (everything else refused), each entry a method or `method_actions`
@@ -27,7 +27,7 @@ use serde_json::{Map, Value};
 use crate::breaker::Breaker;
 use crate::headers::HeaderEdit;
 use crate::json_validation::JsonValidation;
-use crate::path_pattern::{PathMatching, after_listen_path};
+use crate::path_pattern::{LiteralPattern, PathMatching, after_listen_path};
 use crate::rewrite::{RewriteFields, UrlRewrite};
 use crate::tls::client::UpstreamTls;
 use crate::variables::Secrets;
@@ -148,11 +148,14 @@ pub struct EndpointTable {
 }
 
 /// A version's patterns, tried on the path after the listen path and on the whole path.
-/// A pattern that looks at neither its start's context nor the haystack's start (no `^`,
-/// `\A`, `\b`) matches the whole path wherever it matches the path after the listen path (its
-/// suffix), so the whole path alone answers for it: one scan instead of two.
+/// A plain-text pattern is compared as text. Of the others, a pattern that looks at neither
+/// its start's context nor the haystack's start (no `^`, `\A`, `\b`) matches the whole path
+/// wherever it matches the path after the listen path (its suffix), so the whole path alone
+/// answers for it: one scan instead of two.
 #[derive(Debug)]
 struct Patterns {
+    /// Plain-text patterns, and the entry each is of.
+    literals: Box<[(LiteralPattern, u32)]>,
     /// Patterns free of such looks, and the entry each is of.
     anywhere: RegexSet,
     anywhere_entries: Box<[u32]>,
@@ -163,11 +166,16 @@ struct Patterns {
 
 impl Patterns {
     fn compile(patterns: &[String]) -> Result<Self, regex::Error> {
-        let (mut anywhere, mut start_bound) = (Vec::new(), Vec::new());
+        let (mut literals, mut anywhere, mut start_bound) = (Vec::new(), Vec::new(), Vec::new());
         let end_looks = LookSet::singleton(Look::End)
             .insert(Look::EndLF)
             .insert(Look::EndCRLF);
         for (i, pattern) in patterns.iter().enumerate() {
+            let entry = i as u32;
+            if let Some(literal) = LiteralPattern::of(pattern) {
+                literals.push((literal, entry));
+                continue;
+            }
             let looks = regex_syntax::parse(pattern)
                 .map(|hir| hir.properties().look_set())
                 .unwrap_or(LookSet::full());
@@ -176,10 +184,11 @@ impl Patterns {
             } else {
                 &mut start_bound
             };
-            side.push((i as u32, pattern.as_str()));
+            side.push((entry, pattern.as_str()));
         }
         let set = |side: &[(u32, &str)]| RegexSet::new(side.iter().map(|(_, p)| *p));
         Ok(Self {
+            literals: literals.into(),
             anywhere: set(&anywhere)?,
             anywhere_entries: anywhere.iter().map(|(i, _)| *i).collect(),
             start_bound: set(&start_bound)?,
@@ -191,6 +200,11 @@ impl Patterns {
     /// in entry order.
     fn hits(&self, near: &str, whole: &str) -> Hits {
         let mut hits = Hits::default();
+        for (literal, entry) in &*self.literals {
+            if literal.is_match(near) || literal.is_match(whole) {
+                hits.push(*entry);
+            }
+        }
         // `is_match` first: most requests match few entries, and it neither allocates nor
         // runs on past the first match as `matches` does.
         let mut scan = |set: &RegexSet, entries: &[u32], path: &str| {
@@ -1041,13 +1055,17 @@ mod tests {
     }
 
     #[test]
-    fn patterns_free_of_start_looks_are_tried_once_and_the_others_on_both_paths() {
-        let patterns = ["/users", "^/users$", r"\bapi\b", "/$", "(?i)X{2}"].map(String::from);
-        let p = Patterns::compile(&patterns).unwrap();
-        assert_eq!(&*p.anywhere_entries, [0, 3, 4]);
-        assert_eq!(&*p.start_bound_entries, [1, 2]);
+    fn plain_text_patterns_are_compared_and_the_others_scanned_once_or_on_both_paths() {
+        let patterns = [
+            "/users", "^/users$", r"\bapi\b", "/$", "(?i)X{2}", "/user.$",
+        ];
+        let p = Patterns::compile(&patterns.map(String::from)).unwrap();
+        let literals: Vec<u32> = p.literals.iter().map(|(_, i)| *i).collect();
+        assert_eq!(literals, [0, 1, 3]);
+        assert_eq!(&*p.anywhere_entries, [4, 5]);
+        assert_eq!(&*p.start_bound_entries, [2]);
         let hits = |near, whole| p.hits(near, whole).as_slice().to_vec();
-        assert_eq!(hits("/users", "/api/users"), [0, 1, 2]);
+        assert_eq!(hits("/users", "/api/users"), [0, 1, 2, 5]);
         assert_eq!(hits("/xx", "/api/xx"), [2, 4]);
         // A path after the listen path that is not the whole path's end (`/api` on `/api/`).
         assert_eq!(hits("/", "/api"), [2, 3]);

@@ -17,6 +17,8 @@ use crate::version::{InvalidField, invalid};
 pub struct HeaderEdit {
     remove: Box<[HeaderName]>,
     set: Box<[(HeaderName, HeaderText)]>,
+    /// A value holds a variable: only then is the edit rendered per request.
+    templated: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -66,6 +68,7 @@ impl HeaderEdit {
         }
         let edit = Self {
             remove,
+            templated: any_template(&sets),
             set: sets.into(),
         };
         Ok((edit, unfilled))
@@ -77,10 +80,11 @@ impl HeaderEdit {
 
     /// Whether a value has a `request_data_` variable, which may read a form body.
     pub fn reads_request_data(&self) -> bool {
-        self.set.iter().any(|(_, text)| match text {
-            HeaderText::Fixed(_) => false,
-            HeaderText::Template(template) => template.reads_request_data(),
-        })
+        self.templated
+            && self.set.iter().any(|(_, text)| match text {
+                HeaderText::Fixed(_) => false,
+                HeaderText::Template(template) => template.reads_request_data(),
+            })
     }
 
     /// This edit followed by `next`, as one edit: a header `next` removes or sets is no
@@ -96,7 +100,7 @@ impl HeaderEdit {
         let overridden = |name: &HeaderName| {
             next.remove.contains(name) || next.set.iter().any(|(n, _)| n == name)
         };
-        let set = self
+        let set: Box<[_]> = self
             .set
             .iter()
             .filter(|(name, _)| !overridden(name))
@@ -105,6 +109,7 @@ impl HeaderEdit {
             .collect();
         HeaderEdit {
             remove: remove.into(),
+            templated: any_template(&set),
             set,
         }
     }
@@ -112,6 +117,10 @@ impl HeaderEdit {
     /// The edit with its templates' values rendered in `scope` (a response's edit is
     /// rendered while the request is at hand, as its variables are the request's).
     pub fn render(&self, scope: &Scope<'_>) -> RenderedEdit<'_> {
+        if !self.templated {
+            let values = Box::default();
+            return RenderedEdit { edit: self, values };
+        }
         let values = self
             .set
             .iter()
@@ -124,6 +133,11 @@ impl HeaderEdit {
             .collect();
         RenderedEdit { edit: self, values }
     }
+}
+
+fn any_template(set: &[(HeaderName, HeaderText)]) -> bool {
+    set.iter()
+        .any(|(_, text)| matches!(text, HeaderText::Template(_)))
 }
 
 /// `response_processors`: the `header_injector` processor's `options` (`remove_headers`, then

@@ -11,7 +11,7 @@ use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use http::request::Parts;
-use http::{HeaderMap, HeaderValue, Method, Response, Uri};
+use http::{HeaderMap, HeaderValue, Method, Response};
 
 use crate::auth::{AuthChain, AuthContext, Authenticated, KeySource};
 use crate::breaker::Breaker;
@@ -23,9 +23,9 @@ use crate::headers::{HeaderEdit, RenderedEdit};
 use crate::ip_access::IpAccess;
 use crate::json_validation::JsonValidation;
 use crate::limits::{self, Limiter};
-use crate::path;
 use crate::proxy::ClientBody;
 use crate::rejection::{BodySizeError, Rejection};
+use crate::rewrite::RewriteError;
 use crate::session::unix_now;
 use crate::target::Target;
 use crate::traces::Step;
@@ -412,7 +412,11 @@ impl Pipeline {
                     let Some(rewritten) = rewrite.apply(&scope) else {
                         continue;
                     };
-                    parts.uri = rewritten_uri(&rewritten.path_and_query)?;
+                    let rewritten = rewritten.map_err(|e| match e {
+                        RewriteError::NotAUri => Rejection::RewriteInvalid,
+                        RewriteError::Path(e) => Rejection::Path(e.message()),
+                    })?;
+                    parts.uri = rewritten.uri;
                     exchange.rewritten_to = rewritten.target;
                 }
                 RequestStage::MethodTransform => {
@@ -556,17 +560,4 @@ fn transform_headers<'p>(
         edit.apply(&mut parts.headers);
     }
     exchange.response_edits = response_edits;
-}
-
-/// The URI a rewrite made, its dot segments resolved as a client's are (see `path`).
-fn rewritten_uri(path_and_query: &str) -> Result<Uri, Rejection> {
-    let invalid = || Rejection::RewriteInvalid;
-    let uri: Uri = path_and_query.parse().map_err(|_| invalid())?;
-    match path::normalize(uri.path()) {
-        Ok(None) => Ok(uri),
-        Ok(Some(resolved)) => {
-            path::with_path_and_query(&uri, resolved, uri.query()).ok_or_else(invalid)
-        }
-        Err(e) => Err(Rejection::Path(e.message())),
-    }
 }

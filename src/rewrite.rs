@@ -7,11 +7,13 @@
 
 use std::sync::Arc;
 
-use http::HeaderName;
+use http::{HeaderName, Uri};
 use regex::Regex;
 use serde::Deserialize;
 use serde_json::Value;
 
+use crate::path::{self, PathError};
+use crate::path_pattern::LiteralPattern;
 use crate::target::{self, Target};
 use crate::tls::client::UpstreamTls;
 use crate::variables::{Scope, Secrets, Template, canonical_header_name, context_value};
@@ -21,6 +23,8 @@ use crate::version::{InvalidField, invalid};
 #[derive(Debug)]
 pub struct UrlRewrite {
     pattern: Regex,
+    /// `match_pattern` when it is plain text: compared, not searched.
+    plain_pattern: Option<LiteralPattern>,
     /// A `rewrite_to` (its own or a trigger's) names `match_pattern`'s groups (`$1`): only
     /// then are they captured, a search that costs several times a match.
     uses_groups: bool,
@@ -34,6 +38,9 @@ struct Destination {
     template: Template,
     /// The host a `rewrite_to` with a scheme names (fixed, so parsed once).
     target: Option<Arc<Target>>,
+    /// The path and query of a `rewrite_to` without variables or groups, resolved once
+    /// (`None` too when it does not make a URI: that is then refused per request).
+    fixed: Option<Uri>,
 }
 
 #[derive(Debug)]
@@ -59,8 +66,17 @@ struct Matcher {
 /// A request rewritten: its new path and query, and the host it goes to if not the API's.
 #[derive(Debug)]
 pub struct Rewritten<'a> {
-    pub path_and_query: String,
+    pub uri: Uri,
     pub target: Option<&'a Target>,
+}
+
+/// Why a rewritten path and query is refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RewriteError {
+    /// It is not a request target.
+    NotAUri,
+    /// Its path hides a dot segment (see `path`).
+    Path(PathError),
 }
 
 #[derive(Deserialize, Default)]
@@ -189,14 +205,10 @@ impl UrlRewrite {
                 rewrite_to: rewrite_to.0,
             });
         }
-        let names_group = |text: &str| {
-            text.split('$')
-                .skip(1)
-                .any(|after| after.starts_with(|c: char| c.is_ascii_digit()))
-        };
         let uses_groups = names_group(&fields.rewrite_to)
             || fields.triggers.iter().any(|t| names_group(&t.rewrite_to));
         let rewrite = Self {
+            plain_pattern: LiteralPattern::of(&fields.match_pattern),
             pattern,
             uses_groups,
             rewrite_to: rewrite_to.0,
@@ -225,7 +237,7 @@ impl UrlRewrite {
     /// The request rewritten, or `None` when `match_pattern` does not match it (the request
     /// then goes on as it is). `scope` is the request's, without captures: the triggers'
     /// are added here.
-    pub fn apply<'a>(&'a self, scope: &Scope<'_>) -> Option<Rewritten<'a>> {
+    pub fn apply<'a>(&'a self, scope: &Scope<'_>) -> Option<Result<Rewritten<'a>, RewriteError>> {
         let uri = &scope.request.uri;
         let url = uri.path_and_query().map_or("/", |pq| pq.as_str());
         let mut captures = Vec::new();
@@ -244,6 +256,11 @@ impl UrlRewrite {
             }
             None => return None,
         };
+        let target = destination.target.as_deref();
+        if let Some(uri) = &destination.fixed {
+            let uri = uri.clone();
+            return Some(Ok(Rewritten { uri, target }));
+        }
         let scope = Scope {
             captures: &captures,
             ..*scope
@@ -253,29 +270,16 @@ impl UrlRewrite {
             None => out.push_str(text),
         };
         let rendered = destination.template.render_with(&scope, true, fill_groups);
-        let path_and_query = match destination.target {
-            // The host is the target's; what follows it is the path and query.
-            Some(_) => {
-                let after_scheme = rendered.split_once("://").map_or("", |(_, rest)| rest);
-                match after_scheme.find(['/', '?']) {
-                    Some(at) if after_scheme[at..].starts_with('/') => after_scheme[at..].into(),
-                    Some(at) => format!("/{}", &after_scheme[at..]),
-                    None => "/".into(),
-                }
-            }
-            None if !rendered.starts_with('/') => format!("/{rendered}"),
-            None => rendered,
-        };
-        Some(Rewritten {
-            path_and_query,
-            target: destination.target.as_deref(),
-        })
+        let uri = resolved(&path_and_query(rendered, target.is_some()));
+        Some(uri.map(|uri| Rewritten { uri, target }))
     }
 
     /// Whether `match_pattern` matches `url`: `Some(None)` when no group is needed.
     fn find<'u>(&self, url: &'u str) -> Option<Option<regex::Captures<'u>>> {
         if self.uses_groups {
             self.pattern.captures(url).map(Some)
+        } else if let Some(plain) = &self.plain_pattern {
+            plain.is_match(url).then_some(None)
         } else {
             self.pattern.is_match(url).then_some(None)
         }
@@ -431,6 +435,37 @@ impl Matcher {
     }
 }
 
+/// The path and query a rendered `rewrite_to` sends: with a host (`with_target`), what
+/// follows it; else the text, rooted.
+fn path_and_query(rendered: String, with_target: bool) -> String {
+    if with_target {
+        let after_scheme = rendered.split_once("://").map_or("", |(_, rest)| rest);
+        return match after_scheme.find(['/', '?']) {
+            Some(at) if after_scheme[at..].starts_with('/') => after_scheme[at..].into(),
+            Some(at) => format!("/{}", &after_scheme[at..]),
+            None => "/".into(),
+        };
+    }
+    if rendered.starts_with('/') {
+        rendered
+    } else {
+        format!("/{rendered}")
+    }
+}
+
+/// The URI of a rewritten path and query, its dot segments resolved as a client's are (see
+/// `path`).
+fn resolved(path_and_query: &str) -> Result<Uri, RewriteError> {
+    let uri: Uri = path_and_query.parse().map_err(|_| RewriteError::NotAUri)?;
+    match path::normalize(uri.path()) {
+        Ok(None) => Ok(uri),
+        Ok(Some(resolved)) => {
+            path::with_path_and_query(&uri, resolved, uri.query()).ok_or(RewriteError::NotAUri)
+        }
+        Err(e) => Err(RewriteError::Path(e)),
+    }
+}
+
 /// A `rewrite_to`: its template, and the host it names if it has a scheme.
 fn destination(
     text: &str,
@@ -461,7 +496,23 @@ fn destination(
         }
         _ => None,
     };
-    Ok((Destination { template, target }, unfilled))
+    let fixed = template
+        .as_text()
+        .filter(|text| !names_group(text))
+        .and_then(|text| resolved(&path_and_query(text.to_owned(), target.is_some())).ok());
+    let destination = Destination {
+        template,
+        target,
+        fixed,
+    };
+    Ok((destination, unfilled))
+}
+
+/// Whether a `rewrite_to` names one of `match_pattern`'s groups (`$1`).
+fn names_group(text: &str) -> bool {
+    text.split('$')
+        .skip(1)
+        .any(|after| after.starts_with(|c: char| c.is_ascii_digit()))
 }
 
 fn matcher(value: &Value, at: &str) -> Result<Matcher, InvalidField> {
@@ -570,7 +621,44 @@ mod tests {
             captures: &[],
             body,
         };
-        rewrite.apply(&scope).map(|r| r.path_and_query)
+        let rewritten = rewrite.apply(&scope)?;
+        Some(rewritten.expect("a request target").uri.to_string())
+    }
+
+    #[test]
+    fn a_fixed_rewrite_to_is_resolved_once_and_a_plain_pattern_compared() {
+        let r = rewrite(json!({"match_pattern": "^/api/$", "rewrite_to": "root/../top?x=1"}));
+        assert!(r.plain_pattern.is_some());
+        assert_eq!(
+            r.rewrite_to
+                .fixed
+                .as_ref()
+                .map(|u| u.to_string())
+                .as_deref(),
+            Some("/top?x=1")
+        );
+        assert_eq!(apply(&r, "/api/", &[], None).as_deref(), Some("/top?x=1"));
+        assert_eq!(apply(&r, "/api/x", &[], None), None);
+        // One that is not a request target is refused when a request is rewritten to it.
+        let r = rewrite(json!({"match_pattern": "/api", "rewrite_to": "/a b"}));
+        assert!(r.rewrite_to.fixed.is_none());
+        let (request, ()) = Request::builder()
+            .uri("/api")
+            .body(())
+            .unwrap()
+            .into_parts();
+        let request_id = OnceCell::new();
+        let scope = Scope {
+            request: &request,
+            peer: std::net::Ipv4Addr::LOCALHOST.into(),
+            xff_depth: 0,
+            request_id: &request_id,
+            meta: None,
+            context_vars: false,
+            captures: &[],
+            body: None,
+        };
+        assert_eq!(r.apply(&scope).unwrap().unwrap_err(), RewriteError::NotAUri);
     }
 
     #[test]
@@ -771,8 +859,8 @@ mod tests {
             captures: &[],
             body: None,
         };
-        let rewritten = r.apply(&scope).unwrap();
-        assert_eq!(rewritten.path_and_query, "/v1/a");
+        let rewritten = r.apply(&scope).unwrap().unwrap();
+        assert_eq!(rewritten.uri, "/v1/a");
         assert_eq!(&*rewritten.target.unwrap().address, "other.example:8081");
     }
 }
