@@ -34,7 +34,7 @@ use crate::variables::Secrets;
 use crate::version::{InvalidField, invalid};
 
 /// What the lists say of a request.
-#[derive(Debug, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Verdict<'a> {
     /// Nothing matched (or a list's `no_action` allowed it): it goes on.
     Pass,
@@ -105,6 +105,28 @@ enum Action {
 struct Entry {
     methods: Methods,
     action: Action,
+}
+
+impl Entry {
+    /// What a list entry says of a request by `method` whose path it matched (`None`: not
+    /// one of its methods, so the next entry decides).
+    fn listed(&self, method: &Method) -> Option<Verdict<'_>> {
+        let Action::List(list) = self.action else {
+            return None;
+        };
+        let reply = match &self.methods {
+            Methods::Any => None,
+            Methods::Only(only) if only == method => None,
+            Methods::Only(_) | Methods::Never => return None,
+            Methods::Actions(actions) => actions.iter().find(|(m, _)| m == method)?.1.as_ref(),
+        };
+        Some(match (reply, list) {
+            (Some(reply), _) => Verdict::Reply(reply),
+            (None, List::Ignored) => Verdict::Ignore,
+            (None, List::Black) => Verdict::Forbidden,
+            (None, List::White) => Verdict::Pass,
+        })
+    }
 }
 
 /// One version's entries and settings.
@@ -198,29 +220,32 @@ impl Patterns {
 
     /// The entries whose pattern matches `near` (the path after the listen path) or `whole`,
     /// in entry order.
-    fn hits(&self, near: &str, whole: &str) -> Hits {
-        let mut hits = Hits::default();
+    fn hits(&self, entries: usize, near: &str, whole: &str) -> Hits {
+        let mut hits = Hits::for_entries(entries);
         for (literal, entry) in &*self.literals {
             if literal.is_match(near) || literal.is_match(whole) {
-                hits.push(*entry);
+                hits.insert(*entry);
             }
         }
         // `is_match` first: most requests match few entries, and it neither allocates nor
         // runs on past the first match as `matches` does.
         let mut scan = |set: &RegexSet, entries: &[u32], path: &str| {
-            if !entries.is_empty() && set.is_match(path) {
+            if set.is_match(path) {
                 for i in set.matches(path).iter() {
-                    hits.push(entries[i]);
+                    hits.insert(entries[i]);
                 }
             }
         };
-        scan(&self.anywhere, &self.anywhere_entries, whole);
-        if !whole.ends_with(near) {
-            scan(&self.anywhere, &self.anywhere_entries, near);
+        if !self.anywhere_entries.is_empty() {
+            scan(&self.anywhere, &self.anywhere_entries, whole);
+            if !whole.ends_with(near) {
+                scan(&self.anywhere, &self.anywhere_entries, near);
+            }
         }
-        scan(&self.start_bound, &self.start_bound_entries, near);
-        scan(&self.start_bound, &self.start_bound_entries, whole);
-        hits.sort_unique();
+        if !self.start_bound_entries.is_empty() {
+            scan(&self.start_bound, &self.start_bound_entries, near);
+            scan(&self.start_bound, &self.start_bound_entries, whole);
+        }
         hits
     }
 }
@@ -228,14 +253,11 @@ impl Patterns {
 /// A request matched against a version's patterns.
 pub struct Matched<'p> {
     paths: &'p VersionPaths,
-    /// The entries whose pattern matched, found once: the lists' verdict walks these few
-    /// instead of every entry.
-    hits: Hits,
     /// For each kind of entry other than lists, the first hit of that kind for the
     /// request's method (`NO_ENTRY`: none), so that each stage's lookup is one index.
     first: [u32; KINDS],
-    /// The request's method, which the lists' verdict is on.
-    method: Method,
+    /// What the first list entry whose path and method match says, if one does.
+    listed: Option<Verdict<'p>>,
 }
 
 /// The kinds of entry other than lists, each answered by the first of its entries whose path
@@ -277,66 +299,50 @@ impl Action {
     }
 }
 
-/// Entry indices in order, held inline for the usual few.
+/// The entries whose pattern matched, each once, read in entry order: a bit an entry, held
+/// inline for tables of up to 128 entries.
 enum Hits {
-    Inline { len: usize, at: [u32; INLINE_HITS] },
-    Spilled(Vec<u32>),
+    Inline([u64; INLINE_WORDS]),
+    Spilled(Box<[u64]>),
 }
 
-const INLINE_HITS: usize = 8;
-
-impl Default for Hits {
-    fn default() -> Self {
-        Self::Inline {
-            len: 0,
-            at: [0; INLINE_HITS],
-        }
-    }
-}
+const INLINE_WORDS: usize = 2;
 
 impl Hits {
-    fn push(&mut self, i: u32) {
-        match self {
-            Self::Inline { len, at } if *len < INLINE_HITS => {
-                at[*len] = i;
-                *len += 1;
-            }
-            Self::Inline { len, at } => {
-                let mut all = at[..*len].to_vec();
-                all.push(i);
-                *self = Self::Spilled(all);
-            }
-            Self::Spilled(all) => all.push(i),
+    /// None yet, of a table of `entries` entries.
+    fn for_entries(entries: usize) -> Self {
+        let words = entries.div_ceil(64);
+        if words <= INLINE_WORDS {
+            Self::Inline([0; INLINE_WORDS])
+        } else {
+            Self::Spilled(vec![0; words].into())
         }
     }
 
-    /// In entry order, each once (an entry found on both paths is pushed twice).
-    fn sort_unique(&mut self) {
+    fn words(&self) -> &[u64] {
         match self {
-            Self::Inline { len, at } => {
-                let hits = &mut at[..*len];
-                hits.sort_unstable();
-                let mut kept = 0;
-                for i in 0..hits.len() {
-                    if kept == 0 || hits[kept - 1] != hits[i] {
-                        hits[kept] = hits[i];
-                        kept += 1;
-                    }
-                }
-                *len = kept;
-            }
-            Self::Spilled(all) => {
-                all.sort_unstable();
-                all.dedup();
-            }
+            Self::Inline(words) => words,
+            Self::Spilled(words) => words,
         }
     }
 
-    fn as_slice(&self) -> &[u32] {
-        match self {
-            Self::Inline { len, at } => &at[..*len],
-            Self::Spilled(all) => all,
-        }
+    fn insert(&mut self, entry: u32) {
+        let words = match self {
+            Self::Inline(words) => &mut words[..],
+            Self::Spilled(words) => &mut words[..],
+        };
+        words[entry as usize / 64] |= 1 << (entry % 64);
+    }
+
+    fn iter(&self) -> impl Iterator<Item = u32> + '_ {
+        self.words().iter().enumerate().flat_map(|(w, &word)| {
+            let mut bits = word;
+            std::iter::from_fn(move || {
+                let bit = (bits != 0).then(|| bits.trailing_zeros())?;
+                bits &= bits - 1;
+                Some(w as u32 * 64 + bit)
+            })
+        })
     }
 }
 
@@ -541,27 +547,28 @@ impl VersionPaths {
     /// Matches `path` (of an API listening on `listen_path`) and `method` against every
     /// entry.
     pub fn matched(&self, listen_path: &str, path: &str, method: &Method) -> Matched<'_> {
-        let after_listen_path = after_listen_path(listen_path, path);
-        let hits = if self.entries.is_empty() {
-            Hits::default()
-        } else {
-            self.patterns.hits(after_listen_path, path)
-        };
         let mut first = [NO_ENTRY; KINDS];
-        for &i in hits.as_slice() {
-            let entry = &self.entries[i as usize];
-            if let (Some(kind), Methods::Only(only)) = (entry.action.kind(), &entry.methods)
-                && only == method
-                && first[kind as usize] == NO_ENTRY
-            {
-                first[kind as usize] = i;
+        let mut listed = None;
+        if !self.entries.is_empty() {
+            let near = after_listen_path(listen_path, path);
+            let hits = self.patterns.hits(self.entries.len(), near, path);
+            for i in hits.iter() {
+                let entry = &self.entries[i as usize];
+                match (entry.action.kind(), &entry.methods) {
+                    (Some(kind), Methods::Only(only))
+                        if only == method && first[kind as usize] == NO_ENTRY =>
+                    {
+                        first[kind as usize] = i;
+                    }
+                    (None, _) if listed.is_none() => listed = entry.listed(method),
+                    _ => {}
+                }
             }
         }
         Matched {
             paths: self,
-            hits,
             first,
-            method: method.clone(),
+            listed,
         }
     }
 
@@ -589,41 +596,15 @@ impl<'p> Matched<'p> {
         self.paths
     }
 
-    fn hits(&self) -> impl Iterator<Item = &'p Entry> + '_ {
-        let entries = &self.paths.entries;
-        self.hits.as_slice().iter().map(|&i| &entries[i as usize])
-    }
-
-    /// The lists' verdict on `method` (an `internal` entry that matches refuses first).
+    /// The lists' verdict on the request (an `internal` entry that matches refuses first).
     pub fn verdict(&self) -> Verdict<'p> {
-        let method = &self.method;
         if self.first(Kind::Internal).is_some() {
             return Verdict::Forbidden;
         }
-        for entry in self.hits() {
-            let Action::List(list) = entry.action else {
-                continue;
-            };
-            let reply = match &entry.methods {
-                Methods::Any => None,
-                Methods::Only(only) if only == method => None,
-                Methods::Only(_) | Methods::Never => continue,
-                Methods::Actions(actions) => match actions.iter().find(|(m, _)| m == method) {
-                    Some((_, reply)) => reply.as_ref(),
-                    None => continue,
-                },
-            };
-            return match (reply, list) {
-                (Some(reply), _) => Verdict::Reply(reply),
-                (None, List::Ignored) => Verdict::Ignore,
-                (None, List::Black) => Verdict::Forbidden,
-                (None, List::White) => Verdict::Pass,
-            };
-        }
-        if self.paths.whitelist {
-            Verdict::Forbidden
-        } else {
-            Verdict::Pass
+        match self.listed {
+            Some(verdict) => verdict,
+            None if self.paths.whitelist => Verdict::Forbidden,
+            None => Verdict::Pass,
         }
     }
 
@@ -1064,7 +1045,11 @@ mod tests {
         assert_eq!(literals, [0, 1, 3]);
         assert_eq!(&*p.anywhere_entries, [4, 5]);
         assert_eq!(&*p.start_bound_entries, [2]);
-        let hits = |near, whole| p.hits(near, whole).as_slice().to_vec();
+        let hits = |near, whole| {
+            p.hits(patterns.len(), near, whole)
+                .iter()
+                .collect::<Vec<_>>()
+        };
         assert_eq!(hits("/users", "/api/users"), [0, 1, 2, 5]);
         assert_eq!(hits("/xx", "/api/xx"), [2, 4]);
         // A path after the listen path that is not the whole path's end (`/api` on `/api/`).
@@ -1092,6 +1077,27 @@ mod tests {
     fn verdict<'a>(table: &'a EndpointTable, method: &str, path: &str) -> Verdict<'a> {
         let method = Method::from_bytes(method.as_bytes()).unwrap();
         at(table, None, &method, path).verdict()
+    }
+
+    #[test]
+    fn the_first_entry_decides_whether_its_pattern_is_text_or_a_regex_in_a_big_table() {
+        // `ignored` entries come before `black_list` ones: a regex ignored entry wins over a
+        // plain-text black one.
+        let l = lists(json!({
+            "ignored": [{"path": "/users/{id}", "method": "GET"}],
+            "black_list": [{"path": "/users/1", "method": "GET"}, {"path": "^/old$", "method": ""}],
+        }));
+        assert_eq!(verdict(&l, "GET", "/api/users/1"), Verdict::Ignore);
+        assert_eq!(verdict(&l, "GET", "/old"), Verdict::Forbidden);
+        // More entries than the hits held inline.
+        let many: Vec<Value> = (0..200)
+            .map(|i| json!({"path": format!("/b{i}$"), "method": "GET"}))
+            .collect();
+        let l = lists(json!({"black_list": many}));
+        assert_eq!(verdict(&l, "GET", "/api/b199"), Verdict::Forbidden);
+        assert_eq!(verdict(&l, "GET", "/api/b64"), Verdict::Forbidden);
+        assert_eq!(verdict(&l, "GET", "/api/b200"), Verdict::Pass);
+        assert_eq!(verdict(&l, "POST", "/api/b199"), Verdict::Pass);
     }
 
     #[test]

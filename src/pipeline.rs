@@ -547,15 +547,19 @@ fn transform_headers<'p>(
         return;
     };
     let paths = matched.paths();
-    let request_edits = [Some(&paths.request_headers), matched.request_headers()];
-    let response_edits = [matched.response_headers(), Some(&paths.response_headers)];
     let scope = exchange.scope(parts, services, context_vars);
     let render = |edit: Option<&'p HeaderEdit>| {
         edit.filter(|e| !e.is_empty())
             .map(|edit| edit.render(&scope))
     };
-    let request_edits = request_edits.map(render);
-    let response_edits = response_edits.map(render);
+    let request_edits = [
+        render(Some(&paths.request_headers)),
+        render(matched.request_headers()),
+    ];
+    let response_edits = [
+        render(matched.response_headers()),
+        render(Some(&paths.response_headers)),
+    ];
     for edit in request_edits.iter().flatten() {
         edit.apply(&mut parts.headers);
     }
