@@ -182,14 +182,14 @@ impl Cors {
     }
 
     /// Writes an actual request's CORS headers on its response.
-    pub fn write(&self, allowed_origin: Option<&HeaderValue>, headers: &mut HeaderMap) {
+    pub fn write(&self, allowed_origin: Option<HeaderValue>, headers: &mut HeaderMap) {
         headers.append(header::VARY, HeaderValue::from_static("Origin"));
         let Some(origin) = allowed_origin else {
             return;
         };
         // As Tyk's `copyHeader`: an upstream's CORS header gives way to one the gateway sets,
         // and passes where the gateway sets none.
-        headers.insert(ALLOW_ORIGIN.clone(), origin.clone());
+        headers.insert(ALLOW_ORIGIN.clone(), origin);
         if let Some(exposed) = &self.exposed {
             headers.insert(header::ACCESS_CONTROL_EXPOSE_HEADERS, exposed.clone());
         }
@@ -339,7 +339,7 @@ mod tests {
             "access-control-allow-origin",
             HeaderValue::from_static("https://upstream"),
         );
-        c.write(origin.as_ref(), &mut headers);
+        c.write(origin.clone(), &mut headers);
         assert_eq!(headers["access-control-allow-origin"], "*");
         assert_eq!(headers["access-control-expose-headers"], "X-Request-Id");
         assert_eq!(headers["vary"], "Origin");

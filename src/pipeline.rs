@@ -183,7 +183,7 @@ impl Exchange<'_> {
     /// (a refusal, an upstream error), as Tyk's are written before anything answers.
     pub fn write_cors(&self, headers: &mut HeaderMap) {
         if let Some((cors, origin)) = &self.cors {
-            cors.write(origin.as_ref(), headers);
+            cors.write(origin.clone(), headers);
         }
     }
 
@@ -405,7 +405,7 @@ impl Pipeline {
                     let Some(rewrite) = matched.rewrite() else {
                         continue;
                     };
-                    if rewrite.reads_body(*context_vars, is_form(parts)) {
+                    if rewrite.reads_body(*context_vars && is_form(parts)) {
                         Box::pin(read_body(body, exchange, services.body_limit)).await?;
                     }
                     let scope = exchange.scope(parts, services, *context_vars);
@@ -433,8 +433,9 @@ impl Pipeline {
         Ok(Flow::Proxy)
     }
 
-    /// Runs the response stages on the upstream's response.
-    pub fn on_response<B>(&self, response: &mut Response<B>, exchange: &Exchange<'_>) {
+    /// Runs the response stages on the upstream's response (what they write is taken from
+    /// `exchange`).
+    pub fn on_response<B>(&self, response: &mut Response<B>, exchange: &mut Exchange<'_>) {
         for stage in &*self.response {
             match stage {
                 ResponseStage::RateLimitHeaders => {
@@ -447,7 +448,11 @@ impl Pipeline {
                         edit.apply(response.headers_mut());
                     }
                 }
-                ResponseStage::Cors => exchange.write_cors(response.headers_mut()),
+                ResponseStage::Cors => {
+                    if let Some((cors, origin)) = &mut exchange.cors {
+                        cors.write(origin.take(), response.headers_mut());
+                    }
+                }
             }
         }
     }

@@ -7,6 +7,7 @@
 
 use std::sync::Arc;
 
+use http::uri::PathAndQuery;
 use http::{HeaderName, Uri};
 use regex::Regex;
 use serde::Deserialize;
@@ -40,7 +41,7 @@ struct Destination {
     target: Option<Arc<Target>>,
     /// The path and query of a `rewrite_to` without variables or groups, resolved once
     /// (`None` too when it does not make a URI: that is then refused per request).
-    fixed: Option<Uri>,
+    fixed: Option<PathAndQuery>,
 }
 
 #[derive(Debug)]
@@ -218,9 +219,9 @@ impl UrlRewrite {
     }
 
     /// Whether applying the rewrite reads the request's body: a trigger's `payload_matches`,
-    /// or (with `enable_context_vars`, for a `form` body) a `request_data_` variable in a
-    /// `rewrite_to` or a `request_context_matches` condition.
-    pub fn reads_body(&self, context_vars: bool, form: bool) -> bool {
+    /// or (`form_vars`: with `enable_context_vars`, for a form body) a `request_data_`
+    /// variable in a `rewrite_to` or a `request_context_matches` condition.
+    pub fn reads_body(&self, form_vars: bool) -> bool {
         let reads_form = || {
             std::iter::once(&self.rewrite_to)
                 .chain(self.triggers.iter().map(|t| &t.rewrite_to))
@@ -231,7 +232,7 @@ impl UrlRewrite {
                         .any(|(name, _)| name.starts_with("request_data_"))
                 })
         };
-        self.triggers.iter().any(|t| t.payload.is_some()) || (context_vars && form && reads_form())
+        self.triggers.iter().any(|t| t.payload.is_some()) || (form_vars && reads_form())
     }
 
     /// The request rewritten, or `None` when `match_pattern` does not match it (the request
@@ -257,8 +258,8 @@ impl UrlRewrite {
             None => return None,
         };
         let target = destination.target.as_deref();
-        if let Some(uri) = &destination.fixed {
-            let uri = uri.clone();
+        if let Some(path_and_query) = &destination.fixed {
+            let uri = Uri::from(path_and_query.clone());
             return Some(Ok(Rewritten { uri, target }));
         }
         let scope = Scope {
@@ -499,7 +500,8 @@ fn destination(
     let fixed = template
         .as_text()
         .filter(|text| !names_group(text))
-        .and_then(|text| resolved(&path_and_query(text.to_owned(), target.is_some())).ok());
+        .and_then(|text| resolved(&path_and_query(text.to_owned(), target.is_some())).ok())
+        .and_then(|uri| uri.into_parts().path_and_query);
     let destination = Destination {
         template,
         target,
@@ -759,10 +761,7 @@ mod tests {
                  "rewrite_to": "/published/$1"},
             ]}),
         );
-        assert!(
-            r.reads_body(false, false),
-            "a payload is read whatever its type"
-        );
+        assert!(r.reads_body(false), "a payload is read whatever its type");
         let body = |text: &'static str| Some(text.as_bytes());
         assert_eq!(
             apply_with_body(&r, "/api/o", &[], None, body("sku=a1&sku=b2")).as_deref(),
@@ -780,13 +779,10 @@ mod tests {
         let off = rewrite(json!({"match_pattern": "/api/(.*)", "rewrite_to": "/x/$1",
             "triggers": [{"on": "any", "options": {"payload_matches": {"match_rx": ""}},
                 "rewrite_to": "/never"}]}));
-        assert!(
-            !off.reads_body(true, true),
-            "an empty match_rx is no condition"
-        );
+        assert!(!off.reads_body(true), "an empty match_rx is no condition");
         let form = rewrite(json!({"match_pattern": "/api/(.*)",
             "rewrite_to": "/x/$tyk_context.request_data_user"}));
-        assert!(form.reads_body(true, true) && !form.reads_body(true, false));
+        assert!(form.reads_body(true) && !form.reads_body(false));
         let headers = [("content-type", "application/x-www-form-urlencoded")];
         assert_eq!(
             apply_with_body(&form, "/api/o?user=q", &headers, None, body("user=f")).as_deref(),

@@ -262,7 +262,7 @@ impl Gateway {
                 }
             };
             let mut response = response.map(Either::Left);
-            spec.pipeline.on_response(&mut response, &exchange);
+            spec.pipeline.on_response(&mut response, &mut exchange);
             response
         };
         let took = started.elapsed();
