@@ -6,7 +6,8 @@
 //! matched unanchored against the whole request path (listen path included); with the
 //! gateway's prefix matching, anchored at its start and tried on the path after the listen
 //! path too; with its suffix matching, anchored at its end. The method must be one of
-//! `methods`, exactly; an entry without methods allows nothing.
+//! `methods`, exactly; an entry without methods allows nothing. A pattern that is plain text
+//! is compared as text (see `path_pattern`), with the same answers.
 
 use std::hash::{Hash, Hasher};
 use std::sync::OnceLock;
@@ -14,7 +15,7 @@ use std::sync::OnceLock;
 use regex::Regex;
 use serde::{Deserialize, Deserializer};
 
-use crate::path_pattern::{PathMatching, after_listen_path};
+use crate::path_pattern::{LiteralPattern, PathMatching, after_listen_path};
 
 /// One `allowed_urls` entry.
 #[derive(Debug, Clone)]
@@ -22,10 +23,34 @@ pub struct UrlRight {
     pattern: Box<str>,
     methods: Box<[Box<str>]>,
     /// `None` when the pattern is not a valid expression: it then matches nothing, as in Tyk.
-    regex: Option<Regex>,
+    matcher: Option<Matcher>,
     /// The pattern anchored as the gateway's path matching asks (prefix, suffix, both),
     /// compiled when first asked for: most gateways use none of them.
-    anchored: [OnceLock<Option<Regex>>; 3],
+    anchored: [OnceLock<Option<Matcher>>; 3],
+}
+
+/// A compiled pattern: compared as text when it is plain text, else searched.
+#[derive(Debug, Clone)]
+enum Matcher {
+    Text(LiteralPattern),
+    Regex(Regex),
+}
+
+impl Matcher {
+    /// `None` when `regex` is not a valid expression.
+    fn new(regex: &str) -> Option<Self> {
+        match LiteralPattern::of(regex) {
+            Some(text) => Some(Self::Text(text)),
+            None => Regex::new(regex).ok().map(Self::Regex),
+        }
+    }
+
+    fn is_match(&self, path: &str) -> bool {
+        match self {
+            Self::Text(text) => text.is_match(path),
+            Self::Regex(regex) => regex.is_match(path),
+        }
+    }
 }
 
 /// A request's path as rights are matched against it.
@@ -39,14 +64,14 @@ pub struct RequestPath<'a> {
 
 impl UrlRight {
     pub fn new(pattern: &str, methods: Vec<String>) -> Self {
-        let regex = Regex::new(&tyk_pattern(pattern)).ok();
-        if regex.is_none() {
+        let matcher = Matcher::new(&tyk_pattern(pattern));
+        if matcher.is_none() {
             tracing::warn!("allowed_urls: {pattern:?} is not a valid pattern; it allows nothing");
         }
         Self {
             pattern: pattern.into(),
             methods: methods.into_iter().map(String::into_boxed_str).collect(),
-            regex,
+            matcher,
             anchored: Default::default(),
         }
     }
@@ -75,23 +100,24 @@ impl UrlRight {
         if !self.methods.iter().any(|m| &**m == method) {
             return false;
         }
-        let Some(regex) = self.regex_for(matching) else {
+        let Some(matcher) = self.matcher_for(matching) else {
             return false;
         };
-        regex.is_match(path.whole)
-            || (matching.prefix && regex.is_match(after_listen_path(path.listen_path, path.whole)))
+        matcher.is_match(path.whole)
+            || (matching.prefix
+                && matcher.is_match(after_listen_path(path.listen_path, path.whole)))
     }
 
-    fn regex_for(&self, matching: PathMatching) -> Option<&Regex> {
+    fn matcher_for(&self, matching: PathMatching) -> Option<&Matcher> {
         let slot = match (matching.prefix, matching.suffix) {
-            (false, false) => return self.regex.as_ref(),
+            (false, false) => return self.matcher.as_ref(),
             (true, false) => 0,
             (false, true) => 1,
             (true, true) => 2,
         };
         self.anchored[slot]
             .get_or_init(|| {
-                Regex::new(&matching.anchor(&self.pattern, tyk_pattern(&self.pattern))).ok()
+                Matcher::new(&matching.anchor(&self.pattern, tyk_pattern(&self.pattern)))
             })
             .as_ref()
     }
@@ -187,7 +213,11 @@ mod tests {
         let any = right("/orders/*", &["GET", "POST"]);
         assert!(allows(&any, "POST", "/api/orders/1/items"));
         let unanchored = right("status", &["GET"]);
+        assert!(matches!(unanchored.matcher, Some(Matcher::Text(_))));
         assert!(allows(&unanchored, "GET", "/api/v1/status/all"));
+        assert!(!allows(&unanchored, "GET", "/api/v1/stat"));
+        let root = right("/api/$", &["GET"]);
+        assert!(allows(&root, "GET", "/api/") && !allows(&root, "GET", "/api/x"));
         assert!(
             !allows(&right("/x", &[]), "GET", "/x"),
             "no methods: nothing"
