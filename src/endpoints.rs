@@ -194,13 +194,12 @@ impl Patterns {
             .insert(Look::EndCRLF);
         for (i, pattern) in patterns.iter().enumerate() {
             let entry = i as u32;
-            if let Some(literal) = LiteralPattern::of(pattern) {
+            let hir = regex_syntax::parse(pattern).ok();
+            if let Some(literal) = hir.as_ref().and_then(LiteralPattern::of_hir) {
                 literals.push((literal, entry));
                 continue;
             }
-            let looks = regex_syntax::parse(pattern)
-                .map(|hir| hir.properties().look_set())
-                .unwrap_or(LookSet::full());
+            let looks = hir.map_or(LookSet::full(), |hir| hir.properties().look_set());
             let side = if looks.subtract(end_looks).is_empty() {
                 &mut anywhere
             } else {

@@ -57,10 +57,14 @@ impl LiteralPattern {
     /// `regex` as plain text, if it is one (flags such as `(?i)`, classes and repetitions are
     /// left to the regex).
     pub fn of(regex: &str) -> Option<Self> {
-        let hir = regex_syntax::parse(regex).ok()?;
+        Self::of_hir(&regex_syntax::parse(regex).ok()?)
+    }
+
+    /// The same, from the regex already parsed.
+    pub fn of_hir(hir: &Hir) -> Option<Self> {
         let parts = match hir.kind() {
             HirKind::Concat(parts) => parts.as_slice(),
-            _ => std::slice::from_ref(&hir),
+            _ => std::slice::from_ref(hir),
         };
         let is = |hir: &Hir, look| matches!(hir.kind(), HirKind::Look(l) if *l == look);
         let (start, parts) = match parts.split_first() {
